@@ -1,0 +1,56 @@
+"""What every command shares: where the input comes from, where output goes, how humans are told.
+
+stdout carries only machine output (a checkpoint path, or JSON); everything for humans goes
+to stderr. Nothing here imports torch, so `colm --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from colm_core.errors import ColmError
+
+err = Console(stderr=True)
+
+
+def input_path(arg: str | None) -> Path:
+    """The input checkpoint: the argument, else the first line of stdin (a pipeline's previous command)."""
+    if arg is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise ColmError("no input checkpoint: pass its path, or pipe one in (e.g. `colm init | colm inspect`)")
+        arg = sys.stdin.readline().strip()
+        if not arg:
+            raise ColmError("no input checkpoint: stdin was empty; did the previous command in the pipe fail?")
+    from colm_core.resolve import resolve_checkpoint
+
+    return resolve_checkpoint(arg)
+
+
+def output_path(output: Path | None, derived_from: Path, suffix: str, force: bool, inputs=()) -> Path:
+    """-o/--output if given, else a new non-clashing name derived from the input; checked before work starts."""
+    from colm_core.checkpoint import check_output, default_output
+
+    path = output if output is not None else default_output(derived_from, suffix)
+    return check_output(path, force, inputs)
+
+
+def emit_path(path: Path) -> None:
+    print(path, flush=True)
+
+
+def emit_json(obj) -> None:
+    print(json.dumps(obj, indent=2), flush=True)
+
+
+def int_list(value: str | None, name: str) -> list[int] | None:
+    """Parse "4,4,4,4" into [4, 4, 4, 4]."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ColmError(f"{name} {value!r}: expected comma-separated integers, e.g. 4,4,4,4") from None

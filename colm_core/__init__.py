@@ -1,0 +1,25 @@
+"""colm_core: the CoLM model, checkpoint I/O, surgery, training, evaluation and generation.
+
+The public API (`load`, `save`, `ColmConfig`, ...) is imported lazily so that importing a light
+submodule such as colm_core.errors does not pull in torch.
+"""
+
+__version__ = "0.1.0"
+
+_API = {
+    "load": "colm_core.checkpoint",
+    "save": "colm_core.checkpoint",
+    "ColmConfig": "colm_core.config",
+    "CoLM": "colm_core.model",
+}
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'colm_core' has no attribute {name!r}")
+
+
+__all__ = [*_API, "__version__"]

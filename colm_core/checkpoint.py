@@ -1,0 +1,320 @@
+"""The checkpoint directory, the one thing colm commands exchange.
+
+    config.json                     ColmConfig
+    model.safetensors               weights (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
+    tokenizer.json                  only for a Hugging Face tokenizer
+    colm_history.json               one entry per command that produced or changed this model
+    README.md                       model card
+
+Opening a checkpoint checks the config against every tensor's name, shape and dtype, and the
+index against the shard headers, and reports the first mismatch by name. Only safetensors are
+read: no pickle is ever loaded. Writes go to a temporary directory renamed into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from colm_core.config import ColmConfig
+from colm_core.errors import ColmError
+from colm_core.tokenizer import load_tokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+HISTORY_FILE = "colm_history.json"
+CARD_FILE = "README.md"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+FLOAT_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+DEFAULT_MAX_SHARD_BYTES = 512 * 2**20  # keeps surgery's peak memory to about one shard
+
+
+def expected_shapes(cfg: ColmConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model of this config has, by name, from the model definition itself."""
+    from colm_core.model import CoLM
+
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in CoLM(cfg).state_dict().items()}
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint directory; tensors are read lazily, one at a time."""
+
+    path: Path
+    config: ColmConfig
+    weight_map: dict[str, str]  # tensor name -> safetensors file name
+    dtype: torch.dtype
+    history: list[dict]
+
+    def tokenizer(self):
+        c = self.config
+        return load_tokenizer(c.tokenizer, self.path, c.bos_token_id, c.eos_token_id)
+
+    def tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (name, tensor) one at a time, grouped by shard, in the order asked."""
+        names = list(self.weight_map) if names is None else list(names)
+        handles: dict[str, object] = {}
+        with contextlib.ExitStack() as stack:
+            for name in names:
+                file = self.weight_map[name]
+                if file not in handles:
+                    handles[file] = stack.enter_context(safe_open(self.path / file, framework="pt"))
+                yield name, handles[file].get_tensor(name)
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path / f for f in sorted(set(self.weight_map.values()))]
+
+
+def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) from a safetensors header, checking the file is whole."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            out = {}
+            for name in f.keys():
+                sl = f.get_slice(name)
+                out[name] = (sl.get_dtype(), tuple(sl.get_shape()))
+            return out
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ColmError(f"{path} is truncated or not a safetensors file ({e}); "
+                        "restore it from the source checkpoint") from None
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_dir():
+        raise ColmError(f"{path} is not a directory; pass a colm checkpoint directory (create one with `colm init`)")
+    if not (path / CONFIG_FILE).is_file():
+        raise ColmError(f"{path} has no {CONFIG_FILE}: not a colm checkpoint (create one with `colm init`)")
+    config = ColmConfig.load(path / CONFIG_FILE)
+
+    if (path / INDEX_FILE).is_file():
+        try:
+            index = json.loads((path / INDEX_FILE).read_text())
+            weight_map = dict(index["weight_map"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ColmError(f"{path / INDEX_FILE}: not a valid index ({e}); restore it from the source") from None
+    elif (path / WEIGHTS_FILE).is_file():
+        weight_map = None
+    else:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise ColmError(f"{path / pickles[0]} is a pickle file, which colm never loads; "
+                            "convert the weights to safetensors")
+        raise ColmError(f"{path} has no {WEIGHTS_FILE} or {INDEX_FILE}; restore the weights from the source")
+
+    headers: dict[str, tuple[str, tuple[int, ...]]] = {}
+    if weight_map is None:
+        headers = _header(path / WEIGHTS_FILE)
+        weight_map = {name: WEIGHTS_FILE for name in headers}
+    else:
+        for file in sorted(set(weight_map.values())):
+            if not (path / file).is_file():
+                raise ColmError(f"{path / file} is missing (listed in {INDEX_FILE}); restore the shard")
+            shard = _header(path / file)
+            for name in shard:
+                if weight_map.get(name) != file:
+                    raise ColmError(f"{path / file} holds {name!r}, which {INDEX_FILE} does not place there; "
+                                    "the index and shards disagree")
+            headers.update(shard)
+        for name, file in weight_map.items():
+            if name not in headers:
+                raise ColmError(f"{INDEX_FILE} places {name!r} in {file}, but that shard does not hold it")
+
+    expected = expected_shapes(config)
+    for name, shape in expected.items():
+        if name not in headers:
+            raise ColmError(f"{path}: tensor {name!r} is missing; config.json says the model has it")
+        if headers[name][1] != shape:
+            raise ColmError(f"{path}: tensor {name!r} has shape {list(headers[name][1])}, "
+                            f"config.json implies {list(shape)}")
+    for name in headers:
+        if name not in expected:
+            raise ColmError(f"{path}: unexpected tensor {name!r}; config.json does not describe it")
+    dtypes = {dt for dt, _ in headers.values()}
+    names = {v: k for k, v in FLOAT_DTYPES.items()}
+    if len(dtypes) != 1 or not dtypes <= set(names):
+        raise ColmError(f"{path}: tensors must all share one of {sorted(names)} dtypes, found {sorted(dtypes)}")
+
+    history = []
+    if (path / HISTORY_FILE).is_file():
+        try:
+            history = json.loads((path / HISTORY_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ColmError(f"{path / HISTORY_FILE}: not valid JSON ({e}); fix or delete it") from None
+    return Checkpoint(path, config, weight_map, names[dtypes.pop()], history)
+
+
+def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+    """Load a checkpoint as a CoLM (with .config and .tokenizer). Tensors are copied in one at a time."""
+    from colm_core.model import CoLM
+
+    ckpt = open_checkpoint(path)
+    with torch.device(device or "cpu"):
+        model = CoLM(ckpt.config)
+    model.to(dtype or ckpt.dtype)
+    params = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in ckpt.tensors():
+            params[name].copy_(tensor)
+    model.tokenizer = ckpt.tokenizer()
+    model.history = ckpt.history
+    model.source_path = ckpt.path
+    return model
+
+
+def save(model, path: str | Path, *, force: bool = False, history: list[dict] | None = None,
+         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Write a model as a checkpoint directory. `history` defaults to the model's own."""
+    if history is None:
+        history = getattr(model, "history", [])
+    return write_checkpoint(path, model.config, model.state_dict().items(), model.tokenizer, history,
+                            force=force, max_shard_bytes=max_shard_bytes)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = ()) -> Path:
+    """Refuse an output that exists (without --force) or that lies inside an input checkpoint."""
+    path = Path(path)
+    for inp in inputs:
+        inp = Path(inp).resolve()
+        out = path.resolve()
+        if out == inp or inp in out.parents:
+            raise ColmError(f"output {path} is inside the input {inp}; choose an output outside it")
+    if path.exists() and not force:
+        raise ColmError(f"{path} already exists; pass --force to replace it or choose another -o/--output")
+    if path.exists() and not path.is_dir():
+        raise ColmError(f"{path} exists and is not a directory; choose another -o/--output")
+    if path.exists() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
+        raise ColmError(f"{path} is a non-empty directory that is not a checkpoint; even with --force colm "
+                        "only replaces checkpoints: choose another -o/--output")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | Path, force: bool = False):
+    """Yield a temporary directory beside `path`; rename it to `path` only if the block succeeds.
+
+    With force, an existing `path` is replaced, and it is only removed after the new one is in place."""
+    path = Path(path)
+    check_output(path, force)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_bytes: int) -> None:
+    """Write tensors as one safetensors file, or as shards plus an index when they exceed max_shard_bytes.
+
+    Tensors may come from a generator: at most one shard is held in memory."""
+    shards: list[list[str]] = []
+    current: dict[str, torch.Tensor] = {}
+    size = total = 0
+
+    def flush():
+        if current:
+            save_file(current, directory / f"shard-{len(shards):05d}.tmp", metadata={"format": "pt"})
+            shards.append(list(current))
+            current.clear()
+
+    for name, tensor in tensors:
+        nbytes = tensor.numel() * tensor.element_size()
+        if current and size + nbytes > max_shard_bytes:
+            flush()
+            size = 0
+        current[name] = tensor.detach().to("cpu").contiguous()
+        size += nbytes
+        total += nbytes
+    flush()
+
+    if len(shards) == 1:
+        os.replace(directory / "shard-00000.tmp", directory / WEIGHTS_FILE)
+        return
+    weight_map = {}
+    for i, names in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(directory / f"shard-{i:05d}.tmp", directory / file)
+        weight_map.update({n: file for n in names})
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tuple[str, torch.Tensor]],
+                     tokenizer, history: list[dict], *, force: bool = False,
+                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    from colm_core.card import model_card
+
+    path = Path(path)
+    with atomic_directory(path, force) as tmp:
+        config.save(tmp / CONFIG_FILE)
+        write_weights(tmp, tensors, max_shard_bytes)
+        tokenizer.save(tmp)
+        (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        (tmp / CARD_FILE).write_text(model_card(config, history))
+    return path
+
+
+# --- provenance ------------------------------------------------------------------------------
+
+
+def weights_digest(ckpt: Checkpoint) -> str:
+    """sha256 over the checkpoint's safetensors files, in file-name order."""
+    h = hashlib.sha256()
+    for file in ckpt.files:
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def history_entry(command: str, args: dict, inputs: Iterable[Checkpoint] = ()) -> dict:
+    from colm_core import __version__
+
+    return {
+        "command": command,
+        "argv": ["colm", *sys.argv[1:]] if Path(sys.argv[0]).name in ("colm", "__main__.py") else None,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
+        "colm_version": __version__,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [{"path": str(c.path), "sha256": weights_digest(c)} for c in inputs],
+    }
+
+
+def default_output(base: str | Path, suffix: str) -> Path:
+    """A new, non-clashing directory name derived from an input path: `ckpt-expand`, `ckpt-expand-2`, ..."""
+    base = Path(base)
+    stem = base.name.rstrip("/") or "colm"
+    candidate = base.with_name(f"{stem}-{suffix}")
+    n = 2
+    while candidate.exists():
+        candidate = base.with_name(f"{stem}-{suffix}-{n}")
+        n += 1
+    return candidate

@@ -1,0 +1,103 @@
+"""`colm init`: a config from a preset plus overrides, and a freshly initialised model."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from colm_core.config import PRESETS, ColmConfig
+from colm_core.errors import ColmError
+from colm_core.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer
+
+
+@dataclass
+class InitOptions:
+    preset: str = "tiny"
+    heads: list[int] | None = None
+    kv_heads: list[int] | None = None
+    ffn: list[int] | None = None
+    n_layers: int | None = None
+    head_dim: int | None = None
+    vocab_size: int | None = None
+    air: bool = False
+    rope_theta: float | None = None
+    rope_scaling: list[float] | None = None  # factor, low_freq_factor, high_freq_factor, original max positions
+    norm_eps: float | None = None
+    tie_embeddings: bool | None = None
+    max_seq_len: int | None = None
+    tokenizer: Path | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    seed: int = 0
+    init_std: float = 0.02
+
+    def as_record(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _per_chain(values: list[int] | None, n: int, default: list[int], name: str) -> list[int]:
+    if values is None:
+        return default
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise ColmError(f"--{name} has {len(values)} entries for {n} chains; give one per chain or a single number")
+    return values
+
+
+def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
+    """The config and tokenizer that the options describe; defaults come from the preset."""
+    if o.preset not in PRESETS:
+        raise ColmError(f"--preset {o.preset}: unknown preset; choose one of {', '.join(PRESETS)}")
+    base = PRESETS[o.preset]
+    heads = o.heads or base.heads
+    n = len(heads)
+    # Defaults scale with each chain's heads, keeping the preset's KV grouping and FFN/head ratio.
+    kv_default = [max(1, base.kv_heads[0] * h // base.heads[0]) if h % max(1, base.kv_heads[0] * h // base.heads[0]) == 0
+                  else h for h in heads]
+    ffn_default = [base.ffn[0] * h // base.heads[0] for h in heads]
+    kv_heads = _per_chain(o.kv_heads, n, kv_default, "kv-heads")
+    if o.air and o.kv_heads is None:
+        kv_heads = [kv_heads[0]] + [0] * (n - 1)
+    if o.air and len(kv_heads) == n and n > 1 and o.kv_heads is not None and len(o.kv_heads) == 1:
+        kv_heads = [kv_heads[0]] + [0] * (n - 1)
+
+    if o.tokenizer is not None:
+        if not Path(o.tokenizer).is_file():
+            raise ColmError(f"--tokenizer {o.tokenizer}: no such file; pass a Hugging Face tokenizer.json")
+        tokenizer = HFTokenizer(Path(o.tokenizer))
+        tok_kind, vocab = TOKENIZER_FILE, tokenizer.vocab_size
+        bos, eos = o.bos_token_id, o.eos_token_id
+    else:
+        tokenizer = ByteTokenizer()
+        tok_kind, vocab = "byte", max(base.vocab_size, ByteTokenizer.vocab_size)
+        bos = ByteTokenizer.bos_id if o.bos_token_id is None else o.bos_token_id
+        eos = ByteTokenizer.eos_id if o.eos_token_id is None else o.eos_token_id
+    scaling = None if o.rope_scaling is None else dict(zip(
+        ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+        [*o.rope_scaling[:3], int(o.rope_scaling[3])]))
+    pick = lambda value, default: default if value is None else value  # noqa: E731
+    cfg = ColmConfig(
+        vocab_size=pick(o.vocab_size, vocab), n_layers=pick(o.n_layers, base.n_layers),
+        head_dim=pick(o.head_dim, base.head_dim), heads=heads, kv_heads=kv_heads,
+        ffn=_per_chain(o.ffn, n, ffn_default, "ffn"), kv_share=o.air,
+        rope_theta=pick(o.rope_theta, base.rope_theta), rope_scaling=pick(scaling, base.rope_scaling),
+        norm_eps=pick(o.norm_eps, base.norm_eps), tie_embeddings=pick(o.tie_embeddings, base.tie_embeddings),
+        max_seq_len=pick(o.max_seq_len, base.max_seq_len), bos_token_id=bos, eos_token_id=eos,
+        pad_token_id=o.pad_token_id, tokenizer=tok_kind).validate()
+    if cfg.vocab_size < tokenizer.vocab_size:
+        raise ColmError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens")
+    return cfg, tokenizer
+
+
+def init_model(o: InitOptions):
+    from colm_core.model import CoLM
+
+    if o.init_std <= 0:
+        raise ColmError(f"--init-std must be positive, got {o.init_std}")
+    cfg, tokenizer = build_config(o)
+    model = CoLM(cfg).init_weights(std=o.init_std, seed=o.seed)
+    model.tokenizer = tokenizer
+    return model

@@ -1,0 +1,224 @@
+"""CoLM: a Llama-style Transformer whose hidden state is split into chains (SPEC.md sections 2-4).
+
+Everything here is an ordinary Llama except two layers that carry the chain rule:
+ChainLinear (output chain i reads input chains 1..i) and ChainRMSNorm (statistics per chain).
+Every parameter is one chain's block: `<module>.weights.<c>` belongs to chain c + 1.
+`model(ids, chains=k)` runs only the first k chains and returns the k-chain sub-model's logits.
+
+Shapes: B batch, T new tokens, S cached + new tokens, H query heads of the first k chains,
+KV key/value heads, hd head_dim, D hidden width of the first k chains, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from colm_core.config import ColmConfig
+from kernels.chain_linear import chain_linear
+from kernels.chain_rmsnorm import chain_rms_norm
+
+
+class ChainLinear(nn.Module):
+    """y_i = W_i x_{<=i}; weights[i] has shape (out_i, in_1 + ... + in_i). No bias."""
+
+    def __init__(self, in_widths: list[int], out_widths: list[int]):
+        super().__init__()
+        prefix = [sum(in_widths[: i + 1]) for i in range(len(out_widths))]
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(o, p)) for o, p in zip(out_widths, prefix))
+
+    def forward(self, x: torch.Tensor, chains: int) -> torch.Tensor:
+        return chain_linear(x, list(self.weights[:chains]))
+
+
+class ChainRMSNorm(nn.Module):
+    def __init__(self, widths: list[int], eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weights = nn.ParameterList(nn.Parameter(torch.ones(w)) for w in widths)
+
+    def forward(self, x: torch.Tensor, chains: int) -> torch.Tensor:
+        return chain_rms_norm(x, list(self.weights[:chains]), self.eps)
+
+
+def rope_inv_freq(cfg: ColmConfig) -> torch.Tensor:
+    """Llama RoPE frequencies, with Llama-3 long-context scaling when configured."""
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
+    s = cfg.rope_scaling
+    if s is None:
+        return inv_freq
+    low_wavelen = s["original_max_position_embeddings"] / s["low_freq_factor"]
+    high_wavelen = s["original_max_position_embeddings"] / s["high_freq_factor"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_wavelen, inv_freq / s["factor"], inv_freq)
+    smooth = (s["original_max_position_embeddings"] / wavelen - s["low_freq_factor"]) / (
+        s["high_freq_factor"] - s["low_freq_factor"])
+    smoothed = (1 - smooth) * scaled / s["factor"] + smooth * scaled
+    is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+def kv_head_index(cfg: ColmConfig) -> torch.Tensor:
+    """For every query head (chain-major order), the key/value head it reads.
+
+    Chain i groups its query heads over its own KV heads as Llama does; with CoLM-Air every
+    chain groups its query heads over chain 1's shared KV heads.
+    """
+    index, kv_offset = [], 0
+    for c, h in enumerate(cfg.heads):
+        n_kv = cfg.kv_heads[0] if cfg.kv_share else cfg.kv_heads[c]
+        index += [kv_offset + j // (h // n_kv) for j in range(h)]
+        if not cfg.kv_share:
+            kv_offset += n_kv
+    return torch.tensor(index)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ColmConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.chain_widths
+        self.q = ChainLinear(d, d)
+        self.k = ChainLinear(d[: len(cfg.kv_widths)], cfg.kv_widths)
+        self.v = ChainLinear(d[: len(cfg.kv_widths)], cfg.kv_widths)
+        self.o = ChainLinear(d, d)
+        self.register_buffer("kv_index", kv_head_index(cfg), persistent=False)
+
+    def forward(self, x, chains, cos, sin, cache=None, layer=0):
+        B, T, _ = x.shape
+        hd = self.cfg.head_dim
+        kv_chains = 1 if self.cfg.kv_share else chains
+        q = self.q(x, chains).view(B, T, -1, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k(x, kv_chains).view(B, T, -1, hd).transpose(1, 2)  # (B, KV, T, hd)
+        v = self.v(x, kv_chains).view(B, T, -1, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, KV, S, hd)
+        index = self.kv_index[: q.shape[1]]
+        k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, hd)
+        S = k.shape[2]
+        if S == T:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new tokens after a cached prefix: query t sees keys up to S - T + t
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(B, T, -1), chains)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ColmConfig):
+        super().__init__()
+        d = cfg.chain_widths
+        self.gate = ChainLinear(d, cfg.ffn)
+        self.up = ChainLinear(d, cfg.ffn)
+        self.down = ChainLinear(cfg.ffn, d)
+
+    def forward(self, x, chains):
+        return self.down(F.silu(self.gate(x, chains)) * self.up(x, chains), chains)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ColmConfig):
+        super().__init__()
+        self.attn_norm = ChainRMSNorm(cfg.chain_widths, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = ChainRMSNorm(cfg.chain_widths, cfg.norm_eps)
+        self.ffn = SwiGLU(cfg)
+
+    def forward(self, x, chains, cos, sin, cache=None, layer=0):
+        x = x + self.attn(self.attn_norm(x, chains), chains, cos, sin, cache, layer)
+        return x + self.ffn(self.ffn_norm(x, chains), chains)
+
+
+class CoLM(nn.Module):
+    def __init__(self, cfg: ColmConfig):
+        super().__init__()
+        self.config = cfg.validate()
+        self.tokenizer = None  # set by colm_core.load / colm init
+        self.embed = nn.ParameterList(nn.Parameter(torch.empty(cfg.vocab_size, d)) for d in cfg.chain_widths)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = ChainRMSNorm(cfg.chain_widths, cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.lm_head = nn.ParameterList(nn.Parameter(torch.empty(cfg.vocab_size, d)) for d in cfg.chain_widths)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def head_blocks(self, chains: int | None = None) -> list[torch.Tensor]:
+        """The LM head's per-chain column blocks H_i (V, d_i)."""
+        blocks = self.embed if self.config.tie_embeddings else self.lm_head
+        return list(blocks[: chains or self.config.n_chains])
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype):
+        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def hidden_states(self, input_ids: torch.Tensor, chains: int | None = None, cache=None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains."""
+        k = self._chains(chains)
+        start = cache.length if cache is not None else 0
+        x = torch.cat([F.embedding(input_ids, w) for w in self.embed[:k]], dim=-1)
+        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
+        cos, sin = self.rope(positions, x.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, k, cos, sin, cache, i)
+        if cache is not None:
+            cache.advance(input_ids.shape[1])
+        return self.norm(x, k)
+
+    def logits(self, h: torch.Tensor, chains: int | None = None) -> torch.Tensor:
+        """logits_k = sum_{i<=k} h_i H_i^T, accumulated chain by chain (SPEC.md section 3)."""
+        out, start = None, 0
+        for w in self.head_blocks(chains):
+            part = F.linear(h[..., start : start + w.shape[1]], w)
+            out = part if out is None else out + part
+            start += w.shape[1]
+        return out
+
+    def forward(self, input_ids: torch.Tensor, chains: int | None = None, cache=None) -> torch.Tensor:
+        """(B, T) -> (B, T, V) logits of the `chains`-chain sub-model (default: all chains)."""
+        return self.logits(self.hidden_states(input_ids, chains, cache), chains)
+
+    def _chains(self, chains: int | None) -> int:
+        n = self.config.n_chains
+        if chains is None:
+            return n
+        if not 1 <= chains <= n:
+            from colm_core.errors import ColmError
+            raise ColmError(f"chains={chains} is outside 1..{n}: this model has {n} chains")
+        return chains
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, seed: int = 0) -> "CoLM":
+        """Llama-style init: N(0, std) for projections and embeddings, std/sqrt(2 * layers) for the
+        projections that write into the residual stream, ones for norm gains."""
+        g = torch.Generator().manual_seed(seed)
+        residual_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                s = residual_std if (".attn.o." in name or ".ffn.down." in name) else std
+                p.copy_(torch.randn(p.shape, generator=g) * s)
+        return self
+
+    def num_parameters(self, chain: int | None = None) -> int:
+        """All parameters, or those owned by one chain (1-based)."""
+        return sum(p.numel() for name, p in self.named_parameters()
+                   if chain is None or chain_of(name) == chain)
+
+
+def chain_of(tensor_name: str) -> int:
+    """The (1-based) chain that owns a tensor: the last component of its name is the 0-based index."""
+    return int(tensor_name.rsplit(".", 1)[1]) + 1

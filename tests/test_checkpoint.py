@@ -1,0 +1,124 @@
+"""The checkpoint directory: bitwise round trips, sharding, and one-line errors for every kind of damage."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from colm_core.checkpoint import INDEX_FILE, load, open_checkpoint, save
+from colm_core.errors import ColmError
+from tests.conftest import assert_one_line_error, run_cli, tiny_model
+
+
+def assert_same_model(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+    assert a.config == b.config
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_round_trip_is_bitwise(tmp_path, dtype):
+    model = tiny_model(kv_share=True, heads=[2, 2, 2], kv_heads=[1, 0, 0]).to(dtype)
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    assert_same_model(model, loaded)
+    assert loaded.tokenizer.kind == "byte"
+    ids = torch.randint(0, 97, (1, 5))
+    assert torch.equal(model(ids), loaded(ids))
+
+
+def test_sharded_round_trip(tmp_path):
+    model = tiny_model()
+    save(model, tmp_path / "m", max_shard_bytes=20_000)
+    index = json.loads((tmp_path / "m" / INDEX_FILE).read_text())
+    shards = set(index["weight_map"].values())
+    assert len(shards) > 3 and not (tmp_path / "m" / "model.safetensors").exists()
+    assert_same_model(model, load(tmp_path / "m"))
+
+
+def test_existing_output_needs_force(tmp_path):
+    model = tiny_model()
+    save(model, tmp_path / "m")
+    with pytest.raises(ColmError, match="--force"):
+        save(model, tmp_path / "m")
+    other = tiny_model(seed=1)
+    save(other, tmp_path / "m", force=True)
+    assert_same_model(other, load(tmp_path / "m"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    class Broken:
+        config = tiny_model().config
+        tokenizer = None  # saving the tokenizer fails after the weights are written
+
+        def state_dict(self):
+            return tiny_model().state_dict()
+
+    with pytest.raises(AttributeError):
+        save(Broken(), tmp_path / "m", history=[])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hf_tokenizer_is_stored_and_used(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(["the cat sat on the mat"] * 50, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    out = run_cli("init", "-o", tmp_path / "m", "--tokenizer", tmp_path / "tokenizer.json", check=True)
+    assert out.stdout.strip() == str(tmp_path / "m")
+    model = load(tmp_path / "m")
+    assert model.config.tokenizer == "tokenizer.json" and model.config.vocab_size == tok.get_vocab_size()
+    assert model.tokenizer.encode("the cat") == tok.encode("the cat").ids
+
+
+# --- damage: each gives one line on stderr and exit 2 through the CLI --------------------------
+
+
+def damaged(tmp_path, how):
+    path = tmp_path / "m"
+    save(tiny_model(), path, max_shard_bytes=20_000 if how == "missing-shard" else 10**9)
+    weights = path / "model.safetensors"
+    if how == "truncated":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif how == "wrong-shape":
+        state = load(path).state_dict()
+        state["layers.0.attn.q.weights.1"] = torch.zeros(3, 3)
+        save_file(dict(state), weights)
+    elif how == "missing-tensor":
+        state = load(path).state_dict()
+        del state["layers.1.ffn.up.weights.2"]
+        save_file(dict(state), weights)
+    elif how == "missing-shard":
+        index = json.loads((path / INDEX_FILE).read_text())
+        (path / sorted(set(index["weight_map"].values()))[1]).unlink()
+    elif how == "unknown-field":
+        cfg = json.loads((path / "config.json").read_text())
+        cfg["n_experts"] = 8
+        (path / "config.json").write_text(json.dumps(cfg))
+    elif how == "pickle":
+        torch.save(load(path).state_dict(), path / "pytorch_model.bin")
+        weights.unlink()
+    return path
+
+
+@pytest.mark.parametrize("how,message", [
+    ("truncated", "truncated"),
+    ("wrong-shape", "'layers.0.attn.q.weights.1' has shape [3, 3]"),
+    ("missing-tensor", "'layers.1.ffn.up.weights.2' is missing"),
+    ("missing-shard", "is missing (listed in model.safetensors.index.json)"),
+    ("unknown-field", "unknown field 'n_experts'"),
+    ("pickle", "pickle file"),
+])
+def test_damaged_checkpoint_gives_one_line_error(tmp_path, how, message):
+    path = damaged(tmp_path, how)
+    with pytest.raises(ColmError, match="."):
+        open_checkpoint(path)
+    for command in (["inspect", path], ["eval", path, "--max-tokens", "10"]):
+        assert_one_line_error(run_cli(*command), 2, message)

@@ -1,0 +1,75 @@
+"""The real `colm` command line, in subprocesses, as a user types it."""
+
+import json
+import time
+
+from tests.conftest import REPO, assert_one_line_error, run_cli
+
+
+def test_help_is_fast_and_lists_commands():
+    start = time.perf_counter()
+    proc = run_cli("--help", check=True)
+    elapsed = time.perf_counter() - start
+    for command in ("init", "inspect", "eval"):
+        assert command in proc.stdout
+    # No torch import at start-up: the whole process, interpreter included, stays well under a second.
+    assert elapsed < 2.0, elapsed
+
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys; import colm_cli.app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_init_eval_pipeline(tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text("It is a truth universally acknowledged. " * 40)
+    init = run_cli("init", "--chains", "2,2", "--layers", "2", cwd=tmp_path, check=True)
+    path = init.stdout.strip()
+    assert init.stdout.count("\n") == 1 and (tmp_path / path / "config.json").is_file()
+    ev = run_cli("eval", "--data", data, "--chains", "1,2", "--seq-len", "64", input=init.stdout, cwd=tmp_path,
+                 check=True)
+    report = json.loads(ev.stdout)
+    assert [r["chains"] for r in report["results"]] == [1, 2]
+    assert report["tokens"] == len(data.read_text()) + 1  # every byte and the EOS, the BOS is context
+    for r in report["results"]:
+        # A random byte-level model is near uniform over 258 tokens: about 8 bits per byte.
+        assert 6.0 < r["bits_per_byte"] < 10.0 and abs(r["ppl"] - 2.718281828 ** r["loss"]) < 1e-6 * r["ppl"]
+
+
+def test_init_names_outputs_without_clashing_and_inspect_reads_stdin(tmp_path):
+    first = run_cli("init", cwd=tmp_path, check=True).stdout.strip()
+    second = run_cli("init", cwd=tmp_path, check=True).stdout.strip()
+    assert first != second
+    report = json.loads(run_cli("inspect", "--json", input=second + "\n", cwd=tmp_path, check=True).stdout)
+    assert report["parameters"] == sum(c["parameters"] for c in report["chains"])
+    assert report["history"][0]["command"] == "init"
+
+
+def test_init_air_and_flags(tmp_path):
+    proc = run_cli("init", "-o", tmp_path / "m", "--air", "--chains", "4,4", "--kv-heads", "2", "--ffn", "32",
+                   "--layers", "1", "--head-dim", "8", "--rope-scaling", "8,1,4,64", "--tie-embeddings", check=True)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["kv_share"] and cfg["kv_heads"] == [2, 0] and cfg["ffn"] == [32, 32]
+    assert cfg["rope_scaling"]["factor"] == 8 and cfg["tie_embeddings"]
+    assert proc.stdout.strip() == str(tmp_path / "m")
+
+
+def test_bad_usage_is_one_line_and_exit_2(tmp_path):
+    run_cli("init", "-o", tmp_path / "m", check=True)
+    before = sorted(p.name for p in (tmp_path / "m").iterdir())
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "m"), 2, "--force")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--chains", "3,3", "--kv-heads", "2"), 2,
+                          "chain 1: 3 query heads is not a multiple of 2 KV heads")
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--preset", "huge"), 2, "unknown preset")
+    assert_one_line_error(run_cli("eval", tmp_path / "m", "--chains", "9"), 2, "outside 1..4")
+    assert_one_line_error(run_cli("eval", tmp_path / "nope"), 2, "no such checkpoint")
+    assert_one_line_error(run_cli("eval", tmp_path / "m", "--data", tmp_path / "missing.txt"), 2, "no such file")
+    assert_one_line_error(run_cli("eval", tmp_path / "m", "--bogus"), 2, "No such option")
+    assert_one_line_error(run_cli("inspect", input=""), 2, "stdin was empty")
+    assert not (tmp_path / "x").exists()
