@@ -27,7 +27,7 @@ def _chain_index(idx, bounds_ptr, NUM_CHAINS: tl.constexpr):
     """Chain that owns position idx (scalar or vector), given bounds[0]=0 < ... < bounds[n].
 
     Counting inner boundaries <= idx also skips chains of width zero."""
-    chain = tl.zeros_like(idx)
+    chain = idx * 0
     for i in tl.static_range(1, NUM_CHAINS):
         chain += (idx >= tl.load(bounds_ptr + i)).to(idx.dtype)
     return chain
