@@ -149,3 +149,11 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(cpu, "chain_linear", fail)
     monkeypatch.setenv("COLM_KERNELS", "reference")
     chain_linear(x, weights)
+
+
+def test_triton_rejects_shapes_its_pointer_arithmetic_cannot_trust():
+    x, weights = make_case([8, 8], [8, 8])
+    with pytest.raises(ValueError):
+        triton_impl.chain_linear(x[..., :12], weights)  # x narrower than the last prefix
+    with pytest.raises(ValueError):
+        triton_impl.chain_linear(x, weights[::-1])  # prefixes must not shrink

@@ -15,6 +15,8 @@ Call chain_linear here directly to run the Triton path on CPU tensors under
 TRITON_INTERPRET=1 (the dispatcher in __init__ sends CPU tensors to the PyTorch path).
 """
 
+from itertools import accumulate
+
 import torch
 import triton
 import triton.language as tl
@@ -24,10 +26,10 @@ BLOCK_M, BLOCK_N, BLOCK_K = 64, 64, 32
 
 @triton.jit
 def _chain_index(idx, bounds_ptr, NUM_CHAINS: tl.constexpr):
-    """Chain that owns position idx (scalar or vector), given bounds[0]=0 < ... < bounds[n].
+    """Chain that owns position idx (scalar or block), given bounds[0]=0 <= ... <= bounds[n].
 
     Counting inner boundaries <= idx also skips chains of width zero."""
-    chain = idx * 0
+    chain = idx * 0  # rather than tl.zeros_like: the same for scalars and blocks
     for i in tl.static_range(1, NUM_CHAINS):
         chain += (idx >= tl.load(bounds_ptr + i)).to(idx.dtype)
     return chain
@@ -137,12 +139,10 @@ def _grad_weight_kernel(
 
 def _layout(weights: list[torch.Tensor], device: torch.device):
     """Chain boundaries as int tensors: output rows, input prefixes, flat weight offsets."""
-    outs = [w.shape[0] for w in weights]
-    ins = [w.shape[1] for w in weights]
-    sizes = [w.numel() for w in weights]
-    cumsum = lambda v: [sum(v[:i]) for i in range(len(v) + 1)]  # noqa: E731
-    as_tensor = lambda v: torch.tensor(v, dtype=torch.int64, device=device)  # noqa: E731
-    return as_tensor(cumsum(outs)), as_tensor([0] + ins), as_tensor(cumsum(sizes)[:-1])
+    out_bounds = [0, *accumulate(w.shape[0] for w in weights)]
+    in_bounds = [0, *(w.shape[1] for w in weights)]
+    w_offsets = [0, *accumulate(w.numel() for w in weights)][:-1]
+    return [torch.tensor(v, dtype=torch.int64, device=device) for v in (out_bounds, in_bounds, w_offsets)]
 
 
 def _meta(num_chains: int, dtype: torch.dtype) -> dict:
@@ -154,10 +154,11 @@ def _meta(num_chains: int, dtype: torch.dtype) -> dict:
 class ChainLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, *weights):
-        width, (n_total, k_total) = x.shape[-1], (sum(w.shape[0] for w in weights), weights[-1].shape[1])
-        x2 = x.reshape(-1, width)
+        n_total, k_total = sum(w.shape[0] for w in weights), weights[-1].shape[1]
+        x2 = x.reshape(-1, x.shape[-1])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
+        # tl.dot wants both operands in one dtype; the gradients go back in each weight's own.
         w_flat = torch.cat([w.reshape(-1) for w in weights]).to(x.dtype)
         layout = _layout(weights, x.device)
         M = x2.shape[0]
@@ -209,4 +210,11 @@ class ChainLinearFunction(torch.autograd.Function):
 
 def chain_linear(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     """x: (..., >= in_total) -> (..., sum out_i), weights[i]: (out_i, in_1 + ... + in_i)."""
+    # The kernels trust these shapes for their pointer arithmetic.
+    prefixes = [w.shape[1] for w in weights]
+    if prefixes != sorted(prefixes) or x.shape[-1] < prefixes[-1] or any(w.dim() != 2 for w in weights):
+        raise ValueError(
+            f"chain weights must be 2-D with non-decreasing input prefixes no wider than x; "
+            f"got {[tuple(w.shape) for w in weights]} for x of width {x.shape[-1]}"
+        )
     return ChainLinearFunction.apply(x, *weights)

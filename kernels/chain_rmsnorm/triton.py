@@ -13,6 +13,8 @@ Call chain_rms_norm here directly to run the Triton path on CPU tensors under
 TRITON_INTERPRET=1 (the dispatcher in __init__ sends CPU tensors to the PyTorch path).
 """
 
+from itertools import accumulate
+
 import torch
 import triton
 import triton.language as tl
@@ -83,13 +85,13 @@ class ChainRMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, eps, *weights):
         widths = [w.shape[0] for w in weights]
-        bounds = torch.tensor([sum(widths[:i]) for i in range(len(widths) + 1)], device=x.device)
+        bounds = torch.tensor([0, *accumulate(widths)], device=x.device)
         x2 = x.reshape(-1, x.shape[-1])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         w_flat = torch.cat(weights)
         M = x2.shape[0]
-        y = torch.empty(M, bounds[-1].item(), device=x.device, dtype=torch.promote_types(x.dtype, w_flat.dtype))
+        y = torch.empty(M, sum(widths), device=x.device, dtype=torch.promote_types(x.dtype, w_flat.dtype))
         compute = torch.promote_types(x.dtype, torch.float32)
         rstd = torch.empty(M, len(widths), device=x.device, dtype=compute)
         grid, meta = _launch(M, widths, compute)
@@ -119,4 +121,6 @@ class ChainRMSNormFunction(torch.autograd.Function):
 
 def chain_rms_norm(x: torch.Tensor, weights: list[torch.Tensor], eps: float) -> torch.Tensor:
     """x: (..., >= d_1 + ... + d_k), weights[i]: (d_i,) -> (..., d_1 + ... + d_k)."""
+    if x.shape[-1] < sum(w.shape[0] for w in weights):  # the kernels would read past each row
+        raise ValueError(f"x of width {x.shape[-1]} is narrower than the chains {[w.shape[0] for w in weights]}")
     return ChainRMSNormFunction.apply(x, eps, *weights)
