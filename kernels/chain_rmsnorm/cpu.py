@@ -10,6 +10,7 @@ def chain_rms_norm(x: torch.Tensor, weights: list[torch.Tensor], eps: float) -> 
     width = weights[0].shape[0]
     if any(w.shape[0] != width for w in weights):
         return reference.chain_rms_norm(x, weights, eps)
-    xs = x.float().unflatten(-1, (len(weights), width))
+    compute = torch.promote_types(x.dtype, torch.float32)
+    xs = x[..., : len(weights) * width].to(compute).unflatten(-1, (len(weights), width))
     xs = xs * torch.rsqrt(xs.pow(2).mean(-1, keepdim=True) + eps)
     return (torch.stack(list(weights)) * xs.to(x.dtype)).flatten(-2)
