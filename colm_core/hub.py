@@ -100,14 +100,13 @@ def pull(reference: str, revision: str | None = None, output: Path | None = None
     """Download a repo revision into the Hub cache; with `output`, also copy it there as plain files.
 
     Returns the snapshot directory in the cache, or `output`."""
-    from colm_core.checkpoint import atomic_directory, check_output
-
     repo_id, revision = parse_reference(reference, revision)
-    if output is not None:
-        check_output(output, force)
-    snapshot = download(repo_id, revision)
     if output is None:
-        return snapshot
+        return download(repo_id, revision)
+    from colm_core.checkpoint import atomic_directory, check_output  # torch: only when copying
+
+    check_output(output, force)
+    snapshot = download(repo_id, revision)
     names = [p.name for p in snapshot.iterdir() if p.is_file()]
     with atomic_directory(output, force) as tmp:
         for name in filter_repo_objects(sorted(names), allow_patterns=CHECKPOINT_PATTERNS):
