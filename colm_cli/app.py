@@ -176,10 +176,11 @@ def pull(
 
 @app.command()
 def push(
-    ckpt: Annotated[str, typer.Argument(
-        help="Checkpoint directory; with one argument only, it is the REPO_ID and the checkpoint comes from stdin.",
-        show_default=False)],
-    repo_id: Annotated[Optional[str], typer.Argument(help="Hub model repo: ORG/NAME.", show_default=False)] = None,
+    ckpt: Annotated[Optional[str], typer.Argument(
+        metavar="CKPT", show_default=False,
+        help="Checkpoint directory; when only REPO_ID is given, it is read from stdin.")] = None,
+    repo_id: Annotated[Optional[str], typer.Argument(
+        metavar="REPO_ID", show_default=False, help="Hub model repo: ORG/NAME.")] = None,
     private: Annotated[bool, typer.Option("--private", help="Create the repo private (if it does not exist).")] = False,
     revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default: main).")] = None,
     license: Annotated[Optional[str], typer.Option(help="License id for the card, e.g. apache-2.0.")] = None,
@@ -187,10 +188,13 @@ def push(
     """Upload a checkpoint with a fresh model card; print hf://ORG/NAME@COMMIT.
 
     The token comes from HF_TOKEN or `hf auth login`, never from a flag."""
-    from colm_core.hub import push as push_checkpoint
+    from colm_core.hub import parse_reference, push as push_checkpoint
 
     if repo_id is None:
         ckpt, repo_id = None, ckpt
+    if repo_id is None:
+        raise ColmError("no REPO_ID: `colm push CKPT ORG/NAME`, or `... | colm push ORG/NAME`")
+    parse_reference(repo_id, revision)  # a bad id is refused before an hf:// input is downloaded
     uri = push_checkpoint(input_path(ckpt), repo_id, private=private, revision=revision, license=license)
     err.print(f"[green]pushed[/] {uri}")
     print(uri, flush=True)
