@@ -4,7 +4,10 @@ and `colm push` with only its requests replaced by a recording fake."""
 import hashlib
 import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from huggingface_hub import ModelCard, constants, scan_cache_dir, try_to_load_from_cache
@@ -128,6 +131,70 @@ def test_cli_refuses_an_invalid_id_even_online(tmp_path):
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
     assert_one_line_error(run_cli("pull", "bad--id/x", env=env), 2, "not a valid Hub model id")
     assert_one_line_error(run_cli("inspect", "hf://org/name/config.json", env=env), 2, "give the repo itself")
+
+
+# --- online, against a local stand-in for the Hub's HTTP API --------------------------------
+
+
+class FakeHubServer(BaseHTTPRequestHandler):
+    """Answers the three requests a download makes: repo info, the tree listing, and the files."""
+
+    repo_id, commit, files, requested = "", "", {}, []
+
+    def log_message(self, *args):
+        pass
+
+    def reply(self, code: int, body: bytes, **headers):
+        self.send_response(code)
+        for key, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(key.replace("_", "-"), value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        path, repo, files = unquote(urlsplit(self.path).path), self.repo_id, self.files
+        resolve = f"/{repo}/resolve/{self.commit}/"
+        if path in (f"/api/models/{repo}", f"/api/models/{repo}/revision/main"):
+            self.reply(200, json.dumps({"id": repo, "sha": self.commit}).encode(), Content_Type="application/json")
+        elif path.startswith(f"/api/models/{repo}/revision/"):
+            self.reply(404, b"{}", X_Error_Code="RevisionNotFound", Content_Type="application/json")
+        elif path == f"/api/models/{repo}/tree/{self.commit}":
+            tree = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                    for f, d in files.items()]
+            self.reply(200, json.dumps(tree).encode(), Content_Type="application/json")
+        elif path.startswith(resolve) and path[len(resolve):] in files:
+            data = files[path[len(resolve):]]
+            if self.command == "GET":
+                self.requested.append(path[len(resolve):])
+            self.reply(200, data, X_Repo_Commit=self.commit, ETag=f'"{hashlib.sha1(data).hexdigest()}"')
+        else:
+            self.reply(404, b"{}", X_Error_Code="RepoNotFound", Content_Type="application/json")
+
+    do_HEAD = do_GET
+
+
+def test_online_pull_downloads_only_checkpoint_files_then_works_offline(hub_cache, tmp_path):
+    files = {**checkpoint_bytes(hub_cache["v1"]), "original/consolidated.00.pth": b"pickle",
+             "pytorch_model.bin": b"pickle", "notes/eval.txt": b"x"}
+    handler = type("Served", (FakeHubServer,), {"repo_id": "acme/served", "commit": "4" * 40, "files": files,
+                                                "requested": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_CACHE": str(tmp_path / "cache"),
+               "HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "0"}
+        snapshot = run_cli("pull", "acme/served", env=env, check=True).stdout.strip()
+        assert sorted(handler.requested) == sorted(checkpoint_bytes(hub_cache["v1"]))
+        assert checkpoint_bytes(Path(snapshot)) == checkpoint_bytes(hub_cache["v1"])
+        assert_one_line_error(run_cli("pull", "acme/served", "--revision", "nope", env=env), 2, "no revision 'nope'")
+        assert_one_line_error(run_cli("pull", "acme/other", env=env), 2, "no such model repo")
+        handler.requested.clear()
+        report = json.loads(run_cli("inspect", "--json", "hf://acme/served", env={**env, "HF_HUB_OFFLINE": "1"},
+                                    check=True).stdout)
+        assert report["path"] == snapshot and len(report["chains"]) == 2 and handler.requested == []
+    finally:
+        server.shutdown()
 
 
 # --- push ------------------------------------------------------------------------------------
