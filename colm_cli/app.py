@@ -156,6 +156,50 @@ def eval_(
     emit_json(report)
 
 
+@app.command()
+def pull(
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")],
+    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default: main).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Also copy the files into this directory (default: print the Hub-cache path).")] = None,
+    force: ForceOpt = False,
+):
+    """Download a colm checkpoint or a Llama transformers repo into the Hugging Face cache; print its path.
+
+    Resumable, shared with other Hub tools, and offline with HF_HUB_OFFLINE=1 once cached."""
+    from colm_core.hub import pull as pull_repo
+
+    path = pull_repo(repo_id, revision, output, force)
+    err.print(f"[green]pulled[/] {repo_id} -> {path}", soft_wrap=True)
+    emit_path(path)
+
+
+@app.command()
+def push(
+    ckpt: Annotated[Optional[str], typer.Argument(
+        metavar="CKPT", show_default=False,
+        help="Checkpoint directory; when only REPO_ID is given, it is read from stdin.")] = None,
+    repo_id: Annotated[Optional[str], typer.Argument(
+        metavar="REPO_ID", show_default=False, help="Hub model repo: ORG/NAME.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private (if it does not exist).")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default: main).")] = None,
+    license: Annotated[Optional[str], typer.Option(help="License id for the card, e.g. apache-2.0.")] = None,
+):
+    """Upload a checkpoint with a fresh model card; print hf://ORG/NAME@COMMIT.
+
+    The token comes from HF_TOKEN or `hf auth login`, never from a flag."""
+    from colm_core.hub import parse_reference, push as push_checkpoint
+
+    if repo_id is None:
+        ckpt, repo_id = None, ckpt
+    if repo_id is None:
+        raise ColmError("no REPO_ID: `colm push CKPT ORG/NAME`, or `... | colm push ORG/NAME`")
+    parse_reference(repo_id, revision)  # a bad id is refused before an hf:// input is downloaded
+    uri = push_checkpoint(input_path(ckpt), repo_id, private=private, revision=revision, license=license)
+    err.print(f"[green]pushed[/] {uri}")
+    print(uri, flush=True)
+
+
 def main() -> None:
     """Entry point: run the app, turning every expected failure into one line on stderr and an exit code."""
     debug = "--debug" in sys.argv
