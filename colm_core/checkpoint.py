@@ -217,6 +217,9 @@ def atomic_directory(path: str | Path, force: bool = False):
     check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets a normal directory's mode
     try:
         yield tmp
         old = None

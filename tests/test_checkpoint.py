@@ -50,6 +50,16 @@ def test_existing_output_needs_force(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
 
 
+def test_output_directory_has_a_normal_mode(tmp_path):
+    import os
+    import stat
+
+    save(tiny_model(), tmp_path / "m")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == 0o777 & ~umask
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     class Broken:
         config = tiny_model().config
