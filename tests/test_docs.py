@@ -1,0 +1,25 @@
+"""The documentation tells the truth about the CLI."""
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_cli_reference_is_generated_from_the_current_cli():
+    """docs/cli.md is Typer's own rendering of the app: a new command or flag must land there too."""
+    out = subprocess.run([sys.executable, "-m", "typer", "colm_cli.app", "utils", "docs", "--name", "colm"],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert (REPO / "docs" / "cli.md").read_text().rstrip() == out.rstrip(), (
+        "docs/cli.md is stale: regenerate it with `python -m typer colm_cli.app utils docs --name colm "
+        "--output docs/cli.md`")
+
+
+def test_every_command_in_the_readme_exists():
+    from colm_cli.app import app
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+    # `colm X` in code: at the start of a line, after a backtick, or after a pipe
+    used = set(re.findall(r"(?m)(?:^\s*|`|\|\s+)colm ([a-z]+)\b", (REPO / "README.md").read_text()))
+    assert used and used <= commands, used - commands
