@@ -11,6 +11,7 @@ _API = {
     "save": "colm_core.checkpoint",
     "ColmConfig": "colm_core.config",
     "CoLM": "colm_core.model",
+    "generate": "colm_core.generate",
 }
 
 
@@ -18,7 +19,10 @@ def __getattr__(name):
     if name in _API:
         import importlib
 
-        return getattr(importlib.import_module(_API[name]), name)
+        value = getattr(importlib.import_module(_API[name]), name)
+        # Bind it here: importing colm_core.generate made the package attribute `generate` the module.
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'colm_core' has no attribute {name!r}")
 
 

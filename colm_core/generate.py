@@ -154,6 +154,7 @@ def default_prefill_chains(cfg, schedule: Schedule) -> int:
     return 1 if cfg.kv_share else schedule[0][1]
 
 
+@torch.inference_mode()  # on a generator function: active only while the generator itself runs
 def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_tokens: int,
                   prefill_chains: int | None = None, sampling: Sampling | None = None,
                   report: dict | None = None) -> Iterator[tuple[int, torch.Tensor]]:
@@ -187,24 +188,23 @@ def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_toke
     def run(tokens: list[int], chains: int) -> torch.Tensor:
         return model.hidden_states(torch.tensor([tokens], device=param.device), chains, cache)
 
-    with torch.inference_mode():
-        if len(ids) > 1:
-            run(ids[:-1], prefill_chains)
-        pending = ids[-1:]
-        for position in range(n_new):
-            chains = chains_at(schedule, position)
-            recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
-            if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
-                cache.reset()
-                pending = ids
-            if position in segment_starts:
-                report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
-            h = run(pending, chains)
-            logits = model.logits(h[0, -1], chains)
-            token = sampling.pick(logits, generator)
-            yield token, logits
-            ids.append(token)
-            pending = [token]
+    if len(ids) > 1:
+        run(ids[:-1], prefill_chains)
+    pending = ids[-1:]
+    for position in range(n_new):
+        chains = chains_at(schedule, position)
+        recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
+        if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
+            cache.reset()
+            pending = ids
+        if position in segment_starts:
+            report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
+        h = run(pending, chains)
+        logits = model.logits(h[0, -1], chains)
+        token = sampling.pick(logits, generator)
+        yield token, logits
+        ids.append(token)
+        pending = [token]
 
 
 class TextStream:
