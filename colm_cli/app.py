@@ -200,6 +200,66 @@ def push(
     print(uri, flush=True)
 
 
+@app.command()
+def generate(
+    ckpt: CkptArg = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Text to continue.")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file.")] = None,
+    chains: Annotated[Optional[int], typer.Option(help="Chains of the sub-model that generates (default: all).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Generate at most this many tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample among the most likely tokens of mass p.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler.")] = 0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop when the text contains this (repeatable).")] = None,
+    switch: Annotated[Optional[str], typer.Option(
+        help="Change the chain count at generated positions, e.g. 0:4,32:1,64:2.")] = None,
+    prefill_chains: Annotated[Optional[int], typer.Option(
+        help="Chains that build the prompt's KV cache (default: 1 for CoLM-Air, else --chains).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+):
+    """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
+    from colm_core.checkpoint import load
+    from colm_core.generation import generate as run_generate
+    from colm_core.generation import parse_switch
+
+    if (prompt is None) == (prompt_file is None):
+        raise ColmError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise ColmError(f"--prompt-file {prompt_file}: no such file")
+        prompt = prompt_file.read_text()
+    if not prompt:
+        raise ColmError("the prompt is empty; give some text to continue")
+    model = load(input_path(ckpt), device=torch_device(device), dtype=torch_dtype(dtype))
+    tok = model.tokenizer
+    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prompt)
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = run_generate(model, ids, max_new_tokens=max_new_tokens, chains=chains,
+                          switch=parse_switch(switch or ""), prefill_chains=prefill_chains, temperature=temperature,
+                          top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
+                          on_text=None if json_out else stream)
+    for seg in result["schedule"]:
+        if seg["recomputed"]:
+            err.print(f"switching up to {seg['chains']} chains at token {seg['start']}: recomputed the keys/values "
+                      "of the whole sequence (only CoLM-Air switches without recomputing)", soft_wrap=True)
+    t = result["timings"]
+    decode = f"{t['decode_tokens_per_s']:.1f}" if t["decode_tokens_per_s"] is not None else "-"
+    err.print(f"{len(result['token_ids'])} tokens ({result['stop_reason']}); time to first token "
+              f"{t['time_to_first_token_s'] * 1000:.0f} ms, prefill {t['prefill_tokens_per_s']:.0f} tokens/s "
+              f"at {result['prefill_chains']} chain(s), decode {decode} tokens/s", highlight=False, soft_wrap=True)
+    if json_out:
+        emit_json({"prompt": prompt, "prompt_ids": ids, **result})
+    else:
+        stream("\n")
+
+
 def main() -> None:
     """Entry point: run the app, turning every expected failure into one line on stderr and an exit code."""
     debug = "--debug" in sys.argv

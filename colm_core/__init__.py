@@ -11,6 +11,7 @@ _API = {
     "save": "colm_core.checkpoint",
     "ColmConfig": "colm_core.config",
     "CoLM": "colm_core.model",
+    "generate": "colm_core.generation",
 }
 
 

@@ -70,7 +70,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotate_half(x) * sin
 
 
-def kv_head_index(cfg: ColmConfig) -> torch.Tensor:
+def kv_heads_read(cfg: ColmConfig) -> list[int]:
     """For every query head (chain-major order), the key/value head it reads.
 
     Chain i groups its query heads over its own KV heads as Llama does; with CoLM-Air every
@@ -82,7 +82,18 @@ def kv_head_index(cfg: ColmConfig) -> torch.Tensor:
         index += [kv_offset + j // (h // n_kv) for j in range(h)]
         if not cfg.kv_share:
             kv_offset += n_kv
-    return torch.tensor(index)
+    return index
+
+
+def kv_head_index(cfg: ColmConfig) -> torch.Tensor:
+    return torch.tensor(kv_heads_read(cfg))
+
+
+def sdpa_can_group(index: list[int]) -> bool:
+    """Whether query head j reads KV head j // (H / KV): the grouping scaled_dot_product_attention
+    does itself (enable_gqa), without materialising repeated keys and values."""
+    h, n_kv = len(index), max(index) + 1
+    return h % n_kv == 0 and index == [j // (h // n_kv) for j in range(h)]
 
 
 class Attention(nn.Module):
@@ -95,6 +106,10 @@ class Attention(nn.Module):
         self.v = ChainLinear(d[: len(cfg.kv_widths)], cfg.kv_widths)
         self.o = ChainLinear(d, d)
         self.register_buffer("kv_index", kv_head_index(cfg), persistent=False)
+        index = kv_heads_read(cfg)
+        # Per chain count k (1-based): whether SDPA can group the first k chains' heads itself.
+        self.sdpa_groups = [None] + [sdpa_can_group(index[: sum(cfg.heads[:k])])
+                                     for k in range(1, cfg.n_chains + 1)]
 
     def forward(self, x, chains, cos, sin, cache=None, layer=0):
         B, T, _ = x.shape
@@ -106,14 +121,15 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, KV, S, hd)
-        index = self.kv_index[: q.shape[1]]
-        k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, hd)
+        if not self.sdpa_groups[chains]:
+            index = self.kv_index[: q.shape[1]]
+            k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, hd)
         S = k.shape[2]
-        if S == T:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:  # new tokens after a cached prefix: query t sees keys up to S - T + t
+        mask = None
+        if 1 < T < S:  # new tokens after a cached prefix: query t sees keys up to S - T + t
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T,
+                                           enable_gqa=self.sdpa_groups[chains])
         return self.o(y.transpose(1, 2).reshape(B, T, -1), chains)
 
 

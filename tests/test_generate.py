@@ -1,0 +1,210 @@
+"""Generation: the cached decoder equals full recomputation, Air prefill with chain 1 and chain-count
+switching change nothing but the cost, sampling, streaming text, and the `colm generate` command."""
+
+import json
+
+import pytest
+import torch
+
+from colm_core.checkpoint import save
+from colm_core.errors import ColmError
+from colm_core.generation import Sampling, TextStream, chains_at, generate, make_schedule, stream_tokens
+from colm_core.model import CoLM
+from colm_core.tokenizer import ByteTokenizer
+from tests.conftest import assert_one_line_error, run_cli, tiny_config, tiny_model
+
+# Head layouts where SDPA groups the KV heads itself ("gqa") and where the attention gathers them.
+VARIANTS = {
+    "colm": {},
+    "colm-gqa": dict(kv_heads=[1, 1, 1]),
+    "air": dict(kv_share=True, heads=[2, 4, 2], kv_heads=[2, 0, 0]),
+    "air-gqa": dict(kv_share=True, kv_heads=[1, 0, 0]),
+}
+PROMPT = [5, 17, 3, 88, 40, 40, 12, 61, 9, 33, 70, 1, 25]
+
+
+@torch.no_grad()
+def recompute_from_scratch(model, prompt, schedule, n):
+    """Greedy decoding with no cache: token p from the whole sequence at schedule's chains."""
+    ids, out = list(prompt), []
+    for p in range(n):
+        logits = model(torch.tensor([ids]), chains=chains_at(schedule, p))[0, -1]
+        out.append((int(logits.argmax()), logits))
+        ids.append(out[-1][0])
+    return out
+
+
+def assert_same_steps(got, expected):
+    assert [t for t, _ in got] == [t for t, _ in expected]
+    for (_, a), (_, b) in zip(got, expected):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
+def spy_on_forward(model, monkeypatch):
+    """Record (new tokens, chains) of every forward pass the generator makes."""
+    calls, forward = [], model.hidden_states
+
+    def recording(ids, chains=None, cache=None):
+        calls.append((ids.shape[1], chains))
+        return forward(ids, chains, cache)
+
+    monkeypatch.setattr(model, "hidden_states", recording)
+    return calls
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_decoding_equals_full_recomputation_for_every_chain_count(variant):
+    model = tiny_model(**VARIANTS[variant])
+    for k in range(1, model.config.n_chains + 1):
+        for prompt in (PROMPT, PROMPT[:1]):
+            schedule = [(0, k)]
+            got = list(stream_tokens(model, prompt, schedule, 10, prefill_chains=k))
+            assert_same_steps(got, recompute_from_scratch(model, prompt, schedule, 10))
+
+
+@pytest.mark.parametrize("variant", ["air", "air-gqa"])
+def test_air_prefill_with_chain_1_equals_full_width_prefill(variant, monkeypatch):
+    model = tiny_model(**VARIANTS[variant])
+    for k in range(1, model.config.n_chains + 1):
+        full = list(stream_tokens(model, PROMPT, [(0, k)], 8, prefill_chains=k))
+        calls = spy_on_forward(model, monkeypatch)
+        chain1 = list(stream_tokens(model, PROMPT, [(0, k)], 8, prefill_chains=1))
+        monkeypatch.undo()
+        assert_same_steps(chain1, full)
+        # The prompt but its last token ran at chain 1 alone; everything after at k chains, one token at a time.
+        assert calls == [(len(PROMPT) - 1, 1)] + [(1, k)] * 8
+
+
+def test_air_is_the_default_prefill_and_colm_refuses_a_narrower_one():
+    assert generate(tiny_model(**VARIANTS["air"]), PROMPT, max_new_tokens=2)["prefill_chains"] == 1
+    assert generate(tiny_model(), PROMPT, max_new_tokens=2, chains=2)["prefill_chains"] == 2
+    with pytest.raises(ColmError, match="only CoLM-Air"):
+        generate(tiny_model(), PROMPT, max_new_tokens=2, chains=3, prefill_chains=1)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_switching_schedule_equals_recomputation_from_scratch(variant, monkeypatch):
+    model = tiny_model(**VARIANTS[variant])
+    schedule = [(0, 3), (3, 1), (6, 2), (9, 3)]
+    calls = spy_on_forward(model, monkeypatch)
+    report = {}
+    got = list(stream_tokens(model, PROMPT, schedule, 12, report=report))
+    monkeypatch.undo()
+    assert_same_steps(got, recompute_from_scratch(model, PROMPT, schedule, 12))
+    recomputed = [seg["start"] for seg in report["schedule"] if seg["recomputed"]]
+    tokens_run = sum(t for t, _ in calls)
+    if model.config.kv_share:  # Air: every token runs once, whatever the chain count
+        assert recomputed == [] and tokens_run == len(PROMPT) + 12 - 1
+    else:  # switching down keeps a prefix of the cache; switching up (1 -> 2, 2 -> 3) reruns everything
+        assert recomputed == [6, 9]
+        assert tokens_run == len(PROMPT) + 12 - 1 + (len(PROMPT) + 6 - 1) + (len(PROMPT) + 9 - 1)
+    assert [(s["start"], s["chains"]) for s in report["schedule"]] == schedule
+
+
+def test_kv_cache_holds_only_what_the_chosen_chains_need():
+    colm, air = tiny_model(kv_heads=[1, 2, 1]), tiny_model(**VARIANTS["air"])
+    hd, layers = colm.config.head_dim, colm.config.n_layers
+    for model, chains, switch, heads in [(colm, 1, (), 1), (colm, 2, (), 3), (colm, 1, [(4, 3)], 4),
+                                         (air, 1, (), 2), (air, 3, (), 2)]:
+        cache = generate(model, PROMPT, max_new_tokens=6, chains=chains, switch=switch)["kv_cache"]
+        positions = len(PROMPT) + 6 - 1  # the last token is never fed back
+        assert cache == {"heads": heads, "positions": positions, "bytes": 2 * layers * heads * positions * hd * 4}
+
+
+def test_sampling_seeds_top_k_and_top_p():
+    model = tiny_model()
+    greedy = generate(model, PROMPT, max_new_tokens=12, eos_id=-1)["token_ids"]
+
+    def sampled(**kw):
+        return generate(model, PROMPT, max_new_tokens=12, eos_id=-1, temperature=2.0, **kw)["token_ids"]
+
+    assert sampled(seed=1) == sampled(seed=1)
+    assert sampled(seed=1) != sampled(seed=2) != greedy
+    assert sampled(top_k=1, seed=3) == greedy
+    assert sampled(top_p=1e-6, seed=3) == greedy
+    steps = list(stream_tokens(model, PROMPT, [(0, 3)], 30, sampling=Sampling(temperature=5.0, top_k=3, seed=4)))
+    assert all(token in logits.topk(3).indices.tolist() for token, logits in steps)
+
+
+def test_text_stream_never_splits_a_character_and_holds_back_stop_string_starts():
+    text = "naïve café: 3€ 😀!"
+    stream = TextStream(ByteTokenizer())
+    pieces = [stream.push(b) for b in text.encode()] + [stream.finish()]
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+
+    stream = TextStream(ByteTokenizer(), stop=["<END>"])
+    pieces = [stream.push(b) for b in b"ab<ENx<E"]
+    assert "".join(pieces) == "ab<ENx" and not stream.stopped  # "<EN" waited until "x" ruled out "<END>"
+    pieces = [stream.push(b) for b in b"ND>tail"]
+    assert stream.stopped and "".join(pieces) == "" and stream.text == "ab<ENx"
+
+
+def test_generate_stops_at_eos_stop_strings_and_the_context():
+    model = tiny_model(vocab_size=258, kv_heads=[1, 1, 1])
+    free = generate(model, PROMPT, max_new_tokens=20, eos_id=-1)
+    assert free["stop_reason"] == "max_new_tokens" and len(free["token_ids"]) == 20
+    eos = free["token_ids"][5]
+    first = free["token_ids"].index(eos)
+    out = generate(model, PROMPT, max_new_tokens=20, eos_id=eos)
+    assert out["stop_reason"] == "eos" and out["token_ids"] == free["token_ids"][: first + 1]
+
+    text = free["text"]
+    stop = text[6:9]
+    streamed = []
+    out = generate(model, PROMPT, max_new_tokens=20, eos_id=-1, stop=["never there", stop], on_text=streamed.append)
+    assert out["stop_reason"] == "stop_string" and out["text"] == text[: text.index(stop)]
+    assert "".join(streamed) == out["text"]
+
+    context = model.config.max_seq_len
+    out = generate(model, (PROMPT * 5)[: context - 2], max_new_tokens=20, eos_id=-1)
+    assert out["stop_reason"] == "context" and len(out["token_ids"]) == 3  # the last one is never fed back
+
+
+def test_bad_generation_input_is_a_clear_error():
+    model = tiny_model()
+    n = model.config.n_chains
+    with pytest.raises(ColmError, match="prompt is empty"):
+        generate(model, [])
+    with pytest.raises(ColmError, match="longer than the model's context of 64"):
+        generate(model, [3] * 65)
+    with pytest.raises(ColmError, match=f"outside 1..{n}"):
+        generate(model, PROMPT, chains=n + 1)
+    with pytest.raises(ColmError, match="not increasing"):
+        make_schedule(n, 2, [(8, 1), (4, 3)])
+    with pytest.raises(ColmError, match="not increasing"):
+        make_schedule(n, 2, [(0, 1), (0, 3)])
+
+
+@pytest.fixture(scope="module")
+def byte_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen") / "air"
+    cfg = tiny_config(vocab_size=258, bos_token_id=256, eos_token_id=257, kv_share=True, kv_heads=[1, 0, 0])
+    model = CoLM(cfg).init_weights(std=0.1, seed=1)
+    model.tokenizer = ByteTokenizer()
+    save(model, path)
+    return path
+
+
+def test_cli_streams_text_and_json_matches_the_python_api(byte_checkpoint):
+    args = ["generate", byte_checkpoint, "--prompt", "Hello", "--max-new-tokens", "12", "--switch", "0:3,4:1,8:2"]
+    streamed = run_cli(*args, check=True)
+    report = json.loads(run_cli(*args, "--json", check=True).stdout)
+    from colm_core.checkpoint import load
+
+    model = load(byte_checkpoint)
+    api = generate(model, [256] + list(b"Hello"), max_new_tokens=12, switch=[(0, 3), (4, 1), (8, 2)])
+    assert report["prompt_ids"] == [256] + list(b"Hello")
+    assert report["token_ids"] == api["token_ids"] and report["text"] == api["text"]
+    assert streamed.stdout == api["text"] + "\n"
+    assert [(s["start"], s["chains"], s["recomputed"]) for s in report["schedule"]] == \
+        [(0, 3, False), (4, 1, False), (8, 2, False)]
+    assert "time to first token" in streamed.stderr and "decode" in streamed.stderr
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
+    """The Python API tests above cover every bad input; here one checked by the CLI, one by colm_core."""
+    (tmp_path / "empty.txt").write_text("")
+    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt-file", tmp_path / "empty.txt"), 2,
+                          "prompt is empty")
+    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2,
+                          "not increasing")
