@@ -19,14 +19,15 @@ LOGITS_PER_CHUNK = 2**24  # elements of one chunk's logits: 64 MiB in float32
 
 def chain_cross_entropy(h: torch.Tensor, head_blocks: list[torch.Tensor], targets: torch.Tensor,
                         scales: list[int]) -> torch.Tensor:
-    """Summed CE of each scale in `scales` (ascending) over rows h (N, D) -> (len(scales),) float32."""
+    """Summed CE of each scale in `scales` (ascending) over rows h (N, D) -> (len(scales),), at least float32."""
     sums, logits, start = [], None, 0
     for k, block in enumerate(head_blocks, start=1):
         part = F.linear(h[:, start : start + block.shape[1]], block)
         logits = part if logits is None else logits + part
         start += block.shape[1]
         if k in scales:
-            sums.append(F.cross_entropy(logits.float(), targets, reduction="sum"))
+            full_precision = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits under autocast
+            sums.append(F.cross_entropy(full_precision, targets, reduction="sum"))
     return torch.stack(sums)
 
 

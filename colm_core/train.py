@@ -378,6 +378,10 @@ class Trainer:
             if self.resume_from is None and self.partial.exists():
                 shutil.rmtree(self.partial)  # --force: start over
             (self.partial / "steps").mkdir(parents=True, exist_ok=True)
+            complete = set(complete_steps(self.partial))
+            for leftover in (self.partial / "steps").iterdir():  # a kill -9 during a save leaves temporaries
+                if leftover not in complete:
+                    shutil.rmtree(leftover)
             metrics = self.partial / METRICS_FILE
             if self.resume_from is None:
                 metrics.write_text("")

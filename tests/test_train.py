@@ -1,0 +1,234 @@
+"""`colm train`: falling loss, exact resume, chain tuning, the multi-scale loss, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from colm_core import losses
+from colm_core.checkpoint import history_entry, load, open_checkpoint, save, weights_digest
+from colm_core.data import default_corpus_files
+from colm_core.init import InitOptions, init_model
+from colm_core.losses import MultiScaleLoss
+from colm_core.model import CoLM, chain_of
+from colm_core.tokenizer import ByteTokenizer
+from tests.conftest import REPO, assert_one_line_error, run_cli, tiny_config, tiny_model
+
+FAST = ["--batch-size", "4", "--seq-len", "32", "--log-every", "1", "--eval-windows", "4"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"COLM_CACHE_DIR": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small real corpus: Python standard-library sources (about 150 KB), plus one held-out file."""
+    files = default_corpus_files(160_000)
+    train_dir = tmp_path / "corpus"
+    train_dir.mkdir()
+    for f in files[:-1]:
+        shutil.copy(f, train_dir / f.name)
+    return train_dir, files[-1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> str:
+    """A fresh 2-chain byte-level checkpoint (what `colm init` writes), shared by the tests that only read it."""
+    path = tmp_path_factory.mktemp("init") / "base"
+    model = init_model(InitOptions(heads=[2, 2], n_layers=2, head_dim=8, ffn=[32], max_seq_len=64))
+    save(model, path, history=[history_entry("init", {})])
+    return str(path)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return dict(open_checkpoint(path).tensors())
+
+
+def eval_losses(path, data, env) -> dict[int, float]:
+    proc = run_cli("eval", path, "--data", data, "--seq-len", "64", "--max-tokens", "4000", env=env, check=True)
+    return {r["chains"]: r["loss"] for r in json.loads(proc.stdout)["results"]}
+
+
+def test_loss_falls_on_a_small_real_corpus(tmp_path, env, corpus, base):
+    train_dir, held_out = corpus
+    before = eval_losses(base, held_out, env)
+    proc = run_cli("train", base, "--data", train_dir, "--steps", "30", "--batch-size", "8", "--seq-len", "64",
+                   "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "15", "-o", tmp_path / "trained",
+                   env=env, check=True)
+    out = proc.stdout.strip()
+    assert proc.stdout.count("\n") == 1 and out == str(tmp_path / "trained")
+    after = eval_losses(out, held_out, env)
+    for k in (1, 2):  # every sub-model learned, not only the full one
+        assert after[k] < before[k] - 1.0, (k, before, after)
+    records = [json.loads(line) for line in (tmp_path / "trained" / "metrics.jsonl").read_text().splitlines()]
+    train_loss = [r["loss"] for r in records if "loss" in r]
+    assert len(train_loss) == 30 // 10 and set(train_loss[0]) == {"1", "2"}
+    assert [r["step"] for r in records if "val_loss" in r] == [15, 30]
+    entry = open_checkpoint(out).history[-1]
+    assert entry["command"] == "train" and entry["args"]["steps"] == 30
+    assert entry["eval"]["val_loss"] == records[-1]["val_loss"]
+    assert not (tmp_path / "trained.partial").exists()
+    assert entry["inputs"][0]["sha256"] == weights_digest(open_checkpoint(base))  # the input is untouched
+
+
+def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
+    """N steps straight vs N/2, a kill, and --resume auto: the same weights, bit for bit."""
+    train_dir, _ = corpus
+    args = ["train", base, "--data", train_dir, "--steps", "8", *FAST, "--save-every", "2",
+            "--keep-checkpoints", "10"]
+    straight = tmp_path / "straight"
+    run_cli(*args, "-o", straight, env=env, check=True)
+    steps = sorted(p.name for p in (straight / "steps").iterdir())
+    assert steps == ["step-0000002", "step-0000004", "step-0000006", "step-0000008"]
+
+    # A run killed during step 6's checkpoint: step 4 complete, step 6 written without its marker.
+    resumed = tmp_path / "resumed"
+    (resumed.with_name("resumed.partial") / "steps").mkdir(parents=True)
+    for name in ("step-0000004", "step-0000006"):
+        shutil.copytree(straight / "steps" / name, resumed.with_name("resumed.partial") / "steps" / name)
+    (resumed.with_name("resumed.partial") / "steps" / "step-0000006" / "COMPLETE").unlink()
+    proc = run_cli(*args, "-o", resumed, "--resume", "auto", env=env, check=True)
+    assert "resuming from" in proc.stderr and "step-0000004" in proc.stderr
+
+    final, halfway = weights(straight), weights(straight / "steps" / "step-0000004" / "model")
+    again = weights(resumed)
+    assert all(torch.equal(final[n], again[n]) for n in final)
+    assert any(not torch.equal(final[n], halfway[n]) for n in final)
+    logged = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert logged[:4] == [5, 6, 7, 8]
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, base):
+    train_dir, _ = corpus
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "colm_cli", "train", base, "--data", train_dir, "--steps", "100000", *FAST,
+           "-o", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "PYTHONPATH": str(REPO), **env})
+    metrics = tmp_path / "run.partial" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume auto" in stderr and stdout == ""
+    saved = list((tmp_path / "run.partial" / "steps").iterdir())
+    assert len(saved) == 1 and (saved[0] / "COMPLETE").is_file()
+    step = json.loads((saved[0] / "trainer_state.json").read_text())["step"]
+    assert saved[0].name == f"step-{step:07d}"
+    assert max(json.loads(line)["step"] for line in metrics.read_text().splitlines()) == step
+    assert load(saved[0] / "model").config.n_chains == 2
+    assert not out.exists()
+
+
+def grown_model(air: bool) -> tuple[CoLM, CoLM]:
+    """A 1-chain model and its growth by one chain: chain-1 tensors copied, the new LM-head block zero."""
+    shape = dict(vocab_size=258, bos_token_id=256, eos_token_id=257, kv_share=air)
+    small = CoLM(tiny_config(heads=[2], kv_heads=[1], ffn=[24], **shape)).init_weights(std=0.1, seed=1)
+    grown = CoLM(tiny_config(heads=[2, 2], kv_heads=[1, 0] if air else [1, 1], ffn=[24, 16], **shape))
+    grown.init_weights(std=0.1, seed=2)
+    with torch.no_grad():
+        grown_params = dict(grown.named_parameters())
+        for name, p in small.named_parameters():
+            grown_params[name].copy_(p)
+        grown_params["lm_head.1"].zero_()
+    for m in (small, grown):
+        m.tokenizer = ByteTokenizer()
+    return small, grown
+
+
+@pytest.mark.parametrize("air", [False, True])
+def test_freeze_chains_keeps_chain_one_bitwise(tmp_path, env, corpus, air):
+    train_dir, _ = corpus
+    small, grown = grown_model(air)
+    save(grown, tmp_path / "grown", history=[])
+    out = tmp_path / "tuned"
+    run_cli("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
+            "--weight-decay", "0.5", "--freeze-chains", "1", "-o", out, env=env, check=True)
+    before, after = weights(tmp_path / "grown"), weights(out)
+    for name in before:
+        if chain_of(name) == 1:
+            assert torch.equal(before[name], after[name]), name
+    assert all(not torch.equal(before[n], after[n]) for n in before if chain_of(n) == 2 and "norm" not in n)
+    ids = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(load(out)(ids, chains=1), small(ids))
+        # With Air the keys and values of every layer come from chain 1 only: the frozen chain-1 KV
+        # cache of the original model is the tuned model's cache too (same tensors, checked above).
+
+
+def test_all_scales_loss_is_the_sum_of_separate_losses(monkeypatch):
+    model = tiny_model(seed=3)
+    x, y = torch.randint(0, 97, (2, 2, 20))
+
+    def separate():
+        model.zero_grad()
+        total = sum(F.cross_entropy(model(x, chains=k).flatten(0, 1), y.flatten(), reduction="sum") for k in (1, 2, 3))
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in model.parameters()]
+
+    def combined():
+        model.zero_grad()
+        per_scale = MultiScaleLoss(model, [1, 2, 3])(x, y)
+        per_scale.sum().backward()
+        return per_scale.sum().detach(), [p.grad.clone() for p in model.parameters()]
+
+    ref_loss, ref_grads = separate()
+    for chunk in (losses.LOGITS_PER_CHUNK, 7 * 97):  # one chunk, and 7-row chunks recomputed in backward
+        monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", chunk)
+        loss, grads = combined()
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
+        for g, ref in zip(grads, ref_grads):
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)  # float32 rounding of a different summation order
+
+
+def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
+    """Training every scale with a large vocabulary keeps no full logits tensor per scale for backward."""
+    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", 2**16)
+    vocab = 8192
+    model = CoLM(tiny_config(vocab_size=vocab)).init_weights(seed=0)
+    x = torch.randint(0, vocab, (4, 64))
+
+    def saved_bytes(scales):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            MultiScaleLoss(model, scales)(x, x).sum()
+        return total
+
+    one_logits = x.numel() * vocab * 4
+    assert saved_bytes([1, 2, 3]) - saved_bytes([3]) < one_logits / 4
+    assert saved_bytes([1, 2, 3]) < one_logits
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data", "missing.txt"], "no such file"),
+    (["--data", "empty.txt"], "empty"),
+    (["--seq-len", "65"], "above the model's maximum of 64"),
+    (["--strategy", "zero3"], "unknown strategy"),
+    (["--freeze-chains", "2"], "--freeze-chains 2"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "text.txt").write_text("some text " * 500)
+    data = [] if "--data" in flags else ["--data", "text.txt"]
+    proc = run_cli("train", base, *data, "--seq-len", "32", *flags, "--steps", "1", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, 2, message)
+    assert not any(p.name.startswith("base-train") for p in Path(base).parent.iterdir())
