@@ -218,7 +218,7 @@ class Trainer:
         self.micro_rows = n_rows
 
         self.resume_from = find_resume(resume, self.partial) if resume else None
-        if self.resume_from is None and self.partial.exists() and not force:
+        if self.resume_from is None and self.partial.exists() and not force and resume != "auto":
             raise ColmError(f"{self.partial} holds an unfinished run; continue it with --resume auto, "
                             "or pass --force to start over")
         if self.out.exists() and not force:

@@ -10,13 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from colm_core import losses
 from colm_core.checkpoint import history_entry, load, open_checkpoint, save, weights_digest
-from colm_core.data import default_corpus_files
+from colm_core.data import default_corpus_files, token_cache
 from colm_core.init import InitOptions, init_model
 from colm_core.losses import MultiScaleLoss
 from colm_core.model import CoLM, chain_of
@@ -232,3 +233,36 @@ def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):
     proc = run_cli("train", base, *data, "--seq-len", "32", *flags, "--steps", "1", cwd=tmp_path, env=env)
     assert_one_line_error(proc, 2, message)
     assert not any(p.name.startswith("base-train") for p in Path(base).parent.iterdir())
+
+
+def test_large_vocabulary_tokenizer_json_and_token_cache(tmp_path, env, corpus, monkeypatch):
+    """A 128K-vocabulary model with a tokenizer.json trains; tokens are cached once per tokenizer, in the cache."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    train_dir, _ = corpus
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train([str(f) for f in sorted(train_dir.iterdir())], trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model = init_model(InitOptions(heads=[2, 2], n_layers=1, head_dim=8, ffn=[16], max_seq_len=64,
+                                   tokenizer=tmp_path / "tokenizer.json", vocab_size=128 * 1024))
+    save(model, tmp_path / "big", history=[])
+    files_before = sorted(p.name for p in train_dir.iterdir())
+    run_cli("train", tmp_path / "big", "--data", train_dir, "--steps", "2", *FAST, "-o", tmp_path / "trained",
+            env=env, check=True)
+    cached = list((tmp_path / "cache" / "tokens").iterdir())
+    assert len(cached) == 1 and sorted(p.name for p in train_dir.iterdir()) == files_before
+    expected = sum(len(tok.encode(f.read_text(), add_special_tokens=False).ids) for f in sorted(train_dir.iterdir()))
+    assert len(np.load(cached[0], mmap_mode="r")) == expected
+    records = [json.loads(line) for line in (tmp_path / "trained" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_loss"]["2"] < 12.0  # finite, about ln(131072) = 11.8 this early
+    assert load(tmp_path / "trained").config.vocab_size == 128 * 1024
+
+    # Same files and tokenizer: the cache entry is reused; the byte tokenizer gets its own entry.
+    monkeypatch.setenv("COLM_CACHE_DIR", env["COLM_CACHE_DIR"])
+    mtime = cached[0].stat().st_mtime_ns
+    files = sorted(train_dir.iterdir())
+    token_cache(files, open_checkpoint(tmp_path / "big").tokenizer())
+    assert cached[0].stat().st_mtime_ns == mtime
+    assert len(token_cache(files, ByteTokenizer())) == sum(len(f.read_bytes()) + 2 for f in files)
+    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2
