@@ -266,3 +266,15 @@ def test_large_vocabulary_tokenizer_json_and_token_cache(tmp_path, env, corpus, 
     assert cached[0].stat().st_mtime_ns == mtime
     assert len(token_cache(files, ByteTokenizer())) == sum(len(f.read_bytes()) + 2 for f in files)
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, env, base):
+    model = load(base)
+    with torch.no_grad():
+        model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
+    save(model, tmp_path / "broken", history=[])
+    (tmp_path / "text.txt").write_text("some text " * 500)
+    proc = run_cli("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
+                   "-o", tmp_path / "out", env=env)
+    assert_one_line_error(proc, 1, "non-finite loss at step 1")
+    assert not (tmp_path / "out").exists()
