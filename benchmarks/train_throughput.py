@@ -52,8 +52,11 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     n, h = args.chains, args.heads_per_chain
     common = dict(vocab_size=args.vocab_size, n_layers=args.layers, head_dim=args.head_dim,

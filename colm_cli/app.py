@@ -217,7 +217,8 @@ def train(
     if nproc is not None and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
         from colm_core.parallel import launch
 
-        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+        stdin_input = [] if ckpt else [str(input_path(None))]  # the workers do not share our stdin
+        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:]) + stdin_input))
     from colm_core.train import TrainOptions, train as run_training
     from colm_cli.render import TrainProgress
 

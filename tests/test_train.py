@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -116,7 +117,7 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, ba
     cmd = [sys.executable, "-m", "colm_cli", "train", base, "--data", train_dir, "--steps", "100000", *FAST,
            "-o", out]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**__import__("os").environ, "PYTHONPATH": str(REPO), **env})
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env})
     metrics = tmp_path / "run.partial" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
@@ -278,3 +279,27 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, env, base):
                    "-o", tmp_path / "out", env=env)
     assert_one_line_error(proc, 1, "non-finite loss at step 1")
     assert not (tmp_path / "out").exists()
+
+
+def test_config_file_then_flags(tmp_path):
+    from colm_core.errors import ColmError
+    from colm_core.train import TrainOptions
+
+    (tmp_path / "run.toml").write_text('steps = 7\nbatch-size = 4\nlr = 0.01\nchain_loss = "full"\n')
+    opts = TrainOptions.from_sources(tmp_path / "run.toml", {"lr": 0.5, "seed": None})
+    assert (opts.steps, opts.batch_size, opts.lr, opts.chain_loss, opts.seed) == (7, 4, 0.5, "full", 0)
+    assert opts.scales(3) == [3] and TrainOptions(freeze_chains=1).scales(3) == [2, 3]
+    (tmp_path / "bad.json").write_text('{"stepz": 3}')
+    with pytest.raises(ColmError, match="unknown key 'stepz'"):
+        TrainOptions.from_sources(tmp_path / "bad.json", {})
+
+
+@pytest.mark.parametrize("schedule, middle", [("cosine", 0.55), ("linear", 0.55), ("constant", 1.0)])
+def test_learning_rate_schedule(schedule, middle):
+    from colm_core.train import TrainOptions
+
+    opts = TrainOptions(steps=110, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule=schedule)
+    assert [opts.learning_rate(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert opts.learning_rate(60) == pytest.approx(middle)  # halfway through the decay
+    assert opts.learning_rate(110) == pytest.approx(0.1 if schedule != "constant" else 1.0)
+    assert opts.learning_rate(10) == pytest.approx(1.0)
