@@ -43,6 +43,10 @@ class TrainingInterrupted(ColmRuntimeError):
     exit_code = 130
 
 
+class NonFiniteLoss(ColmRuntimeError):
+    pass
+
+
 @dataclass
 class TrainOptions:
     data: list[str] | None = None  # text files, directories, globs; None: the embedded corpus
@@ -193,6 +197,9 @@ def train(ckpt_path: Path, out: Path, opts: TrainOptions, *, force: bool = False
         result = Trainer(runtime, ckpt_path, out, opts, force, resume, on_event or (lambda kind, record: None)).run()
         clean = True
         return result
+    except (TrainingInterrupted, NonFiniteLoss):
+        clean = True  # every rank stopped at the same step (the decision is reduced over ranks)
+        raise
     finally:
         runtime.close(clean)
 
@@ -286,7 +293,7 @@ class Trainer:
             st.tokens += tokens_per_step
             if not all(math.isfinite(v) for v in losses.values()):
                 saved = complete_steps(self.partial)
-                raise ColmRuntimeError(
+                raise NonFiniteLoss(
                     f"non-finite loss at step {st.step} ({losses}); the weights of that step were not applied. "
                     + (f"Last good checkpoint: {saved[-1]}. " if saved else "")
                     + "Lower --lr or raise --warmup-steps")
