@@ -5,7 +5,7 @@ backward and an AdamW update. The models are timed side by side: every round run
 a few steps in turn (interleaved, so machine load hits them alike), and the median over rounds is
 reported. The 4-chain model does about (n+1)/(2n) = 62% of the dense projection FLOPs.
 
-    PYTHONPATH=. python benchmarks/train_throughput.py
+    PYTHONPATH=. python benchmarks/train_throughput.py --threads 1 --rounds 7 --steps-per-round 1
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ def llama_step(cfg: ColmConfig):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--heads-per-chain", type=int, default=2)
+    p.add_argument("--heads-per-chain", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--ffn-per-chain", type=int, default=352)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--ffn-per-chain", type=int, default=704)
+    p.add_argument("--layers", type=int, default=2)
     p.add_argument("--vocab-size", type=int, default=258)
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=2)
