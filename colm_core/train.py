@@ -239,6 +239,9 @@ class Trainer:
         # Master weights stay float32 whatever the stored dtype; the output is written back in it.
         self.store_dtype = ckpt.dtype
         source = self.resume_from / "model" if self.resume_from else ckpt.path
+        if self.resume_from and open_checkpoint(source).config != cfg:
+            raise ColmError(f"--resume {self.resume_from}: that run trained a model of another shape than "
+                            f"{ckpt.path}; resume with the input it started from")
         self.model = load(source, device=runtime.device, dtype=torch.float32)
         self.model.history = ckpt.history
         for name, p in self.model.named_parameters():
@@ -420,7 +423,8 @@ class Trainer:
                              "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
                              "options": dataclasses.asdict(self.opts)}
             with atomic_directory(path) as tmp:
-                write_checkpoint(tmp / "model", self.model.config, self.stored(tensors), self.model.tokenizer,
+                # float32 master weights, whatever the input's dtype: resuming continues from them exactly
+                write_checkpoint(tmp / "model", self.model.config, tensors.items(), self.model.tokenizer,
                                  self.model.history + [self.history_entry])
                 save_file(optim_tensors, tmp / OPTIMIZER_FILE)
                 (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
@@ -429,9 +433,6 @@ class Trainer:
                 shutil.rmtree(old)
             self.emit("save", {"step": st.step, "path": str(path)})
         self.rt.barrier()
-
-    def stored(self, tensors: dict[str, torch.Tensor]):
-        return ((name, t.to(self.store_dtype)) for name, t in tensors.items())
 
     def restore(self, step_dir: Path) -> None:
         """Model weights were loaded from step_dir/model; here the optimizer, schedule, RNG and position."""
@@ -470,7 +471,8 @@ class Trainer:
             entry = {**self.history_entry, "eval": {"val_loss": st.val_loss, "steps": st.step, "tokens": st.tokens}}
             final = self.partial / ".final"
             shutil.rmtree(final, ignore_errors=True)
-            write_checkpoint(final, self.model.config, self.stored(tensors), self.model.tokenizer,
+            stored = ((name, t.to(self.store_dtype)) for name, t in tensors.items())
+            write_checkpoint(final, self.model.config, stored, self.model.tokenizer,
                              self.model.history + [entry])
             for f in final.iterdir():
                 os.replace(f, self.partial / f.name)
