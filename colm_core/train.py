@@ -262,9 +262,9 @@ class Trainer:
     def make_optimizer(self) -> torch.optim.Optimizer:
         """AdamW over the trainable tensors only: frozen chains are not in it, so weight decay cannot touch them.
         Matrices decay; norm gains do not."""
-        params = [(n, p) for n, p in self.module.named_parameters() if p.requires_grad]
-        groups = [{"params": [p for n, p in params if p.ndim >= 2], "weight_decay": self.opts.weight_decay},
-                  {"params": [p for n, p in params if p.ndim < 2], "weight_decay": 0.0}]
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.opts.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=self.opts.lr, betas=(self.opts.beta1, self.opts.beta2),
                                  foreach=self.rt.device.type == "cuda" or None)
 
