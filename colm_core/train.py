@@ -230,6 +230,7 @@ class Trainer:
                             "or pass --force to start over")
         if self.out.exists() and not force:
             raise ColmError(f"{self.out} already exists; pass --force to replace it or choose another -o/--output")
+        runtime.barrier()  # every rank has checked the directories before rank 0 creates OUT.partial
 
         files = resolve_text_files(opts.data) if opts.data else default_corpus_files()
         tokenizer = ckpt.tokenizer()

@@ -49,7 +49,7 @@ def test_two_processes_match_one(setup, strategy):
     else:  # the --nproc convenience, which launches torchrun
         proc = run_cli(*train_args, "--nproc", "2", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == [str(out)]  # rank 0 alone prints the path
+    assert proc.stdout.splitlines() == [str(out)], proc.stderr  # rank 0 alone prints the path
 
     single = root / "single"
     for key in ("loss", "val_loss"):
