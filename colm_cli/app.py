@@ -3,6 +3,7 @@ and printing. torch is imported inside the commands so that `colm --help` stays 
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -258,6 +259,95 @@ def generate(
         emit_json({"prompt": prompt, "prompt_ids": ids, **result})
     else:
         stream("\n")
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+@app.command()
+def train(
+    ckpt: CkptArg = None,
+    data: Annotated[Optional[list[str]], typer.Option(
+        help="Text file, directory or glob (repeat for more); default: the embedded corpus.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps. (default: 200)")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(
+        help="Sequences per optimizer step, over all processes. (default: 8)")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-steps per optimizer step. (default: 1)")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per training sequence. (default: 256)")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. (default: 2e-3)")] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(help="Final lr as a fraction of --lr. (default: 0.1)")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps. (default: 20)")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="cosine, linear or constant. (default: cosine)")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay of matrices. (default: 0.1)")] = None,
+    beta1: Annotated[Optional[float], typer.Option(help="AdamW beta1. (default: 0.9)")] = None,
+    beta2: Annotated[Optional[float], typer.Option(help="AdamW beta2. (default: 0.95)")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Gradient norm clip, 0 for none. (default: 1.0)")] = None,
+    chain_loss: Annotated[Optional[str], typer.Option(
+        help="all: train every scale in one forward; full: the last scale only. (default: all)")] = None,
+    chain_weights: Annotated[Optional[str], typer.Option(help="Loss weight per trained scale, e.g. 1,1,1,2.")] = None,
+    freeze_chains: Annotated[Optional[int], typer.Option(
+        help="Freeze chains 1..K and train only the later ones (chain tuning). (default: 0)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the batch sampling. (default: 0)")] = None,
+    dtype: Annotated[Optional[str], typer.Option(
+        help="auto (float32 on CPU, bfloat16 autocast on GPU), float32, bfloat16, float16. (default: auto)")] = None,
+    device: DeviceOpt = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Steps between logged losses. (default: 10)")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(
+        help="Steps between validation runs, 0 for the end only. (default: 50)")] = None,
+    eval_windows: Annotated[Optional[int], typer.Option(help="Held-out windows per validation. (default: 16)")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the tokens held out. (default: 0.05)")] = None,
+    save_every: Annotated[Optional[int], typer.Option(
+        help="Steps between step checkpoints, 0 for none (SIGINT/SIGTERM always save). (default: 0)")] = None,
+    keep_checkpoints: Annotated[Optional[int], typer.Option(help="Step checkpoints kept. (default: 2)")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="ddp or fsdp, under torchrun. (default: ddp)")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="JSON or TOML file with any of these options.")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        help="auto (newest complete step checkpoint of this output's run) or a step/run directory.")] = None,
+    nproc: Annotated[Optional[int], typer.Option(help="Launch this many processes with torchrun.")] = None,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Train a checkpoint into a new one (progress on stderr, the new checkpoint's path on stdout)."""
+    if nproc is not None and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
+        from colm_core.parallel import launch
+
+        stdin_input = [] if ckpt else [str(input_path(None))]  # the workers do not share our stdin
+        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:]) + stdin_input))
+    from colm_core.train import TrainOptions, train as run_training
+    from colm_cli.render import TrainProgress
+
+    weights = None
+    if chain_weights is not None:
+        try:
+            weights = [float(w) for w in chain_weights.split(",")]
+        except ValueError:
+            raise ColmError(f"--chain-weights {chain_weights!r}: expected comma-separated numbers, e.g. 1,1,2") from None
+    flags = dict(data=data, steps=steps, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
+                 min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
+                 beta1=beta1, beta2=beta2, grad_clip=grad_clip, chain_loss=chain_loss, chain_weights=weights,
+                 freeze_chains=freeze_chains, seed=seed, dtype=dtype, device=device, compile=compile,
+                 log_every=log_every, eval_every=eval_every, eval_windows=eval_windows, val_fraction=val_fraction,
+                 save_every=save_every, keep_checkpoints=keep_checkpoints, strategy=strategy)
+    opts = TrainOptions.from_sources(config, flags)
+    path = input_path(ckpt)
+    out = output_path(output, path, "train", force, inputs=[path])
+    progress = TrainProgress(err)
+    try:
+        result = run_training(path, out, opts, force=force, resume=resume, on_event=progress)
+    finally:
+        progress.stop()
+    if os.environ.get("RANK", "0") == "0":
+        emit_path(result)
 
 
 def main() -> None:

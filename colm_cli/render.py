@@ -39,3 +39,48 @@ def eval_table(report: dict) -> Table:
     for r in report["results"]:
         t.add_row(str(r["chains"]), f"{r['loss']:.4f}", f"{r['ppl']:.2f}", f"{r['bits_per_byte']:.4f}")
     return t
+
+
+class TrainProgress:
+    """Renders colm_core.train's events: a progress bar (step, loss per scale, tokens/s, ETA), then a summary."""
+
+    def __init__(self, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.console = console
+        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeRemainingColumn(), console=console, transient=True)
+        self.task = None
+
+    def __call__(self, kind: str, record: dict) -> None:
+        if kind == "start":
+            if record["resumed_from"]:
+                self.console.print(f"resuming from {record['resumed_from']}")
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=record["steps"], completed=record["start_step"], info="")
+        elif kind == "log":
+            losses = " ".join(f"L{k}={v:.3f}" for k, v in record["loss"].items())
+            self.progress.update(self.task, completed=record["step"],
+                                 info=f"{losses}  {record['tokens_per_second']:,.0f} tok/s")
+        elif kind == "val":
+            losses = " ".join(f"{k}: {v:.4f}" for k, v in record["val_loss"].items())
+            self.progress.console.print(f"step {record['step']}: validation loss per scale  {losses}")
+        elif kind == "save":
+            self.progress.console.print(f"step {record['step']}: saved {record['path']}")
+        elif kind == "end":
+            self.stop()
+            self.console.print(train_summary(record))
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def train_summary(record: dict) -> Table:
+    t = Table(title=f"{record['path']}: {record['steps']} steps, {record['tokens']:,} tokens in "
+                    f"{record['seconds']:.1f} s on {record['processes']} process(es)")
+    for col in ("chains", "train loss", "validation loss"):
+        t.add_column(col, justify="right")
+    for k, val in record["val_loss"].items():
+        train = record["loss"].get(k)
+        t.add_row(k, "-" if train is None else f"{train:.4f}", f"{val:.4f}")
+    return t

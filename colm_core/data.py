@@ -1,10 +1,15 @@
-"""Text corpora: which files to read, and the embedded default corpus."""
+"""Text corpora: which files to read, the embedded default corpus, and training batches from a token cache."""
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import os
 import sysconfig
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from colm_core.errors import ColmError
 
@@ -49,3 +54,71 @@ def default_corpus_files(max_bytes: int = DEFAULT_CORPUS_BYTES) -> list[Path]:
         if total >= max_bytes:
             break
     return files
+
+
+# --- training data: token cache and batches ------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Where colm keeps derived data (never next to the user's files): $COLM_CACHE_DIR, else ~/.cache/colm."""
+    if os.environ.get("COLM_CACHE_DIR"):
+        return Path(os.environ["COLM_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "colm"
+
+
+def tokenizer_fingerprint(tokenizer) -> bytes:
+    """What makes two tokenizers produce the same ids: kind, special ids, and the tokenizer.json bytes."""
+    h = hashlib.sha256(f"{tokenizer.kind}|{tokenizer.bos_id}|{tokenizer.eos_id}".encode())
+    if getattr(tokenizer, "path", None) is not None:
+        h.update(Path(tokenizer.path).read_bytes())
+    return h.digest()
+
+
+def token_cache(files: list[Path], tokenizer) -> np.ndarray:
+    """The token stream of `files` (BOS doc EOS ..., as evaluation reads them) as a read-only memory map.
+
+    Tokenized once: the cache file is named by the hash of the files' contents and the tokenizer, so
+    an edited file or another tokenizer gets a new entry. Concurrent writers (torchrun ranks) each
+    write a private temporary file and rename it into place, which is atomic.
+    """
+    from colm_core.evaluate import token_stream
+
+    h = hashlib.sha256(tokenizer_fingerprint(tokenizer))
+    for f in files:
+        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    path = cache_root() / "tokens" / f"{h.hexdigest()[:32]}.npy"
+    if not path.is_file():
+        ids = np.asarray(token_stream(tokenizer, read_texts(files)), dtype=np.uint32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, ids)
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r")
+
+
+def split_tokens(tokens: np.ndarray, seq_len: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation): the last val_fraction of the stream (at least one window) is held out."""
+    n_val = max(seq_len + 1, int(len(tokens) * val_fraction))
+    if len(tokens) - n_val < seq_len + 1:
+        raise ColmError(f"--data has {len(tokens):,} tokens: too few for training and validation windows of "
+                        f"{seq_len + 1} tokens; give more text or lower --seq-len")
+    return tokens[:-n_val], tokens[-n_val:]
+
+
+def sample_windows(tokens: np.ndarray, seq_len: int, count: int, seed: int, step: int) -> torch.Tensor:
+    """`count` random windows of seq_len + 1 tokens for one optimizer step, (count, seq_len + 1) int64.
+
+    A pure function of (seed, step): the data position of a run is its step number, so a resumed run
+    and a run on several processes (each taking its rows of the same global batch) see the same data.
+    """
+    rng = np.random.default_rng([seed, step])
+    starts = rng.integers(0, len(tokens) - seq_len, size=count)
+    return torch.from_numpy(np.stack([tokens[s : s + seq_len + 1] for s in starts]).astype(np.int64))
+
+
+def fixed_windows(tokens: np.ndarray, seq_len: int, max_windows: int) -> torch.Tensor:
+    """Consecutive windows of seq_len + 1 tokens overlapping by one, from the start: the validation set."""
+    n = min(max_windows, (len(tokens) - 1) // seq_len)
+    return torch.from_numpy(np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])
+                            .astype(np.int64))

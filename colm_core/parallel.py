@@ -1,0 +1,131 @@
+"""Everything about running on several processes, kept apart from the model and the training loop.
+
+`setup(strategy)` returns a Runtime: a single-process one, or a distributed one when the process
+was started by torchrun (WORLD_SIZE > 1). The training loop only talks to the Runtime: wrap the
+loss module (DDP, or FSDP2 `fully_shard` over a 1-D device mesh), skip gradient sync on
+accumulation micro-steps, reduce metrics, gather the full model and optimizer state for the
+single-directory safetensors checkpoint (rank 0 writes it), and tear down cleanly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+
+from colm_core.errors import ColmError
+
+STRATEGIES = ("ddp", "fsdp")
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+class Runtime:
+    """One process: wrapping and reductions are the identity."""
+
+    rank, world_size, distributed = 0, 1, False
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
+        return module
+
+    def gradient_sync(self, module, enabled: bool):
+        """Context for one accumulation micro-step; gradients are only synchronised on the last one."""
+        return contextlib.nullcontext()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def full_state(self, module, optimizer) -> tuple[dict, dict]:
+        """(model, optimizer) full state dicts on CPU, keyed by parameter name; empty on ranks > 0."""
+        return (get_model_state_dict(module, options=FULL_STATE),
+                get_optimizer_state_dict(module, optimizer, options=FULL_STATE))
+
+    def load_optimizer_state(self, module, optimizer, state: dict) -> None:
+        """Restore a full optimizer state dict (as full_state gave it) into the possibly sharded optimizer."""
+        set_optimizer_state_dict(module, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+    def barrier(self) -> None:
+        pass
+
+    def close(self, clean: bool) -> None:
+        pass
+
+
+class DistributedRuntime(Runtime):
+    distributed = True
+
+    def __init__(self, strategy: str):
+        self.strategy = strategy
+        cuda = torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        super().__init__(torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu"))
+
+    def wrap(self, module):
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            return DistributedDataParallel(module, device_ids=[self.device] if self.device.type == "cuda" else None)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        for layer in module.model.layers:  # one all-gather per transformer block
+            fully_shard(layer, mesh=mesh)
+        return fully_shard(module, mesh=mesh)  # the root: embeddings, final norm, LM head
+
+    def gradient_sync(self, module, enabled: bool):
+        if self.strategy == "ddp":
+            return contextlib.nullcontext() if enabled else module.no_sync()
+        module.set_requires_gradient_sync(enabled)
+        return contextlib.nullcontext()
+
+    def sum(self, t):
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    def any(self, flag):
+        return bool(self.sum(torch.tensor([float(flag)], device=self.device)).item())
+
+    def barrier(self):
+        dist.barrier()
+
+    def close(self, clean):
+        if clean:  # every rank must get here before the group goes; FSDP2 on gloo aborts otherwise
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def setup(strategy: str, device: str | None = None) -> Runtime:
+    if strategy not in STRATEGIES:
+        raise ColmError(f"--strategy {strategy}: unknown strategy; choose one of {', '.join(STRATEGIES)}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return DistributedRuntime(strategy)
+    return Runtime(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """`colm train --nproc N ...`: rerun the same command under torchrun on this machine; its exit code."""
+    if nproc < 1:
+        raise ColmError(f"--nproc {nproc}: give a positive number of processes")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "colm_cli", *argv]
+    return subprocess.call(cmd)

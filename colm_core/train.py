@@ -1,0 +1,501 @@
+"""`colm train`: the training loop (no parallelism inside: colm_core.parallel supplies it).
+
+The output directory OUT is written atomically. The run works in a visible sibling OUT.partial/,
+which is not a checkpoint (no config.json at its top) while the run goes on:
+
+    OUT.partial/metrics.jsonl                   every logged value, one JSON object per line
+    OUT.partial/steps/step-0000050/model/       a full colm checkpoint
+    OUT.partial/steps/step-0000050/optimizer.safetensors, trainer_state.json
+    OUT.partial/steps/step-0000050/COMPLETE     written last; each step directory is itself renamed into place
+
+At the end the final checkpoint is written into OUT.partial, which is then renamed to OUT: OUT
+exists only when the run succeeded. `--resume auto` continues from the newest COMPLETE step of
+OUT.partial. The data position of a run is its step number (batches are a pure function of seed
+and step), so restoring model, optimizer, schedule step and RNG state gives bitwise the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from colm_core.errors import ColmError, ColmRuntimeError
+
+MARKER = "COMPLETE"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+METRICS_FILE = "metrics.jsonl"
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+class TrainingInterrupted(ColmRuntimeError):
+    exit_code = 130
+
+
+class NonFiniteLoss(ColmRuntimeError):
+    pass
+
+
+@dataclass
+class TrainOptions:
+    data: list[str] | None = None  # text files, directories, globs; None: the embedded corpus
+    steps: int = 200
+    batch_size: int = 8  # sequences per optimizer step, over all processes and micro-steps
+    grad_accum: int = 1
+    seq_len: int = 256
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+    chain_loss: str = "all"  # all: every scale; full: the last scale only
+    chain_weights: list[float] | None = None
+    freeze_chains: int = 0
+    seed: int = 0
+    dtype: str = "auto"  # float32 on CPU; bfloat16 autocast on CUDA
+    device: str | None = None
+    compile: bool = False
+    log_every: int = 10
+    eval_every: int = 50  # 0: validate only at the end
+    eval_windows: int = 16
+    val_fraction: float = 0.05
+    save_every: int = 0  # 0: step checkpoints only on interruption
+    keep_checkpoints: int = 2
+    strategy: str = "ddp"
+
+    @classmethod
+    def from_sources(cls, config_file: Path | None, overrides: dict) -> "TrainOptions":
+        """Defaults, then a --config file (JSON or TOML, keys as the flags), then the flags given."""
+        values = {}
+        if config_file is not None:
+            try:
+                text = Path(config_file).read_text()
+                values = tomllib.loads(text) if str(config_file).endswith(".toml") else json.loads(text)
+            except (OSError, ValueError) as e:
+                raise ColmError(f"--config {config_file}: cannot read it ({e}); give a JSON or TOML file") from None
+            values = {k.replace("-", "_"): v for k, v in values.items()}
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                raise ColmError(f"--config {config_file}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def check(self, cfg) -> None:
+        n = cfg.n_chains
+        positive = ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_windows", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ColmError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.seq_len > cfg.max_seq_len:
+            raise ColmError(f"--seq-len {self.seq_len} is above the model's maximum of {cfg.max_seq_len} tokens")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0:
+            raise ColmError("--lr must be positive; --warmup-steps, --save-every, --eval-every non-negative")
+        if not 0 < self.val_fraction < 1:
+            raise ColmError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
+        if self.schedule not in SCHEDULES:
+            raise ColmError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
+        if self.chain_loss not in ("all", "full"):
+            raise ColmError(f"--chain-loss {self.chain_loss}: choose all (every scale) or full (last scale)")
+        if not 0 <= self.freeze_chains < n:
+            raise ColmError(f"--freeze-chains {self.freeze_chains}: this model has {n} chains, so at most "
+                            f"{n - 1} can be frozen (at least one must train)")
+        if self.chain_weights is not None and len(self.chain_weights) != len(self.scales(n)):
+            raise ColmError(f"--chain-weights has {len(self.chain_weights)} values for the "
+                            f"{len(self.scales(n))} trained scales {self.scales(n)}; give one per scale")
+
+    def scales(self, n_chains: int) -> list[int]:
+        """The chain counts whose loss is trained: frozen-only scales have no gradient, so they are left out."""
+        if self.chain_loss == "full":
+            return [n_chains]
+        return list(range(self.freeze_chains + 1, n_chains + 1))
+
+    def learning_rate(self, step: int) -> float:
+        """Linear warmup to lr, then cosine or linear decay to lr * min_lr_ratio at the last step."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return self.lr
+        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * decay)
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    last_loss: dict = field(default_factory=dict)
+    val_loss: dict = field(default_factory=dict)
+
+
+def partial_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def complete_steps(run_dir: Path) -> list[Path]:
+    """Step checkpoints of a run that were completely written, oldest first."""
+    steps = run_dir / "steps"
+    if not steps.is_dir():
+        return []
+    return sorted(p for p in steps.iterdir() if p.name.startswith("step-") and (p / MARKER).is_file())
+
+
+def find_resume(resume: str, partial: Path) -> Path | None:
+    """The step checkpoint to continue from: `auto` (newest in OUT.partial, or none), a step or run directory."""
+    if resume == "auto":
+        found = complete_steps(partial)
+        return found[-1] if found else None
+    path = Path(resume)
+    if (path / MARKER).is_file():
+        return path
+    found = complete_steps(path)
+    if not found:
+        raise ColmError(f"--resume {resume}: no complete step checkpoint there; give a steps/step-N directory "
+                        "or a run directory holding one")
+    return found[-1]
+
+
+def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
+    names = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+             "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}
+    if opts.dtype not in names:
+        raise ColmError(f"--dtype {opts.dtype}: choose auto, float32, bfloat16 or float16")
+    dtype = names[opts.dtype]
+    if device.type == "cpu" and dtype != torch.float32:
+        raise ColmError(f"--dtype {opts.dtype}: training on CPU runs in float32; mixed precision needs a GPU")
+    return dtype
+
+
+def train(ckpt_path: Path, out: Path, opts: TrainOptions, *, force: bool = False, resume: str | None = None,
+          on_event=None) -> Path:
+    """Train the checkpoint at ckpt_path into a new checkpoint `out`; the input is never modified.
+
+    on_event(kind, record) is called on rank 0 with kind in start, log, val, save, end.
+    """
+    from colm_core import parallel
+
+    runtime = parallel.setup(opts.strategy, opts.device)
+    clean = False
+    try:
+        result = Trainer(runtime, ckpt_path, out, opts, force, resume, on_event or (lambda kind, record: None)).run()
+        clean = True
+        return result
+    except (TrainingInterrupted, NonFiniteLoss):
+        clean = True  # every rank stopped at the same step (the decision is reduced over ranks)
+        raise
+    finally:
+        runtime.close(clean)
+
+
+class Trainer:
+    def __init__(self, runtime, ckpt_path, out, opts, force, resume, on_event):
+        from colm_core.checkpoint import history_entry, load, open_checkpoint
+        from colm_core.data import default_corpus_files, resolve_text_files, split_tokens, token_cache
+        from colm_core.losses import MultiScaleLoss
+        from colm_core.model import chain_of
+
+        self.rt, self.opts, self.out, self.force = runtime, opts, Path(out), force
+        self.emit = on_event if runtime.is_main else (lambda kind, record: None)
+        self.partial = partial_dir(self.out)
+        ckpt = open_checkpoint(ckpt_path)
+        cfg = ckpt.config
+        opts.check(cfg)
+        self.compute_dtype = torch_dtype_for(opts, runtime.device)
+        n_rows = opts.batch_size // (runtime.world_size * opts.grad_accum)
+        if n_rows * runtime.world_size * opts.grad_accum != opts.batch_size:
+            raise ColmError(f"--batch-size {opts.batch_size} must be a multiple of processes x --grad-accum "
+                            f"({runtime.world_size} x {opts.grad_accum})")
+        self.micro_rows = n_rows
+
+        self.resume_from = find_resume(resume, self.partial) if resume else None
+        if self.resume_from is None and self.partial.exists() and not force and resume != "auto":
+            raise ColmError(f"{self.partial} holds an unfinished run; continue it with --resume auto, "
+                            "or pass --force to start over")
+        if self.out.exists() and not force:
+            raise ColmError(f"{self.out} already exists; pass --force to replace it or choose another -o/--output")
+        runtime.barrier()  # every rank has checked the directories before rank 0 creates OUT.partial
+
+        files = resolve_text_files(opts.data) if opts.data else default_corpus_files()
+        tokenizer = ckpt.tokenizer()
+        tokens = token_cache(files, tokenizer)
+        self.train_tokens, self.val_tokens = split_tokens(tokens, opts.seq_len, opts.val_fraction)
+
+        # Master weights stay float32 whatever the stored dtype; the output is written back in it.
+        self.store_dtype = ckpt.dtype
+        source = self.resume_from / "model" if self.resume_from else ckpt.path
+        if self.resume_from and open_checkpoint(source).config != cfg:
+            raise ColmError(f"--resume {self.resume_from}: that run trained a model of another shape than "
+                            f"{ckpt.path}; resume with the input it started from")
+        self.model = load(source, device=runtime.device, dtype=torch.float32)
+        self.model.history = ckpt.history
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(chain_of(name) > opts.freeze_chains)
+        self.scales = opts.scales(cfg.n_chains)
+        self.weights = torch.tensor(opts.chain_weights or [1.0] * len(self.scales), device=runtime.device)
+        loss_module = MultiScaleLoss(self.model, self.scales)
+        if opts.compile:
+            loss_module.compile()
+        self.module = runtime.wrap(loss_module)
+        self.optimizer = self.make_optimizer()
+        self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=self.compute_dtype == torch.float16)
+        self.history_entry = history_entry("train", {"input": str(ckpt.path), **dataclasses.asdict(opts),
+                                                     "processes": runtime.world_size}, inputs=[ckpt])
+        self.state = RunState()
+        self.stop_requested = False
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the trainable tensors only: frozen chains are not in it, so weight decay cannot touch them.
+        Matrices decay; norm gains do not."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.opts.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.opts.lr, betas=(self.opts.beta1, self.opts.beta2),
+                                 foreach=self.rt.device.type == "cuda" or None)
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        self.prepare_directory()
+        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.loop()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        return self.finish()
+
+    def request_stop(self, signum, frame) -> None:
+        self.stop_requested = True
+
+    def loop(self) -> None:
+        opts, st = self.opts, self.state
+        self.emit("start", {"start_step": st.step, "steps": opts.steps, "scales": self.scales,
+                            "resumed_from": str(self.resume_from) if self.resume_from else None})
+        tokens_per_step = opts.batch_size * opts.seq_len
+        run_start, run_start_step, base_seconds = time.perf_counter(), st.step, st.seconds
+        last_saved = st.step if self.resume_from else None
+        while st.step < opts.steps:
+            losses = self.train_step()
+            st.step += 1
+            st.tokens += tokens_per_step
+            if not all(math.isfinite(v) for v in losses.values()):
+                saved = complete_steps(self.partial)
+                raise NonFiniteLoss(
+                    f"non-finite loss at step {st.step} ({losses}); the weights of that step were not applied. "
+                    + (f"Last good checkpoint: {saved[-1]}. " if saved else "")
+                    + "Lower --lr or raise --warmup-steps")
+            st.last_loss = losses
+            elapsed = time.perf_counter() - run_start
+            st.seconds = base_seconds + elapsed
+            if st.step % opts.log_every == 0 or st.step == opts.steps:
+                self.log({"step": st.step, "lr": self.opts.learning_rate(st.step - 1), "loss": losses,
+                          "tokens": st.tokens, "seconds": round(st.seconds, 3),
+                          "tokens_per_second": (st.step - run_start_step) * tokens_per_step / max(elapsed, 1e-9)},
+                         "log")
+            if (opts.eval_every and st.step % opts.eval_every == 0) or st.step == opts.steps:
+                st.val_loss = self.validate()
+                self.log({"step": st.step, "val_loss": st.val_loss}, "val")
+            stop = self.rt.any(self.stop_requested)
+            if (opts.save_every and st.step % opts.save_every == 0 or stop) and last_saved != st.step:
+                self.save_step()
+                last_saved = st.step
+            if stop:
+                raise TrainingInterrupted(f"interrupted at step {st.step}: saved "
+                                          f"{self.partial / 'steps' / step_name(st.step)}; "
+                                          "continue with the same command and --resume auto")
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over the global batch; this process takes its rows of it."""
+        opts, rt = self.opts, self.rt
+        lr = opts.learning_rate(self.state.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.batch_rows(self.state.step)
+        sums = torch.zeros(len(self.scales), device=rt.device)
+        n_targets = self.micro_rows * opts.seq_len * opts.grad_accum
+        for a in range(opts.grad_accum):
+            rows = batch[a * self.micro_rows : (a + 1) * self.micro_rows].to(rt.device)
+            with rt.gradient_sync(self.module, a == opts.grad_accum - 1), self.autocast():
+                per_scale = self.module(rows[:, :-1], rows[:, 1:])
+                loss = (per_scale * self.weights).sum() / n_targets
+            self.scaler.scale(loss).backward()
+            sums += per_scale.detach().float()
+        mean = rt.sum(sums) / (opts.batch_size * opts.seq_len)
+        losses = {str(k): v for k, v in zip(self.scales, mean.tolist())}
+        if all(math.isfinite(v) for v in losses.values()):
+            self.scaler.unscale_(self.optimizer)
+            if opts.grad_clip > 0:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return losses
+
+    def batch_rows(self, step: int) -> torch.Tensor:
+        from colm_core.data import sample_windows
+
+        batch = sample_windows(self.train_tokens, self.opts.seq_len, self.opts.batch_size, self.opts.seed, step)
+        per_rank = self.opts.batch_size // self.rt.world_size
+        return batch[self.rt.rank * per_rank : (self.rt.rank + 1) * per_rank]
+
+    def autocast(self):
+        return torch.autocast(self.rt.device.type, dtype=self.compute_dtype,
+                              enabled=self.compute_dtype != torch.float32)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean held-out loss of every scale (all of them, whatever the trained ones), same on every rank."""
+        from colm_core.data import fixed_windows
+
+        windows = fixed_windows(self.val_tokens, self.opts.seq_len, self.opts.eval_windows)
+        all_scales = list(range(1, self.model.config.n_chains + 1))
+        sums = torch.zeros(len(all_scales), device=self.rt.device)
+        for s in range(0, len(windows), self.micro_rows):
+            rows = windows[s : s + self.micro_rows].to(self.rt.device)
+            with self.autocast():
+                sums += self.module(rows[:, :-1], rows[:, 1:], all_scales).float()
+        mean = sums / (len(windows) * self.opts.seq_len)
+        return {str(k): v for k, v in zip(all_scales, mean.tolist())}
+
+    def log(self, record: dict, kind: str) -> None:
+        if self.rt.is_main:
+            with open(self.partial / METRICS_FILE, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.emit(kind, record)
+
+    # --- directories and checkpoints ----------------------------------------------------------
+
+    def prepare_directory(self) -> None:
+        """Create OUT.partial (fresh, or kept when resuming) and restore the training state."""
+        if self.rt.is_main:
+            if self.resume_from is None and self.partial.exists():
+                shutil.rmtree(self.partial)  # --force: start over
+            (self.partial / "steps").mkdir(parents=True, exist_ok=True)
+            complete = set(complete_steps(self.partial))
+            for leftover in (self.partial / "steps").iterdir():  # a kill -9 during a save leaves temporaries
+                if leftover not in complete:
+                    shutil.rmtree(leftover)
+            metrics = self.partial / METRICS_FILE
+            if self.resume_from is None:
+                metrics.write_text("")
+        self.rt.barrier()
+        if self.resume_from is not None:
+            self.restore(self.resume_from)
+
+    def full_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        model_state, optim_state = self.rt.full_state(self.module, self.optimizer)
+        strip = lambda name: name.removeprefix("model.")  # noqa: E731 - MultiScaleLoss holds the CoLM as .model
+        return {strip(k): v for k, v in model_state.items()}, optim_state
+
+    def save_step(self) -> None:
+        from colm_core.checkpoint import atomic_directory, write_checkpoint
+
+        st = self.state
+        tensors, optim_state = self.full_tensors()
+        if self.rt.is_main:
+            path = self.partial / "steps" / step_name(st.step)
+            optim_tensors = {f"{name}::{key}": (value.reshape(1) if value.ndim == 0 else value)
+                             for name, per_param in optim_state["state"].items() for key, value in per_param.items()}
+            optim_tensors["rng::torch"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                optim_tensors["rng::cuda"] = torch.cuda.get_rng_state()
+            groups = [{k: v for k, v in g.items() if k != "params"} | {"params": list(g["params"])}
+                      for g in optim_state["param_groups"]]
+            trainer_state = {"step": st.step, "tokens": st.tokens, "seconds": st.seconds,
+                             "last_loss": st.last_loss, "val_loss": st.val_loss, "param_groups": groups,
+                             "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+                             "options": dataclasses.asdict(self.opts)}
+            with atomic_directory(path) as tmp:
+                # float32 master weights, whatever the input's dtype: resuming continues from them exactly
+                write_checkpoint(tmp / "model", self.model.config, tensors.items(), self.model.tokenizer,
+                                 self.model.history + [self.history_entry])
+                save_file(optim_tensors, tmp / OPTIMIZER_FILE)
+                (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+                (tmp / MARKER).write_text(f"step {st.step}\n")  # last: the directory is whole
+            for old in complete_steps(self.partial)[: -self.opts.keep_checkpoints]:
+                shutil.rmtree(old)
+            self.emit("save", {"step": st.step, "path": str(path)})
+        self.rt.barrier()
+
+    def restore(self, step_dir: Path) -> None:
+        """Model weights were loaded from step_dir/model; here the optimizer, schedule, RNG and position."""
+        trainer_state = json.loads((step_dir / STATE_FILE).read_text())
+        saved = load_file(step_dir / OPTIMIZER_FILE)
+        per_param: dict[str, dict] = {}
+        for key, value in saved.items():
+            name, slot = key.split("::")
+            if name != "rng":
+                per_param.setdefault(name, {})[slot] = value.reshape(()) if slot == "step" else value
+        self.rt.load_optimizer_state(self.module, self.optimizer,
+                                     {"state": per_param, "param_groups": trainer_state["param_groups"]})
+        torch.set_rng_state(saved["rng::torch"])
+        if "rng::cuda" in saved and torch.cuda.is_available():
+            torch.cuda.set_rng_state(saved["rng::cuda"])
+        if trainer_state["grad_scale"] is not None:
+            self.scaler.update(trainer_state["grad_scale"])
+        self.state = RunState(step=trainer_state["step"], tokens=trainer_state["tokens"],
+                              seconds=trainer_state["seconds"], last_loss=trainer_state["last_loss"],
+                              val_loss=trainer_state["val_loss"])
+        if self.rt.is_main:  # the metrics of steps after the checkpoint will be logged again
+            metrics = self.partial / METRICS_FILE
+            lines = metrics.read_text().splitlines() if metrics.is_file() else []
+            kept = [line for line in lines if json.loads(line)["step"] <= self.state.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+
+    def finish(self) -> Path:
+        """Write the final checkpoint into OUT.partial and rename it to OUT."""
+        from colm_core.checkpoint import write_checkpoint
+
+        st = self.state
+        tensors, _ = self.full_tensors()
+        summary = {"steps": st.step, "tokens": st.tokens, "seconds": round(st.seconds, 3),
+                   "loss": st.last_loss, "val_loss": st.val_loss, "processes": self.rt.world_size}
+        if self.rt.is_main:
+            entry = {**self.history_entry, "eval": {"val_loss": st.val_loss, "steps": st.step, "tokens": st.tokens}}
+            final = self.partial / ".final"
+            shutil.rmtree(final, ignore_errors=True)
+            stored = ((name, t.to(self.store_dtype)) for name, t in tensors.items())
+            write_checkpoint(final, self.model.config, stored, self.model.tokenizer,
+                             self.model.history + [entry])
+            for f in final.iterdir():
+                os.replace(f, self.partial / f.name)
+            final.rmdir()
+            publish(self.partial, self.out, self.force)
+            self.emit("end", summary | {"path": str(self.out)})
+        self.rt.barrier()
+        return self.out
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def publish(partial: Path, out: Path, force: bool) -> None:
+    """Rename the finished run directory to OUT; a replaced OUT (--force) is removed only after."""
+    if out.exists():
+        if not force:
+            raise ColmError(f"{out} appeared during the run; the result stays in {partial}")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(partial, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(partial, out)

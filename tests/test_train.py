@@ -1,0 +1,305 @@
+"""`colm train`: falling loss, exact resume, chain tuning, the multi-scale loss, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from colm_core import losses
+from colm_core.checkpoint import history_entry, load, open_checkpoint, save, weights_digest
+from colm_core.data import default_corpus_files, token_cache
+from colm_core.init import InitOptions, init_model
+from colm_core.losses import MultiScaleLoss
+from colm_core.model import CoLM, chain_of
+from colm_core.tokenizer import ByteTokenizer
+from tests.conftest import REPO, assert_one_line_error, run_cli, tiny_config, tiny_model
+
+FAST = ["--batch-size", "4", "--seq-len", "32", "--log-every", "1", "--eval-windows", "4"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return {"COLM_CACHE_DIR": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """A small real corpus: Python standard-library sources (about 150 KB), plus one held-out file."""
+    files = default_corpus_files(160_000)
+    train_dir = tmp_path / "corpus"
+    train_dir.mkdir()
+    for f in files[:-1]:
+        shutil.copy(f, train_dir / f.name)
+    return train_dir, files[-1]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> str:
+    """A fresh 2-chain byte-level checkpoint (what `colm init` writes), shared by the tests that only read it."""
+    path = tmp_path_factory.mktemp("init") / "base"
+    model = init_model(InitOptions(heads=[2, 2], n_layers=2, head_dim=8, ffn=[32], max_seq_len=64))
+    save(model, path, history=[history_entry("init", {})])
+    return str(path)
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return dict(open_checkpoint(path).tensors())
+
+
+def eval_losses(path, data, env) -> dict[int, float]:
+    proc = run_cli("eval", path, "--data", data, "--seq-len", "64", "--max-tokens", "4000", env=env, check=True)
+    return {r["chains"]: r["loss"] for r in json.loads(proc.stdout)["results"]}
+
+
+def test_loss_falls_on_a_small_real_corpus(tmp_path, env, corpus, base):
+    train_dir, held_out = corpus
+    before = eval_losses(base, held_out, env)
+    proc = run_cli("train", base, "--data", train_dir, "--steps", "30", "--batch-size", "8", "--seq-len", "64",
+                   "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "15", "-o", tmp_path / "trained",
+                   env=env, check=True)
+    out = proc.stdout.strip()
+    assert proc.stdout.count("\n") == 1 and out == str(tmp_path / "trained")
+    after = eval_losses(out, held_out, env)
+    for k in (1, 2):  # every sub-model learned, not only the full one
+        assert after[k] < before[k] - 1.0, (k, before, after)
+    records = [json.loads(line) for line in (tmp_path / "trained" / "metrics.jsonl").read_text().splitlines()]
+    train_loss = [r["loss"] for r in records if "loss" in r]
+    assert len(train_loss) == 30 // 10 and set(train_loss[0]) == {"1", "2"}
+    assert [r["step"] for r in records if "val_loss" in r] == [15, 30]
+    entry = open_checkpoint(out).history[-1]
+    assert entry["command"] == "train" and entry["args"]["steps"] == 30
+    assert entry["eval"]["val_loss"] == records[-1]["val_loss"]
+    assert not (tmp_path / "trained.partial").exists()
+    assert entry["inputs"][0]["sha256"] == weights_digest(open_checkpoint(base))  # the input is untouched
+
+
+def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
+    """N steps straight vs N/2, a kill, and --resume auto: the same weights, bit for bit."""
+    train_dir, _ = corpus
+    args = ["train", base, "--data", train_dir, "--steps", "8", *FAST, "--save-every", "2",
+            "--keep-checkpoints", "10"]
+    straight = tmp_path / "straight"
+    run_cli(*args, "-o", straight, env=env, check=True)
+    steps = sorted(p.name for p in (straight / "steps").iterdir())
+    assert steps == ["step-0000002", "step-0000004", "step-0000006", "step-0000008"]
+
+    # A run killed during step 6's checkpoint: step 4 complete, step 6 written without its marker.
+    resumed = tmp_path / "resumed"
+    (resumed.with_name("resumed.partial") / "steps").mkdir(parents=True)
+    for name in ("step-0000004", "step-0000006"):
+        shutil.copytree(straight / "steps" / name, resumed.with_name("resumed.partial") / "steps" / name)
+    (resumed.with_name("resumed.partial") / "steps" / "step-0000006" / "COMPLETE").unlink()
+    proc = run_cli(*args, "-o", resumed, "--resume", "auto", env=env, check=True)
+    assert "resuming from" in proc.stderr and "step-0000004" in proc.stderr
+
+    final, halfway = weights(straight), weights(straight / "steps" / "step-0000004" / "model")
+    again = weights(resumed)
+    assert all(torch.equal(final[n], again[n]) for n in final)
+    assert any(not torch.equal(final[n], halfway[n]) for n in final)
+    logged = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert logged[:4] == [5, 6, 7, 8]
+
+
+def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, base):
+    train_dir, _ = corpus
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "colm_cli", "train", base, "--data", train_dir, "--steps", "100000", *FAST,
+           "-o", out]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    metrics = tmp_path / "run.partial" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume auto" in stderr and stdout == ""
+    saved = list((tmp_path / "run.partial" / "steps").iterdir())
+    assert len(saved) == 1 and (saved[0] / "COMPLETE").is_file()
+    step = json.loads((saved[0] / "trainer_state.json").read_text())["step"]
+    assert saved[0].name == f"step-{step:07d}"
+    assert max(json.loads(line)["step"] for line in metrics.read_text().splitlines()) == step
+    assert load(saved[0] / "model").config.n_chains == 2
+    assert not out.exists()
+
+
+def grown_model(air: bool) -> tuple[CoLM, CoLM]:
+    """A 1-chain model and its growth by one chain: chain-1 tensors copied, the new LM-head block zero."""
+    shape = dict(vocab_size=258, bos_token_id=256, eos_token_id=257, kv_share=air)
+    small = CoLM(tiny_config(heads=[2], kv_heads=[1], ffn=[24], **shape)).init_weights(std=0.1, seed=1)
+    grown = CoLM(tiny_config(heads=[2, 2], kv_heads=[1, 0] if air else [1, 1], ffn=[24, 16], **shape))
+    grown.init_weights(std=0.1, seed=2)
+    with torch.no_grad():
+        grown_params = dict(grown.named_parameters())
+        for name, p in small.named_parameters():
+            grown_params[name].copy_(p)
+        grown_params["lm_head.1"].zero_()
+    for m in (small, grown):
+        m.tokenizer = ByteTokenizer()
+    return small, grown
+
+
+@pytest.mark.parametrize("air", [False, True])
+def test_freeze_chains_keeps_chain_one_bitwise(tmp_path, env, corpus, air):
+    train_dir, _ = corpus
+    small, grown = grown_model(air)
+    save(grown, tmp_path / "grown", history=[])
+    out = tmp_path / "tuned"
+    run_cli("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
+            "--weight-decay", "0.5", "--freeze-chains", "1", "-o", out, env=env, check=True)
+    before, after = weights(tmp_path / "grown"), weights(out)
+    for name in before:
+        if chain_of(name) == 1:
+            assert torch.equal(before[name], after[name]), name
+    assert all(not torch.equal(before[n], after[n]) for n in before if chain_of(n) == 2 and "norm" not in n)
+    ids = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(load(out)(ids, chains=1), small(ids))
+        # With Air the keys and values of every layer come from chain 1 only: the frozen chain-1 KV
+        # cache of the original model is the tuned model's cache too (same tensors, checked above).
+
+
+def test_all_scales_loss_is_the_sum_of_separate_losses(monkeypatch):
+    model = tiny_model(seed=3)
+    x, y = torch.randint(0, 97, (2, 2, 20))
+
+    def separate():
+        model.zero_grad()
+        total = sum(F.cross_entropy(model(x, chains=k).flatten(0, 1), y.flatten(), reduction="sum") for k in (1, 2, 3))
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in model.parameters()]
+
+    def combined():
+        model.zero_grad()
+        per_scale = MultiScaleLoss(model, [1, 2, 3])(x, y)
+        per_scale.sum().backward()
+        return per_scale.sum().detach(), [p.grad.clone() for p in model.parameters()]
+
+    ref_loss, ref_grads = separate()
+    for chunk in (losses.LOGITS_PER_CHUNK, 7 * 97):  # one chunk, and 7-row chunks recomputed in backward
+        monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", chunk)
+        loss, grads = combined()
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
+        for g, ref in zip(grads, ref_grads):
+            torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)  # float32 rounding of a different summation order
+
+
+def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
+    """Training every scale with a large vocabulary keeps no full logits tensor per scale for backward."""
+    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", 2**16)
+    vocab = 8192
+    model = CoLM(tiny_config(vocab_size=vocab)).init_weights(seed=0)
+    x = torch.randint(0, vocab, (4, 64))
+
+    def saved_bytes(scales):
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            MultiScaleLoss(model, scales)(x, x).sum()
+        return total
+
+    one_logits = x.numel() * vocab * 4
+    assert saved_bytes([1, 2, 3]) - saved_bytes([3]) < one_logits / 4
+    assert saved_bytes([1, 2, 3]) < one_logits
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data", "missing.txt"], "no such file"),
+    (["--data", "empty.txt"], "empty"),
+    (["--seq-len", "65"], "above the model's maximum of 64"),
+    (["--strategy", "zero3"], "unknown strategy"),
+    (["--freeze-chains", "2"], "--freeze-chains 2"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "text.txt").write_text("some text " * 500)
+    data = [] if "--data" in flags else ["--data", "text.txt"]
+    proc = run_cli("train", base, *data, "--seq-len", "32", *flags, "--steps", "1", cwd=tmp_path, env=env)
+    assert_one_line_error(proc, 2, message)
+    assert not any(p.name.startswith("base-train") for p in Path(base).parent.iterdir())
+
+
+def test_large_vocabulary_tokenizer_json_and_token_cache(tmp_path, env, corpus, monkeypatch):
+    """A 128K-vocabulary model with a tokenizer.json trains; tokens are cached once per tokenizer, in the cache."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    train_dir, _ = corpus
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train([str(f) for f in sorted(train_dir.iterdir())], trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"]))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    model = init_model(InitOptions(heads=[2, 2], n_layers=1, head_dim=8, ffn=[16], max_seq_len=64,
+                                   tokenizer=tmp_path / "tokenizer.json", vocab_size=128 * 1024))
+    save(model, tmp_path / "big", history=[])
+    files_before = sorted(p.name for p in train_dir.iterdir())
+    run_cli("train", tmp_path / "big", "--data", train_dir, "--steps", "2", *FAST, "-o", tmp_path / "trained",
+            env=env, check=True)
+    cached = list((tmp_path / "cache" / "tokens").iterdir())
+    assert len(cached) == 1 and sorted(p.name for p in train_dir.iterdir()) == files_before
+    expected = sum(len(tok.encode(f.read_text(), add_special_tokens=False).ids) for f in sorted(train_dir.iterdir()))
+    assert len(np.load(cached[0], mmap_mode="r")) == expected
+    records = [json.loads(line) for line in (tmp_path / "trained" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["val_loss"]["2"] < 12.0  # finite, about ln(131072) = 11.8 this early
+    assert load(tmp_path / "trained").config.vocab_size == 128 * 1024
+
+    # Same files and tokenizer: the cache entry is reused; the byte tokenizer gets its own entry.
+    monkeypatch.setenv("COLM_CACHE_DIR", env["COLM_CACHE_DIR"])
+    mtime = cached[0].stat().st_mtime_ns
+    files = sorted(train_dir.iterdir())
+    token_cache(files, open_checkpoint(tmp_path / "big").tokenizer())
+    assert cached[0].stat().st_mtime_ns == mtime
+    assert len(token_cache(files, ByteTokenizer())) == sum(len(f.read_bytes()) + 2 for f in files)
+    assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, env, base):
+    model = load(base)
+    with torch.no_grad():
+        model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
+    save(model, tmp_path / "broken", history=[])
+    (tmp_path / "text.txt").write_text("some text " * 500)
+    proc = run_cli("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
+                   "-o", tmp_path / "out", env=env)
+    assert_one_line_error(proc, 1, "non-finite loss at step 1")
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_file_then_flags(tmp_path):
+    from colm_core.errors import ColmError
+    from colm_core.train import TrainOptions
+
+    (tmp_path / "run.toml").write_text('steps = 7\nbatch-size = 4\nlr = 0.01\nchain_loss = "full"\n')
+    opts = TrainOptions.from_sources(tmp_path / "run.toml", {"lr": 0.5, "seed": None})
+    assert (opts.steps, opts.batch_size, opts.lr, opts.chain_loss, opts.seed) == (7, 4, 0.5, "full", 0)
+    assert opts.scales(3) == [3] and TrainOptions(freeze_chains=1).scales(3) == [2, 3]
+    (tmp_path / "bad.json").write_text('{"stepz": 3}')
+    with pytest.raises(ColmError, match="unknown key 'stepz'"):
+        TrainOptions.from_sources(tmp_path / "bad.json", {})
+
+
+@pytest.mark.parametrize("schedule, middle", [("cosine", 0.55), ("linear", 0.55), ("constant", 1.0)])
+def test_learning_rate_schedule(schedule, middle):
+    from colm_core.train import TrainOptions
+
+    opts = TrainOptions(steps=110, warmup_steps=10, lr=1.0, min_lr_ratio=0.1, schedule=schedule)
+    assert [opts.learning_rate(s) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert opts.learning_rate(60) == pytest.approx(middle)  # halfway through the decay
+    assert opts.learning_rate(110) == pytest.approx(0.1 if schedule != "constant" else 1.0)
+    assert opts.learning_rate(10) == pytest.approx(1.0)
