@@ -156,6 +156,104 @@ def eval_(
     emit_json(report)
 
 
+VerifyOpt = Annotated[bool, typer.Option(
+    "--verify/--no-verify", help="Check the result on a probe batch (loads the models; skip for minimum memory).")]
+
+
+def report_verification(report: dict) -> None:
+    if "max_abs_diff" in report:
+        err.print(f"[green]verified[/] {report['check']}: max abs logit difference {report['max_abs_diff']:.3g} "
+                  f"on a {report['probe'][0]}x{report['probe'][1]} probe batch")
+    elif report:
+        err.print(f"[yellow]not verified[/]: {report['check']}")
+
+
+@app.command(name="import")
+def import_(
+    hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors).")],
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Convert a Hugging Face Llama checkpoint directory into a 1-chain CoLM."""
+    from colm_core.llama import import_llama
+
+    out = output_path(output, hf_dir.resolve(), "colm", force, inputs=[hf_dir])
+    report_verification(import_llama(hf_dir, out, verify=verify, force=force))
+    err.print(f"[green]imported[/] {hf_dir} -> {out}")
+    emit_path(out)
+
+
+@app.command()
+def expand(
+    ckpt: CkptArg = None,
+    add_chains: Annotated[int, typer.Option(help="Number of chains to append.")] = 1,
+    heads: Annotated[Optional[int], typer.Option(help="Query heads of each new chain (default: the last chain's).")] = None,
+    kv_heads: Annotated[Optional[int], typer.Option(help="KV heads of each new chain (default: the last chain's; "
+                                                         "CoLM-Air: none, chain 1's are shared).")] = None,
+    ffn: Annotated[Optional[int], typer.Option(help="FFN units of each new chain (default: the last chain's).")] = None,
+    air: Annotated[bool, typer.Option("--air", help="Make a 1-chain model CoLM-Air: new chains read chain 1's "
+                                                    "keys and values.")] = False,
+    init_std: Annotated[float, typer.Option(help="Standard deviation of the new chains' random blocks.")] = 0.02,
+    seed: Annotated[int, typer.Option(help="Seed of the new chains' random blocks.")] = 0,
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Append chains; new LM-head blocks are zero, so the logits stay exactly the input's."""
+    from colm_core.surgery import expand as expand_checkpoint
+
+    path = input_path(ckpt)
+    out = output_path(output, path, "expand", force, inputs=[path])
+    report_verification(expand_checkpoint(path, out, add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn,
+                                          air=air, init_std=init_std, seed=seed, verify=verify, force=force))
+    err.print(f"[green]expanded[/] {path} by {add_chains} chain(s) -> {out}")
+    emit_path(out)
+
+
+@app.command(name="slice")
+def slice_(
+    ckpt: CkptArg = None,
+    chains: Annotated[int, typer.Option(help="Keep chains 1..K: the K-chain sub-model.")] = ...,
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Keep the first K chains: the result computes exactly the K-chain sub-model."""
+    from colm_core.checkpoint import open_checkpoint
+    from colm_core.surgery import slice_ as slice_checkpoint
+
+    path = input_path(ckpt)
+    out = output_path(output, path, f"slice{chains}", force, inputs=[path])
+    n = open_checkpoint(path).config.n_chains
+    if chains == n:
+        err.print(f"--chains {chains} keeps all {n} chains: the output is a plain copy")
+    report_verification(slice_checkpoint(path, out, chains=chains, verify=verify, force=force))
+    err.print(f"[green]sliced[/] {path} to chains 1..{chains} -> {out}")
+    emit_path(out)
+
+
+@app.command()
+def export(
+    ckpt: CkptArg = None,
+    fmt: Annotated[str, typer.Option("--format", help="hf-llama: a standard LlamaForCausalLM (1-chain models); "
+                                             "hf: any CoLM, loaded with trust_remote_code=True.")] = ...,
+    dtype: DtypeOpt = None,
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Write a directory that Hugging Face transformers loads (no quantization)."""
+    from colm_core.export import export as export_checkpoint
+
+    path = input_path(ckpt)
+    out = output_path(output, path, fmt, force, inputs=[path])
+    report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify,
+                                          force=force))
+    err.print(f"[green]exported[/] {path} as {fmt} -> {out}")
+    emit_path(out)
+
+
 def main() -> None:
     """Entry point: run the app, turning every expected failure into one line on stderr and an exit code."""
     debug = "--debug" in sys.argv
