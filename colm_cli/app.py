@@ -201,10 +201,11 @@ def expand(
     force: ForceOpt = False,
 ):
     """Append chains; new LM-head blocks are zero, so the logits stay exactly the input's."""
+    from colm_core.resolve import output_base
     from colm_core.surgery import expand as expand_checkpoint
 
     path = input_path(ckpt)
-    out = output_path(output, path, "expand", force, inputs=[path])
+    out = output_path(output, output_base(path), "expand", force, inputs=[path])
     report_verification(expand_checkpoint(path, out, add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn,
                                           air=air, init_std=init_std, seed=seed, verify=verify, force=force))
     err.print(f"[green]expanded[/] {path} by {add_chains} chain(s) -> {out}")
@@ -221,10 +222,11 @@ def slice_(
 ):
     """Keep the first K chains: the result computes exactly the K-chain sub-model."""
     from colm_core.checkpoint import open_checkpoint
+    from colm_core.resolve import output_base
     from colm_core.surgery import slice_ as slice_checkpoint
 
     path = input_path(ckpt)
-    out = output_path(output, path, f"slice{chains}", force, inputs=[path])
+    out = output_path(output, output_base(path), f"slice{chains}", force, inputs=[path])
     n = open_checkpoint(path).config.n_chains
     if chains == n:
         err.print(f"--chains {chains} keeps all {n} chains: the output is a plain copy")
@@ -245,9 +247,10 @@ def export(
 ):
     """Write a directory that Hugging Face transformers loads (no quantization)."""
     from colm_core.export import export as export_checkpoint
+    from colm_core.resolve import output_base
 
     path = input_path(ckpt)
-    out = output_path(output, path, fmt, force, inputs=[path])
+    out = output_path(output, output_base(path), fmt, force, inputs=[path])
     report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify,
                                           force=force))
     err.print(f"[green]exported[/] {path} as {fmt} -> {out}")

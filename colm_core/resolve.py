@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 from colm_core.errors import ColmError
@@ -11,4 +13,38 @@ def resolve_checkpoint(spec: str | Path) -> Path:
     path = Path(spec)
     if not path.exists():
         raise ColmError(f"{spec}: no such checkpoint; check the path (create one with `colm init`)")
+    from colm_core.llama import is_hf_model_dir
+
+    if is_hf_model_dir(path):
+        return imported_hf_llama(path)
     return path
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("COLM_CACHE") or "~/.cache/colm").expanduser()
+
+
+def output_base(path: Path) -> Path:
+    """What a derived output name starts from: the input itself, or for an input that resolved into
+    the cache (an imported Hugging Face directory) its name in the working directory."""
+    if cache_root().resolve() in Path(path).resolve().parents:
+        return Path.cwd() / Path(path).name
+    return Path(path)
+
+
+def imported_hf_llama(path: Path) -> Path:
+    """A Hugging Face Llama directory as a colm checkpoint, imported once into the cache.
+
+    The cache key hashes config.json and each weight file's name, size and modification time, so an
+    edited or re-downloaded model is imported again. Cache root: $COLM_CACHE, else ~/.cache/colm."""
+    from colm_core.llama import HF_CONFIG, import_llama, open_hf_llama
+
+    src = open_hf_llama(path)
+    key = hashlib.sha256((src.path / HF_CONFIG).read_bytes())
+    for file in src.files:
+        stat = file.stat()
+        key.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    cache = cache_root() / "imports" / f"{src.path.resolve().name}-{key.hexdigest()[:12]}"
+    if not (cache / HF_CONFIG).is_file():
+        import_llama(src.path, cache, verify=False, force=True)  # `colm import` verifies; this is its cached twin
+    return cache
