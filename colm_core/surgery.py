@@ -83,7 +83,7 @@ def new_block(name: str, shape: tuple[int, ...], cfg: ColmConfig, std: float, se
         return torch.zeros(shape, dtype=dtype)
     residual = ".attn.o." in name or ".ffn.down." in name
     s = std / math.sqrt(2 * cfg.n_layers) if residual else std
-    g = torch.Generator().manual_seed(zlib.crc32(name.encode()) + (seed << 32))
+    g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}".encode()))  # CPU generators use 32 bits
     return (torch.randn(shape, generator=g) * s).to(dtype)
 
 
