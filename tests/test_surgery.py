@@ -180,16 +180,24 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     out = tmp_path / "out"
     assert_one_line_error(run_cli("slice", tmp_path / "junk", "--chains", "1", "-o", out), 2, "not a colm checkpoint")
     assert_one_line_error(run_cli("slice", src, "--chains", "0", "-o", out), 2, "--chains 0 is outside 1..3")
-    assert_one_line_error(run_cli("slice", src, "--chains", "4", "-o", out), 2, "outside 1..3")
     assert_one_line_error(run_cli("expand", src, "--add-chains", "0", "-o", out), 2, "add at least 1 chain")
     assert_one_line_error(run_cli("expand", src, "--heads", "3", "--kv-heads", "2", "-o", out), 2,
                           "multiple of its KV heads")
     assert_one_line_error(run_cli("expand", src, "-o", src / "inner"), 2, "inside the input")
-    assert_one_line_error(run_cli("slice", src, "--chains", "1", "-o", src), 2, "inside the input")
-    assert_one_line_error(run_cli("expand", src, "--init-std", "0", "-o", out), 2, "--init-std must be positive")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert sorted(p.name for p in src.iterdir()) == ["README.md", "colm_history.json", "config.json",
                                                      "model.safetensors"]
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
+    src = saved(tmp_path)
+    with pytest.raises(ColmError, match="--chains 4 is outside 1..3"):
+        surgery.slice_(src, tmp_path / "out", chains=4)
+    with pytest.raises(ColmError, match="--init-std must be positive"):
+        surgery.expand(src, tmp_path / "out", add_chains=1, init_std=0.0)
+    with pytest.raises(ColmError, match="inside the input"):
+        surgery.slice_(src, src, chains=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 def test_expand_is_exact_over_many_batches(tmp_path):
