@@ -132,10 +132,10 @@ class HFLlamaDir:
         return [self.path / f for f in sorted(set(self.weight_map.values()))]
 
     def tensors(self, names: list[str]) -> Iterator[tuple[str, "torch.Tensor"]]:
-        from safetensors import safe_open
+        from colm_core.checkpoint import SafetensorsReader
 
         for name in names:
-            with safe_open(self.path / self.weight_map[name], framework="pt") as f:
+            with SafetensorsReader(self.path / self.weight_map[name]) as f:
                 yield name, f.get_tensor(name)
 
 
