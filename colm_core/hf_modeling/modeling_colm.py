@@ -160,11 +160,18 @@ class ColmPreTrainedModel(PreTrainedModel):
     base_model_prefix = "colm"
     _no_split_modules = ["Block"]
 
+    @torch.no_grad()
     def _init_weights(self, module):
-        """Only for tensors a checkpoint lacks: norms one, the rest N(0, 0.02) as colm initialises."""
-        for name, p in module.named_parameters(recurse=False):
-            with torch.no_grad():
-                p.fill_(1.0) if isinstance(module, ChainRMSNorm) else p.normal_(0.0, 0.02)
+        """Only for tensors a checkpoint lacks: norm gains one, the rest N(0, 0.02) as colm initialises."""
+        if isinstance(module, ChainRMSNorm):
+            for p in module.weights:
+                p.fill_(1.0)
+        elif isinstance(module, ChainLinear):
+            for p in module.weights:
+                p.normal_(0.0, 0.02)
+        elif isinstance(module, ColmForCausalLM):
+            for p in [*module.embed, *getattr(module, "lm_head", [])]:
+                p.normal_(0.0, 0.02)
 
 
 class ColmForCausalLM(ColmPreTrainedModel, GenerationMixin):
