@@ -84,6 +84,7 @@ def exported_tensors(ckpt: Checkpoint, fmt: str, dtype: torch.dtype) -> Iterator
     names = colm_to_hf_names(ckpt.config.n_layers) if fmt == "hf-llama" else None
     for name, tensor in ckpt.tensors():
         yield (names[name] if names else name), tensor.to(dtype)
+        del tensor  # before the next one is read: one tensor in memory at a time
 
 
 def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None, verify: bool = True,

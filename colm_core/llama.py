@@ -205,6 +205,7 @@ def imported_tensors(src: HFLlamaDir, cfg: ColmConfig, dtype: "torch.dtype") -> 
             raise ColmError(f"{src.path}: tensor {name!r} has shape {list(tensor.shape)}, "
                             f"config.json implies {list(expected[colm_name])}")
         yield colm_name, tensor.to(dtype)
+        del tensor  # before the next one is read: one tensor in memory at a time
 
 
 def weights_dtype(src: HFLlamaDir) -> "torch.dtype":

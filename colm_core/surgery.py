@@ -88,17 +88,16 @@ def new_block(name: str, shape: tuple[int, ...], cfg: ColmConfig, std: float, se
 
 
 def expanded_tensors(ckpt: Checkpoint, cfg: ColmConfig, std: float, seed: int) -> Iterator[tuple[str, torch.Tensor]]:
-    """The input's tensors unchanged, then every new chain's, one at a time."""
+    """Every tensor in the model's order, one at a time: the input's unchanged, the new chains' fresh."""
     shapes = expected_shapes(cfg)
-    old = [name for name in shapes if name in ckpt.weight_map]
-    yield from ckpt.tensors(old)
+    old = ckpt.tensors([name for name in shapes if name in ckpt.weight_map])  # in the same order
     for name, shape in shapes.items():
-        if name not in ckpt.weight_map:
-            yield name, new_block(name, shape, cfg, std, seed, ckpt.dtype)
+        yield next(old) if name in ckpt.weight_map else (name, new_block(name, shape, cfg, std, seed, ckpt.dtype))
 
 
 def sliced_tensors(ckpt: Checkpoint, chains: int) -> Iterator[tuple[str, torch.Tensor]]:
-    return ckpt.tensors([name for name in ckpt.weight_map if chain_of(name) <= chains])
+    """The kept chains' tensors in the model's order (the order `save` writes), one at a time."""
+    return ckpt.tensors([name for name in expected_shapes(ckpt.config) if chain_of(name) <= chains])
 
 
 # --- commands ------------------------------------------------------------------------------
