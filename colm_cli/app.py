@@ -31,6 +31,8 @@ OutputOpt = Annotated[Optional[Path], typer.Option(
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output checkpoint.")]
 DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
 DtypeOpt = Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: as stored).")]
+VerifyOpt = Annotated[bool, typer.Option(
+    "--verify/--no-verify", help="Check the result on a probe batch (loads the models; skip for minimum memory).")]
 
 
 def torch_dtype(name: str | None):
@@ -108,157 +110,6 @@ def int_list_float(value: str) -> list[float]:
     if len(parts) != 4:
         raise ColmError(f"--rope-scaling {value!r}: expected FACTOR,LOW,HIGH,ORIGINAL_MAX, e.g. 32,1,4,8192")
     return parts
-
-
-@app.command()
-def inspect(ckpt: CkptArg = None,
-            json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False):
-    """Show a checkpoint's chains, parameters, shapes, config and history."""
-    from colm_cli.render import render
-    from colm_core.inspect import describe
-
-    report = describe(input_path(ckpt))
-    render(report, err)
-    if json_out:
-        emit_json(report)
-
-
-@app.command(name="eval")
-def eval_(
-    ckpt: CkptArg = None,
-    data: Annotated[Optional[list[str]], typer.Option(
-        help="Text file, directory or glob (repeat for more); default: the embedded corpus.")] = None,
-    chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
-    seq_len: Annotated[int, typer.Option(help="Tokens per evaluation window.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Evaluate at most this many tokens.")] = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-):
-    """Loss, perplexity and bits per byte of every k-chain sub-model (table on stderr, JSON on stdout)."""
-    from colm_core.checkpoint import load
-    from colm_core.data import default_corpus_files, read_texts
-    from colm_core.evaluate import evaluate
-    from colm_cli.render import eval_table
-
-    path = input_path(ckpt)
-    model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
-    n = model.config.n_chains
-    ks = int_list(chains, "--chains") or list(range(1, n + 1))
-    bad = [k for k in ks if not 1 <= k <= n]
-    if bad:
-        raise ColmError(f"--chains {chains}: {bad[0]} is outside 1..{n} (this model has {n} chains)")
-    if seq_len < 1 or batch_size < 1:
-        raise ColmError("--seq-len and --batch-size must be positive")
-    texts = read_texts(data or default_corpus_files())
-    report = evaluate(model, texts, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
-    report["checkpoint"] = str(path)
-    err.print(eval_table(report))
-    emit_json(report)
-
-
-@app.command()
-def pull(
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")],
-    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default: main).")] = None,
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Also copy the files into this directory (default: print the Hub-cache path).")] = None,
-    force: ForceOpt = False,
-):
-    """Download a colm checkpoint or a Llama transformers repo into the Hugging Face cache; print its path.
-
-    Resumable, shared with other Hub tools, and offline with HF_HUB_OFFLINE=1 once cached."""
-    from colm_core.hub import pull as pull_repo
-
-    path = pull_repo(repo_id, revision, output, force)
-    err.print(f"[green]pulled[/] {repo_id} -> {path}", soft_wrap=True)
-    emit_path(path)
-
-
-@app.command()
-def push(
-    ckpt: Annotated[Optional[str], typer.Argument(
-        metavar="CKPT", show_default=False,
-        help="Checkpoint directory; when only REPO_ID is given, it is read from stdin.")] = None,
-    repo_id: Annotated[Optional[str], typer.Argument(
-        metavar="REPO_ID", show_default=False, help="Hub model repo: ORG/NAME.")] = None,
-    private: Annotated[bool, typer.Option("--private", help="Create the repo private (if it does not exist).")] = False,
-    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default: main).")] = None,
-    license: Annotated[Optional[str], typer.Option(help="License id for the card, e.g. apache-2.0.")] = None,
-):
-    """Upload a checkpoint with a fresh model card; print hf://ORG/NAME@COMMIT.
-
-    The token comes from HF_TOKEN or `hf auth login`, never from a flag."""
-    from colm_core.hub import parse_reference, push as push_checkpoint
-
-    if repo_id is None:
-        ckpt, repo_id = None, ckpt
-    if repo_id is None:
-        raise ColmError("no REPO_ID: `colm push CKPT ORG/NAME`, or `... | colm push ORG/NAME`")
-    parse_reference(repo_id, revision)  # a bad id is refused before an hf:// input is downloaded
-    uri = push_checkpoint(input_path(ckpt), repo_id, private=private, revision=revision, license=license)
-    err.print(f"[green]pushed[/] {uri}")
-    print(uri, flush=True)
-
-
-@app.command()
-def generate(
-    ckpt: CkptArg = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Text to continue.")] = None,
-    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file.")] = None,
-    chains: Annotated[Optional[int], typer.Option(help="Chains of the sub-model that generates (default: all).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Generate at most this many tokens.")] = 128,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Sample among the most likely tokens of mass p.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sampler.")] = 0,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop when the text contains this (repeatable).")] = None,
-    switch: Annotated[Optional[str], typer.Option(
-        help="Change the chain count at generated positions, e.g. 0:4,32:1,64:2.")] = None,
-    prefill_chains: Annotated[Optional[int], typer.Option(
-        help="Chains that build the prompt's KV cache (default: 1 for CoLM-Air, else --chains).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-):
-    """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
-    from colm_core.checkpoint import load
-    from colm_core.generation import generate as run_generate
-    from colm_core.generation import parse_switch
-
-    if (prompt is None) == (prompt_file is None):
-        raise ColmError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
-    if prompt_file is not None:
-        if not prompt_file.is_file():
-            raise ColmError(f"--prompt-file {prompt_file}: no such file")
-        prompt = prompt_file.read_text()
-    if not prompt:
-        raise ColmError("the prompt is empty; give some text to continue")
-    model = load(input_path(ckpt), device=torch_device(device), dtype=torch_dtype(dtype))
-    tok = model.tokenizer
-    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prompt)
-
-    def stream(piece: str) -> None:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-
-    result = run_generate(model, ids, max_new_tokens=max_new_tokens, chains=chains,
-                          switch=parse_switch(switch or ""), prefill_chains=prefill_chains, temperature=temperature,
-                          top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
-                          on_text=None if json_out else stream)
-    for seg in result["schedule"]:
-        if seg["recomputed"]:
-            err.print(f"switching up to {seg['chains']} chains at token {seg['start']}: recomputed the keys/values "
-                      "of the whole sequence (only CoLM-Air switches without recomputing)", soft_wrap=True)
-    t = result["timings"]
-    decode = f"{t['decode_tokens_per_s']:.1f}" if t["decode_tokens_per_s"] is not None else "-"
-    err.print(f"{len(result['token_ids'])} tokens ({result['stop_reason']}); time to first token "
-              f"{t['time_to_first_token_s'] * 1000:.0f} ms, prefill {t['prefill_tokens_per_s']:.0f} tokens/s "
-              f"at {result['prefill_chains']} chain(s), decode {decode} tokens/s", highlight=False, soft_wrap=True)
-    if json_out:
-        emit_json({"prompt": prompt, "prompt_ids": ids, **result})
-    else:
-        stream("\n")
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -348,6 +199,251 @@ def train(
         progress.stop()
     if os.environ.get("RANK", "0") == "0":
         emit_path(result)
+
+
+def report_verification(report: dict) -> None:
+    if "max_abs_diff" in report:
+        err.print(f"[green]verified[/] {report['check']}: max abs logit difference {report['max_abs_diff']:.3g} "
+                  f"on a {report['probe'][0]}x{report['probe'][1]} probe batch")
+    elif report:
+        err.print(f"[yellow]not verified[/]: {report['check']}")
+
+
+@app.command()
+def expand(
+    ckpt: CkptArg = None,
+    add_chains: Annotated[int, typer.Option(help="Number of chains to append.")] = 1,
+    heads: Annotated[Optional[int], typer.Option(help="Query heads of each new chain (default: the last chain's).")] = None,
+    kv_heads: Annotated[Optional[int], typer.Option(help="KV heads of each new chain (default: the last chain's; "
+                                                         "CoLM-Air: none, chain 1's are shared).")] = None,
+    ffn: Annotated[Optional[int], typer.Option(help="FFN units of each new chain (default: the last chain's).")] = None,
+    air: Annotated[bool, typer.Option("--air", help="Make a 1-chain model CoLM-Air: new chains read chain 1's "
+                                                    "keys and values.")] = False,
+    init_std: Annotated[float, typer.Option(help="Standard deviation of the new chains' random blocks.")] = 0.02,
+    seed: Annotated[int, typer.Option(help="Seed of the new chains' random blocks.")] = 0,
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Append chains; new LM-head blocks are zero, so the logits stay exactly the input's."""
+    from colm_core.surgery import expand as expand_checkpoint
+
+    path = input_path(ckpt)
+    out = output_path(output, path, "expand", force, inputs=[path])
+    report_verification(expand_checkpoint(path, out, add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn,
+                                          air=air, init_std=init_std, seed=seed, verify=verify, force=force))
+    err.print(f"[green]expanded[/] {path} by {add_chains} chain(s) -> {out}")
+    emit_path(out)
+
+
+@app.command(name="slice")
+def slice_(
+    ckpt: CkptArg = None,
+    chains: Annotated[int, typer.Option(help="Keep chains 1..K: the K-chain sub-model.")] = ...,
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Keep the first K chains: the result computes exactly the K-chain sub-model."""
+    from colm_core.checkpoint import open_checkpoint
+    from colm_core.surgery import slice_ as slice_checkpoint
+
+    path = input_path(ckpt)
+    out = output_path(output, path, f"slice{chains}", force, inputs=[path])
+    n = open_checkpoint(path).config.n_chains
+    if chains == n:
+        err.print(f"--chains {chains} keeps all {n} chains: the output is a plain copy")
+    report_verification(slice_checkpoint(path, out, chains=chains, verify=verify, force=force))
+    err.print(f"[green]sliced[/] {path} to chains 1..{chains} -> {out}")
+    emit_path(out)
+
+
+@app.command(name="eval")
+def eval_(
+    ckpt: CkptArg = None,
+    data: Annotated[Optional[list[str]], typer.Option(
+        help="Text file, directory or glob (repeat for more); default: the embedded corpus.")] = None,
+    chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
+    seq_len: Annotated[int, typer.Option(help="Tokens per evaluation window.")] = 256,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Evaluate at most this many tokens.")] = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+):
+    """Loss, perplexity and bits per byte of every k-chain sub-model (table on stderr, JSON on stdout)."""
+    from colm_core.checkpoint import load
+    from colm_core.data import default_corpus_files, read_texts
+    from colm_core.evaluate import evaluate
+    from colm_cli.render import eval_table
+
+    path = input_path(ckpt)
+    model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
+    n = model.config.n_chains
+    ks = int_list(chains, "--chains") or list(range(1, n + 1))
+    bad = [k for k in ks if not 1 <= k <= n]
+    if bad:
+        raise ColmError(f"--chains {chains}: {bad[0]} is outside 1..{n} (this model has {n} chains)")
+    if seq_len < 1 or batch_size < 1:
+        raise ColmError("--seq-len and --batch-size must be positive")
+    texts = read_texts(data or default_corpus_files())
+    report = evaluate(model, texts, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+    report["checkpoint"] = str(path)
+    err.print(eval_table(report))
+    emit_json(report)
+
+
+@app.command()
+def generate(
+    ckpt: CkptArg = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Text to continue.")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file.")] = None,
+    chains: Annotated[Optional[int], typer.Option(help="Chains of the sub-model that generates (default: all).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Generate at most this many tokens.")] = 128,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Sample among the most likely tokens of mass p.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sampler.")] = 0,
+    stop: Annotated[Optional[list[str]], typer.Option(help="Stop when the text contains this (repeatable).")] = None,
+    switch: Annotated[Optional[str], typer.Option(
+        help="Change the chain count at generated positions, e.g. 0:4,32:1,64:2.")] = None,
+    prefill_chains: Annotated[Optional[int], typer.Option(
+        help="Chains that build the prompt's KV cache (default: 1 for CoLM-Air, else --chains).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+):
+    """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
+    from colm_core.checkpoint import load
+    from colm_core.generation import generate as run_generate
+    from colm_core.generation import parse_switch
+
+    if (prompt is None) == (prompt_file is None):
+        raise ColmError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise ColmError(f"--prompt-file {prompt_file}: no such file")
+        prompt = prompt_file.read_text()
+    if not prompt:
+        raise ColmError("the prompt is empty; give some text to continue")
+    model = load(input_path(ckpt), device=torch_device(device), dtype=torch_dtype(dtype))
+    tok = model.tokenizer
+    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prompt)
+
+    def stream(piece: str) -> None:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+
+    result = run_generate(model, ids, max_new_tokens=max_new_tokens, chains=chains,
+                          switch=parse_switch(switch or ""), prefill_chains=prefill_chains, temperature=temperature,
+                          top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
+                          on_text=None if json_out else stream)
+    for seg in result["schedule"]:
+        if seg["recomputed"]:
+            err.print(f"switching up to {seg['chains']} chains at token {seg['start']}: recomputed the keys/values "
+                      "of the whole sequence (only CoLM-Air switches without recomputing)", soft_wrap=True)
+    t = result["timings"]
+    decode = f"{t['decode_tokens_per_s']:.1f}" if t["decode_tokens_per_s"] is not None else "-"
+    err.print(f"{len(result['token_ids'])} tokens ({result['stop_reason']}); time to first token "
+              f"{t['time_to_first_token_s'] * 1000:.0f} ms, prefill {t['prefill_tokens_per_s']:.0f} tokens/s "
+              f"at {result['prefill_chains']} chain(s), decode {decode} tokens/s", highlight=False, soft_wrap=True)
+    if json_out:
+        emit_json({"prompt": prompt, "prompt_ids": ids, **result})
+    else:
+        stream("\n")
+
+
+@app.command()
+def inspect(ckpt: CkptArg = None,
+            json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False):
+    """Show a checkpoint's chains, parameters, shapes, config and history."""
+    from colm_cli.render import render
+    from colm_core.inspect import describe
+
+    report = describe(input_path(ckpt))
+    render(report, err)
+    if json_out:
+        emit_json(report)
+
+
+@app.command(name="import")
+def import_(
+    hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors).")],
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Convert a Hugging Face Llama checkpoint directory into a 1-chain CoLM."""
+    from colm_core.llama import import_llama
+
+    out = output_path(output, hf_dir.resolve(), "colm", force, inputs=[hf_dir])
+    report_verification(import_llama(hf_dir, out, verify=verify, force=force))
+    err.print(f"[green]imported[/] {hf_dir} -> {out}")
+    emit_path(out)
+
+
+@app.command()
+def export(
+    ckpt: CkptArg = None,
+    fmt: Annotated[str, typer.Option("--format", help="hf-llama: a standard LlamaForCausalLM (1-chain models); "
+                                             "hf: any CoLM, loaded with trust_remote_code=True.")] = ...,
+    dtype: DtypeOpt = None,
+    verify: VerifyOpt = True,
+    output: OutputOpt = None,
+    force: ForceOpt = False,
+):
+    """Write a directory that Hugging Face transformers loads (no quantization)."""
+    from colm_core.export import export as export_checkpoint
+
+    path = input_path(ckpt)
+    out = output_path(output, path, fmt, force, inputs=[path])
+    report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify,
+                                          force=force))
+    err.print(f"[green]exported[/] {path} as {fmt} -> {out}")
+    emit_path(out)
+
+
+@app.command()
+def pull(
+    repo_id: Annotated[str, typer.Argument(help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")],
+    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default: main).")] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Also copy the files into this directory (default: print the Hub-cache path).")] = None,
+    force: ForceOpt = False,
+):
+    """Download a colm checkpoint or a Llama transformers repo into the Hugging Face cache; print its path.
+
+    Resumable, shared with other Hub tools, and offline with HF_HUB_OFFLINE=1 once cached."""
+    from colm_core.hub import pull as pull_repo
+
+    path = pull_repo(repo_id, revision, output, force)
+    err.print(f"[green]pulled[/] {repo_id} -> {path}", soft_wrap=True)
+    emit_path(path)
+
+
+@app.command()
+def push(
+    ckpt: Annotated[Optional[str], typer.Argument(
+        metavar="CKPT", show_default=False,
+        help="Checkpoint directory; when only REPO_ID is given, it is read from stdin.")] = None,
+    repo_id: Annotated[Optional[str], typer.Argument(
+        metavar="REPO_ID", show_default=False, help="Hub model repo: ORG/NAME.")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repo private (if it does not exist).")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default: main).")] = None,
+    license: Annotated[Optional[str], typer.Option(help="License id for the card, e.g. apache-2.0.")] = None,
+):
+    """Upload a checkpoint with a fresh model card; print hf://ORG/NAME@COMMIT.
+
+    The token comes from HF_TOKEN or `hf auth login`, never from a flag."""
+    from colm_core.hub import parse_reference, push as push_checkpoint
+
+    if repo_id is None:
+        ckpt, repo_id = None, ckpt
+    if repo_id is None:
+        raise ColmError("no REPO_ID: `colm push CKPT ORG/NAME`, or `... | colm push ORG/NAME`")
+    parse_reference(repo_id, revision)  # a bad id is refused before an hf:// input is downloaded
+    uri = push_checkpoint(input_path(ckpt), repo_id, private=private, revision=revision, license=license)
+    err.print(f"[green]pushed[/] {uri}")
+    print(uri, flush=True)
 
 
 def main() -> None:

@@ -33,8 +33,9 @@ def input_path(arg: str | None) -> Path:
 def output_path(output: Path | None, derived_from: Path, suffix: str, force: bool, inputs=()) -> Path:
     """-o/--output if given, else a new non-clashing name derived from the input; checked before work starts."""
     from colm_core.checkpoint import check_output, default_output
+    from colm_core.resolve import output_base
 
-    path = output if output is not None else default_output(derived_from, suffix)
+    path = output if output is not None else default_output(output_base(derived_from), suffix)
     return check_output(path, force, inputs)
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
@@ -40,7 +39,10 @@ HISTORY_FILE = "colm_history.json"
 CARD_FILE = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 FLOAT_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
-DEFAULT_MAX_SHARD_BYTES = 512 * 2**20  # keeps surgery's peak memory to about one shard
+SAFETENSORS_DTYPES = {**{v: k for k, v in FLOAT_DTYPES.items()}, "F64": torch.float64, "I64": torch.int64,
+                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+DEFAULT_MAX_SHARD_BYTES = 256 * 2**20  # surgery holds about one shard: under 10% of a 1B fp32 model
 
 
 def expected_shapes(cfg: ColmConfig) -> dict[str, tuple[int, ...]]:
@@ -66,19 +68,49 @@ class Checkpoint:
         return load_tokenizer(c.tokenizer, self.path, c.bos_token_id, c.eos_token_id)
 
     def tensors(self, names: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (name, tensor) one at a time, grouped by shard, in the order asked."""
+        """Yield (name, tensor) one at a time, in the order asked; each tensor is its own memory."""
         names = list(self.weight_map) if names is None else list(names)
-        handles: dict[str, object] = {}
+        readers: dict[str, SafetensorsReader] = {}
         with contextlib.ExitStack() as stack:
             for name in names:
                 file = self.weight_map[name]
-                if file not in handles:
-                    handles[file] = stack.enter_context(safe_open(self.path / file, framework="pt"))
-                yield name, handles[file].get_tensor(name)
+                if file not in readers:
+                    readers[file] = stack.enter_context(SafetensorsReader(self.path / file))
+                yield name, readers[file].get_tensor(name)
 
     @property
     def files(self) -> list[Path]:
         return [self.path / f for f in sorted(set(self.weight_map.values()))]
+
+
+class SafetensorsReader:
+    """Reads a safetensors file's tensors with plain reads into fresh memory.
+
+    safe_open maps the whole file and returns tensors backed by the mapping: every page read stays
+    resident in this process until the file is closed, so streaming a checkpoint through it grows
+    the process to the size of what was read. Here a tensor's memory is freed with the tensor."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.file = open(self.path, "rb")
+        size = int.from_bytes(self.file.read(8), "little")
+        self.header = json.loads(self.file.read(size))
+        self.data_start = 8 + size
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        info = self.header[name]
+        start, end = info["data_offsets"]
+        tensor = torch.empty(info["shape"], dtype=SAFETENSORS_DTYPES[info["dtype"]])
+        self.file.seek(self.data_start + start)
+        if tensor.numel() and self.file.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - start:
+            raise ColmError(f"{self.path} is truncated at tensor {name!r}; restore it from the source")
+        return tensor
+
+    def __enter__(self) -> "SafetensorsReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
@@ -237,26 +269,45 @@ def atomic_directory(path: str | Path, force: bool = False):
 def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_bytes: int) -> None:
     """Write tensors as one safetensors file, or as shards plus an index when they exceed max_shard_bytes.
 
-    Tensors may come from a generator: at most one shard is held in memory."""
+    Tensors may come from a generator and go to disk as they arrive: a shard's tensor data is written
+    to a scratch file, then the shard becomes its header followed by that data. Only one tensor is
+    held in memory, so surgery on a large checkpoint needs little more than its largest tensor."""
     shards: list[list[str]] = []
-    current: dict[str, torch.Tensor] = {}
+    header: dict[str, dict] = {}
+    data = None
     size = total = 0
 
     def flush():
-        if current:
-            save_file(current, directory / f"shard-{len(shards):05d}.tmp", metadata={"format": "pt"})
-            shards.append(list(current))
-            current.clear()
+        nonlocal data, header, size
+        data.close()
+        meta = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
+        meta += b" " * (-len(meta) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+        scratch = directory / f"shard-{len(shards):05d}.data"
+        with open(directory / f"shard-{len(shards):05d}.tmp", "wb") as out, open(scratch, "rb") as src:
+            out.write(len(meta).to_bytes(8, "little") + meta)
+            out.flush()
+            copied = 0
+            while copied < size:  # in the kernel: the data never passes through this process
+                copied += os.sendfile(out.fileno(), src.fileno(), copied, size - copied)
+        scratch.unlink()
+        shards.append(list(header))
+        header, data, size = {}, None, 0
 
     for name, tensor in tensors:
+        tensor = tensor.detach().to("cpu").contiguous()
         nbytes = tensor.numel() * tensor.element_size()
-        if current and size + nbytes > max_shard_bytes:
+        if header and size + nbytes > max_shard_bytes:
             flush()
-            size = 0
-        current[name] = tensor.detach().to("cpu").contiguous()
+        if data is None:
+            data = open(directory / f"shard-{len(shards):05d}.data", "wb")
+        data.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+        header[name] = {"dtype": SAFETENSORS_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [size, size + nbytes]}
         size += nbytes
         total += nbytes
-    flush()
+        del tensor  # before the generator makes the next one: one tensor in memory at a time
+    if data is not None:
+        flush()
 
     if len(shards) == 1:
         os.replace(directory / "shard-00000.tmp", directory / WEIGHTS_FILE)

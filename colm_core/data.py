@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from colm_core.cache import cache_root
 from colm_core.errors import ColmError
 
 DEFAULT_CORPUS_BYTES = 4 * 2**20
@@ -57,13 +58,6 @@ def default_corpus_files(max_bytes: int = DEFAULT_CORPUS_BYTES) -> list[Path]:
 
 
 # --- training data: token cache and batches ------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Where colm keeps derived data (never next to the user's files): $COLM_CACHE_DIR, else ~/.cache/colm."""
-    if os.environ.get("COLM_CACHE_DIR"):
-        return Path(os.environ["COLM_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "colm"
 
 
 def tokenizer_fingerprint(tokenizer) -> bytes:

@@ -1,4 +1,4 @@
-"""The Llama <-> 1-chain CoLM correspondence: tensor names and config fields, nothing else.
+"""The Llama <-> 1-chain CoLM correspondence (tensor names, config fields) and `colm import`.
 
 A 1-chain CoLM is a Llama: every CoLM tensor of chain 1 (`.weights.0`, `embed.0`, ...) is the
 Llama tensor of the same role. Both the transformers 4.x config layout (`rope_theta`,
@@ -7,6 +7,11 @@ both versions load it.
 """
 
 from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from colm_core.config import LLAMA3_ROPE_KEYS, ColmConfig
 from colm_core.errors import ColmError
@@ -103,3 +108,131 @@ def config_to_hf(cfg: ColmConfig) -> dict:
         hf["rope_scaling"] = {"rope_type": "llama3", **{k: cfg.rope_scaling[k] for k in LLAMA3_ROPE_KEYS}}
     return hf
 
+
+
+# --- import: a Hugging Face LlamaForCausalLM directory -> a 1-chain CoLM checkpoint ------------
+
+HF_CONFIG = "config.json"
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+HF_TOKENIZER = "tokenizer.json"
+IGNORED_HF_TENSORS = (".rotary_emb.inv_freq",)  # a buffer some old checkpoints saved; recomputed from the config
+
+
+@dataclass
+class HFLlamaDir:
+    """A Hugging Face Llama checkpoint directory, read lazily like a colm Checkpoint."""
+
+    path: Path
+    hf_config: dict
+    weight_map: dict[str, str]  # transformers tensor name -> safetensors file name
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.path / f for f in sorted(set(self.weight_map.values()))]
+
+    def tensors(self, names: list[str]) -> Iterator[tuple[str, "torch.Tensor"]]:
+        from colm_core.checkpoint import SafetensorsReader
+
+        for name in names:
+            with SafetensorsReader(self.path / self.weight_map[name]) as f:
+                yield name, f.get_tensor(name)
+
+
+def is_hf_model_dir(path: Path) -> bool:
+    """A directory with a transformers config.json (not a colm one)."""
+    try:
+        data = json.loads((Path(path) / HF_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and "colm_format" not in data and "model_type" in data
+
+
+def open_hf_llama(path: str | Path) -> HFLlamaDir:
+    path = Path(path)
+    if not (path / HF_CONFIG).is_file():
+        raise ColmError(f"{path} has no {HF_CONFIG}: not a Hugging Face checkpoint directory")
+    try:
+        hf = json.loads((path / HF_CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise ColmError(f"{path / HF_CONFIG}: not valid JSON ({e})") from None
+    if "colm_format" in hf:
+        raise ColmError(f"{path} is already a colm checkpoint; use it directly")
+    config_from_hf(hf)  # the architecture check, before any weight is read
+    if (path / HF_INDEX).is_file():
+        try:
+            weight_map = dict(json.loads((path / HF_INDEX).read_text())["weight_map"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ColmError(f"{path / HF_INDEX}: not a valid index ({e})") from None
+    elif (path / HF_WEIGHTS).is_file():
+        from colm_core.checkpoint import _header
+
+        weight_map = {name: HF_WEIGHTS for name in _header(path / HF_WEIGHTS)}
+    else:
+        raise ColmError(f"{path} has no {HF_WEIGHTS} or {HF_INDEX}; colm imports safetensors weights only "
+                        "(convert pickled .bin weights to safetensors first)")
+    for file in sorted(set(weight_map.values())):
+        if not (path / file).is_file():
+            raise ColmError(f"{path / file} is missing (listed in {HF_INDEX}); download the shard again")
+    return HFLlamaDir(path, hf, weight_map)
+
+
+def import_config(src: HFLlamaDir) -> ColmConfig:
+    tokenizer = "tokenizer.json" if (src.path / HF_TOKENIZER).is_file() else "byte"
+    cfg = config_from_hf(src.hf_config, tokenizer=tokenizer)
+    if tokenizer == "byte" and cfg.vocab_size < 258:
+        raise ColmError(f"{src.path} has no {HF_TOKENIZER} and a vocabulary of {cfg.vocab_size} < 258, too small "
+                        "for colm's byte tokenizer; add the model's tokenizer.json")
+    return cfg
+
+
+def imported_tensors(src: HFLlamaDir, cfg: ColmConfig, dtype: "torch.dtype") -> Iterator[tuple[str, "torch.Tensor"]]:
+    """The Llama tensors under their CoLM names, one at a time, checked against the config's shapes."""
+    from colm_core.checkpoint import expected_shapes
+
+    expected = expected_shapes(cfg)
+    to_colm = hf_to_colm_names(cfg.n_layers)
+    wanted = [h for h, c in to_colm.items() if c in expected]
+    for name in src.weight_map:
+        if name not in to_colm and not name.endswith(IGNORED_HF_TENSORS):
+            raise ColmError(f"{src.path}: unexpected tensor {name!r}; is this a plain LlamaForCausalLM?")
+    for name in wanted:
+        if name not in src.weight_map:
+            raise ColmError(f"{src.path}: tensor {name!r} is missing; config.json says the model has it")
+    for name, tensor in src.tensors(wanted):
+        colm_name = to_colm[name]
+        if tuple(tensor.shape) != expected[colm_name]:
+            raise ColmError(f"{src.path}: tensor {name!r} has shape {list(tensor.shape)}, "
+                            f"config.json implies {list(expected[colm_name])}")
+        yield colm_name, tensor.to(dtype)
+        del tensor  # before the next one is read: one tensor in memory at a time
+
+
+def weights_dtype(src: HFLlamaDir) -> "torch.dtype":
+    """The embedding's dtype: colm stores one dtype, and Llama checkpoints use one for all weights."""
+    import torch
+
+    from colm_core.checkpoint import FLOAT_DTYPES
+
+    _, tensor = next(src.tensors(["model.embed_tokens.weight"]))
+    if tensor.dtype not in FLOAT_DTYPES:
+        return torch.float32
+    return tensor.dtype
+
+
+def import_llama(hf_dir: str | Path, out: str | Path, *, verify: bool = True, force: bool = False) -> dict:
+    """Write a Hugging Face Llama directory as a 1-chain CoLM checkpoint; returns the verification report."""
+    from colm_core.checkpoint import atomic_directory, check_output, history_entry, write_checkpoint
+    from colm_core.tokenizer import load_tokenizer
+    from colm_core.verify import verify_import
+
+    src = open_hf_llama(hf_dir)
+    check_output(out, force, inputs=[src.path])
+    cfg = import_config(src)
+    if "model.embed_tokens.weight" not in src.weight_map:
+        raise ColmError(f"{src.path}: tensor 'model.embed_tokens.weight' is missing; is this a LlamaForCausalLM?")
+    tokenizer = load_tokenizer(cfg.tokenizer, src.path, cfg.bos_token_id, cfg.eos_token_id)
+    history = [history_entry("import", {"source": str(src.path)}, inputs=[src])]
+    with atomic_directory(out, force) as tmp:
+        write_checkpoint(tmp, cfg, imported_tensors(src, cfg, weights_dtype(src)), tokenizer, history, force=True)
+        return verify_import(src.path, tmp) if verify else {}

@@ -140,9 +140,15 @@ class SwiGLU(nn.Module):
         self.gate = ChainLinear(d, cfg.ffn)
         self.up = ChainLinear(d, cfg.ffn)
         self.down = ChainLinear(cfg.ffn, d)
+        self.ffn = cfg.ffn
 
     def forward(self, x, chains):
-        return self.down(F.silu(self.gate(x, chains)) * self.up(x, chains), chains)
+        # SiLU chain block by chain block: its vectorised CPU kernel rounds an element differently
+        # depending on the tensor's size and layout, so one call over all chains would let a later
+        # chain change an earlier chain's last bits, and the sub-model would not be bitwise the prefix.
+        gate = self.gate(x, chains).split(self.ffn[:chains], dim=-1)
+        hidden = torch.cat([F.silu(g.contiguous()) for g in gate], dim=-1) * self.up(x, chains)
+        return self.down(hidden, chains)
 
 
 class Block(nn.Module):
