@@ -85,8 +85,8 @@ def report(title: str, columns: list[str], rows: list[list], payload: dict, out:
     from rich.table import Table
 
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="right")
+    for i, c in enumerate(columns):  # the first column names the row
+        table.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
     console = Console()
