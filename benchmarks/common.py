@@ -91,8 +91,7 @@ def report(title: str, columns: list[str], rows: list[list], payload: dict, out:
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
     console = Console()
     # Never squeeze columns into a narrow (or piped, 80-column) console: wide is better than truncated.
-    needed = max(console.measure(table, options=console.options.update_width(1000)).maximum, len(title))
-    console.width = max(console.width, needed)
+    console.width = max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum)
     console.print(table)
     for note in notes:
         print(note)
