@@ -79,16 +79,17 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, sync: Callable
 
 def report(title: str, columns: list[str], rows: list[list], payload: dict, out: Path,
            notes: Sequence[str] = ()) -> None:
-    """Print a table (floats with 3 decimals, anything else as given) and `notes` to stdout,
-    and write the JSON payload to `out`."""
+    """Print the title, a table (floats with 3 decimals, anything else as given) and `notes` to
+    stdout, and write the JSON payload to `out`."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table()
     for i, c in enumerate(columns):  # the first column names the row
         table.add_column(c, justify="left" if i == 0 else "right")
     for r in rows:
         table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
+    print(title)  # a plain line: a table's own title would wrap to the table's width
     console = Console()
     # Never squeeze columns into a narrow (or piped, 80-column) console: wide is better than truncated.
     console.width = max(console.width, console.measure(table, options=console.options.update_width(1000)).maximum)
