@@ -1,6 +1,6 @@
 """Forward+backward time of the chain linear against a dense layer of the same shape.
 
-    python benchmarks/chain_linear.py [--quick] [--out benchmarks/results/chain_linear.json]
+    python -m benchmarks.chain_linear [--quick] [--threads N] [--out benchmarks/results/chain_linear.json]
 
 For n equal chains the chain linear does (n+1)/(2n) of the dense FLOPs, so the ideal
 speed-up is 2n/(n+1). Compared, per (width, n), all timed side by side in one run with
@@ -13,18 +13,11 @@ interleaved repeats (median reported) so that load from other processes hits all
 - on CUDA also triton (the block-sparse kernels) against cuBLAS (dense).
 """
 
-import argparse
-import json
-import os
-import statistics
-import sys
-import time
-
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from kernels.chain_linear import chain_linear, reference  # noqa: E402
+from benchmarks.common import interleaved_medians, parser, report, set_threads
+from kernels.chain_linear import chain_linear, reference
 
 
 def chain_cat(x, weights):
@@ -35,21 +28,6 @@ def fwd_bwd(fn, x, params, grad_y):
     """One training step's worth of work: forward, then grads for input and weights."""
     y = fn(x, params)
     torch.autograd.grad(y, [x, *params], grad_y)
-
-
-def time_side_by_side(cases: dict, repeats: int, sync) -> dict:
-    """Median seconds per case; repeats are interleaved across cases."""
-    for run in cases.values():  # warm-up (allocator, kernel compilation)
-        run()
-    samples = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, run in cases.items():
-            sync()
-            start = time.perf_counter()
-            run()
-            sync()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(s) for name, s in samples.items()}
 
 
 def bench(width: int, n: int, tokens: int, repeats: int, device: str) -> dict:
@@ -72,8 +50,7 @@ def bench(width: int, n: int, tokens: int, repeats: int, device: str) -> dict:
         from kernels.chain_linear import triton as triton_impl
 
         cases["triton"] = lambda: fwd_bwd(triton_impl.chain_linear, x, weights, grad_y)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = time_side_by_side(cases, repeats, sync)
+    times = interleaved_medians(cases, repeats, sync=torch.cuda.synchronize if device == "cuda" else None)
     ideal = 2 * n / (n + 1)
     row = {"device": device, "width": width, "chains": n, "tokens": tokens, "ideal": ideal}
     row["seconds"] = times
@@ -84,37 +61,35 @@ def bench(width: int, n: int, tokens: int, repeats: int, device: str) -> dict:
     return row
 
 
-def print_table(rows):
-    names = [k for k in rows[0] if k.startswith("speedup_")]
-    header = ["device", "width", "n", "dense ms"] + [k.removeprefix("speedup_") for k in names] + ["ideal", "chain/ideal"]
-    print(" | ".join(f"{h:>10}" for h in header))
-    for r in rows:
-        cells = [r["device"], r["width"], r["chains"], f"{r['seconds']['dense'] * 1e3:.1f}"]
-        cells += [f"{r[k]:.2f}x" for k in names] + [f"{r['ideal']:.2f}x", f"{r['fraction_of_ideal']:.0%}"]
-        print(" | ".join(f"{c:>10}" for c in cells))
+def table_rows(rows: list[dict]) -> tuple[list[str], list[list]]:
+    # Union over rows: only the CUDA rows have a triton speed-up.
+    names = list(dict.fromkeys(k for r in rows for k in r if k.startswith("speedup_")))
+    columns = ["device", "width", "n", "dense ms"] + [k.removeprefix("speedup_") for k in names] + ["ideal", "chain/ideal"]
+    cells = [[r["device"], r["width"], r["chains"], f"{r['seconds']['dense'] * 1e3:.1f}"]
+             + [f"{r[k]:.2f}x" if k in r else "-" for k in names] + [f"{r['ideal']:.2f}x", f"{r['fraction_of_ideal']:.0%}"]
+             for r in rows]
+    return columns, cells
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke test)")
-    parser.add_argument("--widths", type=int, nargs="+", default=None)
-    parser.add_argument("--chains", type=int, nargs="+", default=[1, 2, 4, 8])
-    parser.add_argument("--tokens", type=int, default=None)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--out", default="benchmarks/results/chain_linear.json")
-    args = parser.parse_args()
+    p = parser(__doc__, "chain_linear")
+    p.add_argument("--quick", action="store_true", help="small shapes and few repeats (smoke test)")
+    p.add_argument("--widths", type=int, nargs="+", default=None)
+    p.add_argument("--chains", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--tokens", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
+    args = p.parse_args()
+    set_threads(args.threads)
     widths = args.widths or ([256, 512] if args.quick else [1024, 2048])
     tokens = args.tokens or (256 if args.quick else 2048)
     repeats = args.repeats or (3 if args.quick else 7)
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = [bench(w, n, tokens, repeats, d) for d in devices for w in widths for n in args.chains]
-    print(f"fwd+bwd, {tokens} tokens, {torch.get_num_threads()} CPU threads, median of {repeats}; speed-up = dense time / time")
-    print_table(rows)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
-    print(f"wrote {args.out}")
+    columns, cells = table_rows(rows)
+    report(f"fwd+bwd, {tokens} tokens, {torch.get_num_threads()} CPU threads, median of {repeats}; "
+           "speed-up = dense time / time", columns, cells,
+           {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,24 @@
 """Forward time of each k-chain sub-model of one CoLM: the cost must fall with k.
 
-    python -m benchmarks.forward_scales [--preset small] [--tokens 2048] [--repeats 5]
+    python -m benchmarks.forward_scales [--preset small] [--tokens 2048] [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import torch
 
-from benchmarks.common import RESULTS, interleaved_medians, report
+from benchmarks.common import interleaved_medians, parser, report, set_threads
 from colm_core.config import PRESETS
 from colm_core.model import CoLM
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "forward_scales")
     p.add_argument("--preset", default="small", choices=list(PRESETS))
     p.add_argument("--tokens", type=int, default=2048, help="tokens per forward (one sequence)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--out", type=Path, default=RESULTS / "forward_scales.json")
     args = p.parse_args()
+    set_threads(args.threads)
 
     cfg = PRESETS[args.preset]
     model = CoLM(cfg).init_weights().eval()

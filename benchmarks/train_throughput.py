@@ -5,19 +5,14 @@ backward and an AdamW update. The models are timed side by side: every round run
 a few steps in turn (interleaved, so machine load hits them alike), and the median over rounds is
 reported. The 4-chain model does about (n+1)/(2n) = 62% of the dense projection FLOPs.
 
-    PYTHONPATH=. python benchmarks/train_throughput.py --threads 1 --rounds 7 --steps-per-round 1
+    python -m benchmarks.train_throughput --threads 1 --rounds 7 --steps-per-round 1
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
-from pathlib import Path
-
 import torch
 
+from benchmarks.common import interleaved_seconds, medians, parser, report, set_threads
 from colm_core.config import ColmConfig
 from colm_core.losses import MultiScaleLoss
 from colm_core.model import CoLM
@@ -41,7 +36,7 @@ def llama_step(cfg: ColmConfig):
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, "train_throughput")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--heads-per-chain", type=int, default=4)
     p.add_argument("--head-dim", type=int, default=64)
@@ -52,11 +47,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps-per-round", type=int, default=2)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "train_throughput.json")
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     n, h = args.chains, args.heads_per_chain
     common = dict(vocab_size=args.vocab_size, n_layers=args.layers, head_dim=args.head_dim,
@@ -76,38 +68,30 @@ def main() -> None:
     ids = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g)
     tokens = args.batch_size * args.seq_len
 
-    def run(name: str, count: int) -> float:
+    def train_steps(name: str) -> None:
         optimizer, loss_fn = steps[name]
-        start = time.perf_counter()
-        for _ in range(count):
+        for _ in range(args.steps_per_round):
             loss_fn(ids).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        return count * tokens / (time.perf_counter() - start)
 
-    for name in steps:  # warm-up: allocator, optimizer state
-        run(name, 1)
-    samples = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name in steps:
-            samples[name].append(run(name, args.steps_per_round))
-    median = {name: statistics.median(v) for name, v in samples.items()}
+    # The warm-up round sets up the allocator and the optimizer state.
+    seconds = interleaved_seconds({name: (lambda name=name: train_steps(name)) for name in steps}, args.rounds)
+    samples = {name: [args.steps_per_round * tokens / s for s in values] for name, values in seconds.items()}
+    median = medians(samples)
     llama = median["transformers Llama"]
     dense_name = "CoLM dense (1 chain)"
 
-    print(f"training throughput on CPU ({torch.get_num_threads()} threads), batch {args.batch_size} x "
-          f"{args.seq_len} tokens, width {sum(dense.chain_widths)}, {args.layers} layers, vocab {args.vocab_size}")
-    print(f"{'model':<28} {'parameters':>12} {'tokens/s':>10} {'vs Llama':>9} {'vs dense':>9}")
-    for name in steps:
-        print(f"{name:<28} {params[name]:>12,} {median[name]:>10,.0f} {median[name] / llama:>8.2f}x "
-              f"{median[name] / median[dense_name]:>8.2f}x")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps({
-        "args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
-        "parameters": params, "tokens_per_second": median, "samples": samples,
-        "ratio_vs_llama": {k: v / llama for k, v in median.items()},
-        "ratio_vs_dense": {k: v / median[dense_name] for k, v in median.items()}}, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    rows = [[name, f"{params[name]:,}", f"{median[name]:,.0f}", f"{median[name] / llama:.2f}x",
+             f"{median[name] / median[dense_name]:.2f}x"] for name in steps]
+    report(f"training throughput on CPU ({torch.get_num_threads()} threads), batch {args.batch_size} x "
+           f"{args.seq_len} tokens, width {sum(dense.chain_widths)}, {args.layers} layers, vocab {args.vocab_size}",
+           ["model", "parameters", "tokens/s", "vs Llama", "vs dense"], rows,
+           {"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
+            "parameters": params, "tokens_per_second": median, "samples": samples,
+            "ratio_vs_llama": {k: v / llama for k, v in median.items()},
+            "ratio_vs_dense": {k: v / median[dense_name] for k, v in median.items()}},
+           args.out)
 
 
 if __name__ == "__main__":
