@@ -6,17 +6,15 @@ torch start-up, the same for every command) and its peak resident memory (VmHWM)
 interleaved (slice, copy, expand, copy, ...) and the median is reported. Surgery runs with
 --no-verify (the streaming part); verification, which loads the models, is measured once apart.
 
-    PYTHONPATH=$PWD python benchmarks/surgery.py                      # llama-1b preset, 3 repeats
-    PYTHONPATH=$PWD python benchmarks/surgery.py --preset small --repeats 1   # a quick check
+    python -m benchmarks.surgery                                # llama-1b preset, 3 repeats
+    python -m benchmarks.surgery --preset small --repeats 1     # a quick check
 
 Goal (issue 4): slice within 2x the copy time, peak RSS under 25% of the checkpoint size.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -24,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks.common import interleaved, parser, report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,8 +67,8 @@ def child(op: str, src: Path, out: Path, value: int, verify: bool) -> None:
 
 
 def run_child(op: str, src: Path, out: Path, value: int = 0, verify: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--child", op, str(src), str(out), str(value), str(int(verify))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    cmd = [sys.executable, "-m", "benchmarks.surgery", "--child", op, str(src), str(out), str(value), str(int(verify))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise RuntimeError(f"{op} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -92,34 +92,38 @@ def make_input(preset: str, path: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, "surgery")
     ap.add_argument("--preset", default="llama-1b")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--slice-chains", type=int, default=2)
     ap.add_argument("--add-chains", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None, help="where the checkpoints go (default: a temp dir)")
-    ap.add_argument("--json", type=Path, default=REPO / "benchmarks" / "results" / "surgery.json")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="colm-surgery-bench-", dir=args.workdir))
+
+    def surgery_then_copy(op: str, value: int):
+        """The operation, then a plain copy of its output: the two numbers to compare."""
+        def run() -> dict:
+            out = work / f"{op}-out"
+            result = {**run_child(op, src, out, value), "output_bytes": dir_bytes(out)}
+            result["copy"] = run_child("copy", out, work / f"{op}-copy")
+            shutil.rmtree(out)
+            shutil.rmtree(work / f"{op}-copy")
+            return result
+        return run
+
     try:
         src = work / "input"
         t0 = time.perf_counter()
         make_input(args.preset, src)
         size = dir_bytes(src)
         print(f"input: {args.preset}, {size / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-
-        results: dict[str, list[dict]] = {k: [] for k in ("slice", "slice-copy", "expand", "expand-copy", "digest")}
         baseline = run_child("baseline", src, work / "none")
-        for r in range(args.repeats):
-            results["digest"].append(run_child("digest", src, work / "none"))
-            for op, value in (("slice", args.slice_chains), ("expand", args.add_chains)):
-                out = work / f"{op}-out"
-                results[op].append({**run_child(op, src, out, value), "output_bytes": dir_bytes(out)})
-                results[f"{op}-copy"].append(run_child("copy", out, work / f"{op}-copy"))
-                shutil.rmtree(out)
-                shutil.rmtree(work / f"{op}-copy")
-            print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
+        results = interleaved({"digest": lambda: run_child("digest", src, work / "none"),
+                               "slice": surgery_then_copy("slice", args.slice_chains),
+                               "expand": surgery_then_copy("expand", args.add_chains)},
+                              repeats=args.repeats, warmup=0)
         verified = {}
         for op, value in (("slice", args.slice_chains), ("expand", args.add_chains)):
             verified[op] = run_child(op, src, work / f"{op}-verified", value, verify=True)
@@ -127,35 +131,39 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("seconds", "peak_rss")} for k, v in results.items()}
+    def median(samples: list[dict], *keys: str) -> float:
+        def get(sample):
+            for k in keys:
+                sample = sample[k]
+            return sample
+        return statistics.median(get(x) for x in samples)
+
+    digest_s = median(results["digest"], "seconds")
     rows = []
     for op in ("slice", "expand"):
+        seconds, copy_s = median(results[op], "seconds"), median(results[op], "copy", "seconds")
         rows.append({
-            "operation": op, "seconds": med[op]["seconds"], "copy_seconds": med[f"{op}-copy"]["seconds"],
-            "time_vs_copy": med[op]["seconds"] / med[f"{op}-copy"]["seconds"],
-            "time_vs_copy_without_input_hash": (med[op]["seconds"] - med["digest"]["seconds"]) / med[f"{op}-copy"]["seconds"],
-            "peak_rss_bytes": med[op]["peak_rss"], "peak_rss_vs_checkpoint": med[op]["peak_rss"] / size,
+            "operation": op, "seconds": seconds, "copy_seconds": copy_s, "time_vs_copy": seconds / copy_s,
+            "time_vs_copy_without_input_hash": (seconds - digest_s) / copy_s,
+            "peak_rss_bytes": median(results[op], "peak_rss"),
+            "peak_rss_vs_checkpoint": median(results[op], "peak_rss") / size,
             "output_bytes": results[op][0]["output_bytes"],
             "verified_seconds": verified[op]["seconds"], "verified_peak_rss_bytes": verified[op]["peak_rss"],
         })
-    report = {"preset": args.preset, "checkpoint_bytes": size, "repeats": args.repeats,
-              "input_hash_seconds": med["digest"]["seconds"],
-              "slice_chains": args.slice_chains, "add_chains": args.add_chains,
-              "process_baseline_rss_bytes": baseline["peak_rss"], "results": rows, "raw": results}
-
     gib = 2**30
-    print(f"checkpoint {size / gib:.2f} GiB ({args.preset}); median of {args.repeats}; "
-          f"an idle python+torch process peaks at {baseline['peak_rss'] / gib:.2f} GiB; hashing the input "
-          f"(provenance, part of every operation) takes {med['digest']['seconds']:.2f} s")
-    print(f"{'operation':<10} {'output GiB':>10} {'time s':>8} {'copy s':>8} {'vs copy':>8} {'w/o hash':>9} {'peak RSS GiB':>13} "
-          f"{'of ckpt':>8} {'verify: s':>10} {'peak GiB':>9}")
-    for r in rows:
-        print(f"{r['operation']:<10} {r['output_bytes'] / gib:>10.2f} {r['seconds']:>8.2f} {r['copy_seconds']:>8.2f} "
-              f"{r['time_vs_copy']:>7.2f}x {r['time_vs_copy_without_input_hash']:>8.2f}x {r['peak_rss_bytes'] / gib:>13.2f} {r['peak_rss_vs_checkpoint']:>7.0%} "
-              f"{r['verified_seconds']:>10.2f} {r['verified_peak_rss_bytes'] / gib:>9.2f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.json}", file=sys.stderr)
+    report(f"colm surgery on a {size / gib:.2f} GiB {args.preset} checkpoint, median of {args.repeats} "
+           "(each operation in its own process, --no-verify; verification measured once apart)",
+           ["operation", "output GiB", "time s", "copy s", "vs copy", "w/o input hash", "peak RSS GiB", "of ckpt",
+            "verify s", "verify peak GiB"],
+           [[r["operation"], r["output_bytes"] / gib, r["seconds"], r["copy_seconds"], r["time_vs_copy"],
+             r["time_vs_copy_without_input_hash"], r["peak_rss_bytes"] / gib, r["peak_rss_vs_checkpoint"],
+             r["verified_seconds"], r["verified_peak_rss_bytes"] / gib] for r in rows],
+           {"preset": args.preset, "checkpoint_bytes": size, "repeats": args.repeats, "input_hash_seconds": digest_s,
+            "slice_chains": args.slice_chains, "add_chains": args.add_chains,
+            "process_baseline_rss_bytes": baseline["peak_rss"], "results": rows, "raw": results},
+           args.out,
+           notes=[f"an idle python+torch process peaks at {baseline['peak_rss'] / gib:.2f} GiB; hashing the input "
+                  f"(provenance, part of every operation) takes {digest_s:.2f} s"])
 
 
 if __name__ == "__main__":
