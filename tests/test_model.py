@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from colm_core.model import CoLM, chain_of, kv_head_index
+from colm_core.verify import activations
 from tests.conftest import tiny_config, tiny_model
 
 CONFIGS = {
@@ -11,18 +12,6 @@ CONFIGS = {
     "air": dict(kv_share=True, heads=[2, 4, 2], kv_heads=[2, 0, 0]),
     "tied": dict(tie_embeddings=True),
 }
-
-
-def capture_activations(model, ids, chains=None):
-    """Every block's output and the final logits, in forward order."""
-    acts = []
-    hooks = [layer.register_forward_hook(lambda m, i, o: acts.append(o.detach().clone())) for layer in model.layers]
-    try:
-        logits = model(ids, chains=chains)
-    finally:
-        for h in hooks:
-            h.remove()
-    return acts, logits
 
 
 def first_chains_model(model: CoLM, k: int) -> CoLM:
@@ -39,7 +28,7 @@ def first_chains_model(model: CoLM, k: int) -> CoLM:
 def test_changing_a_chain_leaves_earlier_chains_bitwise_unchanged(variant, changed_chain):
     model = tiny_model(**CONFIGS[variant])
     ids = torch.randint(0, 97, (2, 11))
-    acts, _ = capture_activations(model, ids)
+    acts, _ = activations(model, ids)
     logits = [model(ids, chains=k) for k in range(1, changed_chain)]
     width = model.config.hidden_size(changed_chain - 1)
 
@@ -50,7 +39,7 @@ def test_changing_a_chain_leaves_earlier_chains_bitwise_unchanged(variant, chang
                 p.add_(torch.randn_like(p))
                 touched += 1
     assert touched > 0
-    acts2, logits_full2 = capture_activations(model, ids)
+    acts2, logits_full2 = activations(model, ids)
     for a, b in zip(acts, acts2):
         assert torch.equal(a[..., :width], b[..., :width])
         assert not torch.equal(a, b)  # the changed chain really changed something

@@ -10,7 +10,8 @@ from colm_core.checkpoint import load, open_checkpoint, save
 from colm_core.errors import ColmError, ColmRuntimeError
 from colm_core.model import chain_of
 from tests.conftest import assert_one_line_error, run_cli, tiny_model
-from tests.test_model import capture_activations, first_chains_model
+from colm_core.verify import activations
+from tests.test_model import first_chains_model
 
 VARIANTS = {
     "colm": {},
@@ -45,8 +46,8 @@ def test_expand_keeps_every_logit_and_old_chain_activation_exactly(tmp_path, var
     old, new = load(src), load(tmp_path / "e")
     assert new.config.n_chains == 5 and new.config.heads[3:] == [heads, heads] and new.config.ffn[3:] == [12, 12]
     ids = probe()
-    old_acts, old_logits = capture_activations(old, ids)
-    new_acts, new_logits = capture_activations(new, ids)
+    old_acts, old_logits = activations(old, ids)
+    new_acts, new_logits = activations(new, ids)
     width = old.config.hidden_size()
     assert torch.equal(new_logits, old_logits)
     assert torch.equal(new(ids, chains=3), old_logits)
