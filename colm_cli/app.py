@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 from typer.exceptions import TyperException
 
-from colm_cli.common import emit_json, emit_path, err, input_path, int_list, output_path
+from colm_cli.common import emit_json, emit_path, err, input_path, number_list, output_path
 from colm_core.errors import ColmError
 
 app = typer.Typer(
@@ -83,33 +83,23 @@ def init(
     force: ForceOpt = False,
 ):
     """Create a new, randomly initialised CoLM checkpoint."""
+    from colm_core.checkpoint import history_entry, save
     from colm_core.init import InitOptions, init_model
 
     opts = InitOptions(
-        preset=preset, heads=int_list(chains, "--chains"), kv_heads=int_list(kv_heads, "--kv-heads"),
-        ffn=int_list(ffn, "--ffn"), n_layers=layers, head_dim=head_dim, vocab_size=vocab_size, air=air,
-        rope_theta=rope_theta, rope_scaling=rope_scaling and int_list_float(rope_scaling), norm_eps=norm_eps,
+        preset=preset, heads=number_list(chains, "--chains"), kv_heads=number_list(kv_heads, "--kv-heads"),
+        ffn=number_list(ffn, "--ffn"), n_layers=layers, head_dim=head_dim, vocab_size=vocab_size, air=air,
+        rope_theta=rope_theta, rope_scaling=number_list(rope_scaling, "--rope-scaling", float, "32,1,4,8192"),
+        norm_eps=norm_eps,
         tie_embeddings=tie_embeddings, max_seq_len=max_seq_len, tokenizer=tokenizer,
         bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         seed=seed, init_std=init_std)
     out = output_path(output, Path.cwd() / "colm", preset, force)
     model = init_model(opts)
-    from colm_core.checkpoint import history_entry, save
-
     model.to(torch_dtype(dtype))
     save(model, out, force=force, history=[history_entry("init", opts.as_record())])
     err.print(f"[green]created[/] {out}: {model.config.n_chains} chains, {model.num_parameters():,} parameters")
     emit_path(out)
-
-
-def int_list_float(value: str) -> list[float]:
-    try:
-        parts = [float(v) for v in value.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4:
-        raise ColmError(f"--rope-scaling {value!r}: expected FACTOR,LOW,HIGH,ORIGINAL_MAX, e.g. 32,1,4,8192")
-    return parts
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -177,12 +167,7 @@ def train(
     from colm_core.train import TrainOptions, train as run_training
     from colm_cli.render import TrainProgress
 
-    weights = None
-    if chain_weights is not None:
-        try:
-            weights = [float(w) for w in chain_weights.split(",")]
-        except ValueError:
-            raise ColmError(f"--chain-weights {chain_weights!r}: expected comma-separated numbers, e.g. 1,1,2") from None
+    weights = number_list(chain_weights, "--chain-weights", float, "1,1,2")
     flags = dict(data=data, steps=steps, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
                  min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
                  beta1=beta1, beta2=beta2, grad_clip=grad_clip, chain_loss=chain_loss, chain_weights=weights,
@@ -279,7 +264,7 @@ def eval_(
     path = input_path(ckpt)
     model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
     n = model.config.n_chains
-    ks = int_list(chains, "--chains") or list(range(1, n + 1))
+    ks = number_list(chains, "--chains", example="1,2,4") or list(range(1, n + 1))
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
         raise ColmError(f"--chains {chains}: {bad[0]} is outside 1..{n} (this model has {n} chains)")

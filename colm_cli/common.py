@@ -47,11 +47,11 @@ def emit_json(obj) -> None:
     print(json.dumps(obj, indent=2), flush=True)
 
 
-def int_list(value: str | None, name: str) -> list[int] | None:
-    """Parse "4,4,4,4" into [4, 4, 4, 4]."""
+def number_list(value: str | None, name: str, kind: type = int, example: str = "4,4,4,4") -> list | None:
+    """Parse a comma-separated flag value such as "4,4,4,4" (or "1,1,2.5" with kind=float)."""
     if value is None:
         return None
     try:
-        return [int(v) for v in value.split(",") if v.strip()]
+        return [kind(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ColmError(f"{name} {value!r}: expected comma-separated integers, e.g. 4,4,4,4") from None
+        raise ColmError(f"{name} {value!r}: expected comma-separated {kind.__name__}s, e.g. {example}") from None

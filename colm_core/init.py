@@ -55,14 +55,14 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
     heads = o.heads or base.heads
     n = len(heads)
     # Defaults scale with each chain's heads, keeping the preset's KV grouping and FFN/head ratio.
-    kv_default = [max(1, base.kv_heads[0] * h // base.heads[0]) if h % max(1, base.kv_heads[0] * h // base.heads[0]) == 0
-                  else h for h in heads]
+    def default_kv(h: int) -> int:
+        kv = max(1, base.kv_heads[0] * h // base.heads[0])
+        return kv if h % kv == 0 else h
+
+    kv_heads = _per_chain(o.kv_heads, n, [default_kv(h) for h in heads], "kv-heads")
+    if o.air and (o.kv_heads is None or len(o.kv_heads) == 1):  # Air: only chain 1 has KV heads
+        kv_heads = [kv_heads[0]] + [0] * (n - 1)
     ffn_default = [base.ffn[0] * h // base.heads[0] for h in heads]
-    kv_heads = _per_chain(o.kv_heads, n, kv_default, "kv-heads")
-    if o.air and o.kv_heads is None:
-        kv_heads = [kv_heads[0]] + [0] * (n - 1)
-    if o.air and len(kv_heads) == n and n > 1 and o.kv_heads is not None and len(o.kv_heads) == 1:
-        kv_heads = [kv_heads[0]] + [0] * (n - 1)
 
     if o.tokenizer is not None:
         if not Path(o.tokenizer).is_file():
@@ -75,6 +75,9 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
         tok_kind, vocab = "byte", max(base.vocab_size, ByteTokenizer.vocab_size)
         bos = ByteTokenizer.bos_id if o.bos_token_id is None else o.bos_token_id
         eos = ByteTokenizer.eos_id if o.eos_token_id is None else o.eos_token_id
+    if o.rope_scaling is not None and len(o.rope_scaling) != 4:
+        raise ColmError(f"--rope-scaling needs 4 numbers FACTOR,LOW_FREQ_FACTOR,HIGH_FREQ_FACTOR,ORIGINAL_MAX_POSITIONS, "
+                        f"e.g. 32,1,4,8192; got {len(o.rope_scaling)}")
     scaling = None if o.rope_scaling is None else dict(zip(
         ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
         [*o.rope_scaling[:3], int(o.rope_scaling[3])]))
