@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,7 +332,7 @@ def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tup
         config.save(tmp / CONFIG_FILE)
         write_weights(tmp, tensors, max_shard_bytes)
         tokenizer.save(tmp)
-        (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        write_history(tmp, history)
         (tmp / CARD_FILE).write_text(model_card(config, history))
     return path
 
@@ -349,6 +350,30 @@ def weights_digest(ckpt: Checkpoint) -> str:
     return h.hexdigest()
 
 
+class BackgroundDigest:
+    """weights_digest computed in a thread while the command does its work (hashlib releases the
+    GIL), so that recording a large input's checksum adds little to a streaming command's time.
+    write_history resolves it."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self._digest: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(ckpt,), daemon=True)
+        self._thread.start()
+
+    def _run(self, ckpt: Checkpoint) -> None:
+        try:
+            self._digest = weights_digest(ckpt)
+        except BaseException as e:  # re-raised in the caller's thread by result()
+            self._error = e
+
+    def result(self) -> str:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._digest
+
+
 def history_entry(command: str, args: dict, inputs: Iterable[Checkpoint] = ()) -> dict:
     from colm_core import __version__
 
@@ -358,8 +383,17 @@ def history_entry(command: str, args: dict, inputs: Iterable[Checkpoint] = ()) -
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
         "colm_version": __version__,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "inputs": [{"path": str(c.path), "sha256": weights_digest(c)} for c in inputs],
+        "inputs": [{"path": str(c.path), "sha256": BackgroundDigest(c)} for c in inputs],
     }
+
+
+def write_history(directory: Path, history: list[dict]) -> None:
+    def resolve(value):
+        if isinstance(value, BackgroundDigest):
+            return value.result()
+        raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+    (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2, default=resolve) + "\n")
 
 
 def default_output(base: str | Path, suffix: str) -> Path:

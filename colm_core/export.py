@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from colm_core.card import model_card
-from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, HISTORY_FILE, Checkpoint, atomic_directory,
-                                  check_output, history_entry, open_checkpoint, write_weights)
+from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, Checkpoint, atomic_directory,
+                                  check_output, history_entry, open_checkpoint, write_history,
+                                  write_weights)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
 from colm_core.llama import colm_to_hf_names, config_to_hf
@@ -109,6 +110,6 @@ def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None,
         if fmt == "hf":
             shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
         write_tokenizer(ckpt, tmp)
-        (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        write_history(tmp, history)
         (tmp / CARD_FILE).write_text(model_card(cfg, history))
         return verify_export(ckpt.path, tmp, fmt, dtype) if verify else {}

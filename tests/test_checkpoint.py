@@ -132,3 +132,17 @@ def test_damaged_checkpoint_gives_one_line_error(tmp_path, how, message):
         open_checkpoint(path)
     for command in (["inspect", path], ["eval", path, "--max-tokens", "10"]):
         assert_one_line_error(run_cli(*command), 2, message)
+
+
+def test_history_records_the_input_checksum(tmp_path):
+    import hashlib
+
+    from colm_core.checkpoint import history_entry
+
+    save(tiny_model(), tmp_path / "a")
+    src = open_checkpoint(tmp_path / "a")
+    model = load(tmp_path / "a")
+    save(model, tmp_path / "b", history=src.history + [history_entry("copy", {}, inputs=[src])])
+    recorded = json.loads((tmp_path / "b" / "colm_history.json").read_text())[-1]["inputs"][0]
+    assert recorded == {"path": str(tmp_path / "a"),
+                        "sha256": hashlib.sha256((tmp_path / "a" / "model.safetensors").read_bytes()).hexdigest()}
