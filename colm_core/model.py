@@ -22,6 +22,11 @@ from kernels.chain_linear import chain_linear
 from kernels.chain_rmsnorm import chain_rms_norm
 
 
+# Modules take their first k chains' parameters as list(params.parameters())[:k]: slicing a
+# ParameterList builds a new ParameterList module, which costs more than a decode step's matmuls,
+# and indexing it goes through string keys, which costs as much as a small op.
+
+
 class ChainLinear(nn.Module):
     """y_i = W_i x_{<=i}; weights[i] has shape (out_i, in_1 + ... + in_i). No bias."""
 
@@ -31,7 +36,7 @@ class ChainLinear(nn.Module):
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(o, p)) for o, p in zip(out_widths, prefix))
 
     def forward(self, x: torch.Tensor, chains: int) -> torch.Tensor:
-        return chain_linear(x, list(self.weights[:chains]))
+        return chain_linear(x, list(self.weights.parameters())[:chains])
 
 
 class ChainRMSNorm(nn.Module):
@@ -41,7 +46,7 @@ class ChainRMSNorm(nn.Module):
         self.weights = nn.ParameterList(nn.Parameter(torch.ones(w)) for w in widths)
 
     def forward(self, x: torch.Tensor, chains: int) -> torch.Tensor:
-        return chain_rms_norm(x, list(self.weights[:chains]), self.eps)
+        return chain_rms_norm(x, list(self.weights.parameters())[:chains], self.eps)
 
 
 def rope_inv_freq(cfg: ColmConfig) -> torch.Tensor:
@@ -179,7 +184,7 @@ class CoLM(nn.Module):
     def head_blocks(self, chains: int | None = None) -> list[torch.Tensor]:
         """The LM head's per-chain column blocks H_i (V, d_i)."""
         blocks = self.embed if self.config.tie_embeddings else self.lm_head
-        return list(blocks[: chains or self.config.n_chains])
+        return list(blocks.parameters())[: chains or self.config.n_chains]
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
@@ -190,7 +195,7 @@ class CoLM(nn.Module):
         """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains."""
         k = self._chains(chains)
         start = cache.length if cache is not None else 0
-        x = torch.cat([F.embedding(input_ids, w) for w in self.embed[:k]], dim=-1)
+        x = torch.cat([F.embedding(input_ids, w) for w in list(self.embed.parameters())[:k]], dim=-1)
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         cos, sin = self.rope(positions, x.dtype)
         for i, layer in enumerate(self.layers):

@@ -13,15 +13,21 @@ import torch
 import torch.nn.functional as F
 
 
+def chain_matmuls(x2: torch.Tensor, weights) -> torch.Tensor:
+    """(M, >= in_total) -> (M, sum out_i), each chain's GEMM writing its columns of one buffer."""
+    y = torch.empty(x2.shape[0], sum(w.shape[0] for w in weights), dtype=x2.dtype, device=x2.device)
+    start = 0
+    for w in weights:
+        torch.mm(x2[:, : w.shape[1]], w.t(), out=y[:, start : start + w.shape[0]])
+        start += w.shape[0]
+    return y
+
+
 class ChainLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, *weights):
         x2 = x.reshape(-1, x.shape[-1])
-        y = torch.empty(x2.shape[0], sum(w.shape[0] for w in weights), dtype=x.dtype, device=x.device)
-        start = 0
-        for w in weights:
-            torch.mm(x2[:, : w.shape[1]], w.t(), out=y[:, start : start + w.shape[0]])
-            start += w.shape[0]
+        y = chain_matmuls(x2, weights)
         ctx.save_for_backward(x2, *weights)
         ctx.x_shape = x.shape
         return y.view(*x.shape[:-1], y.shape[-1])
@@ -50,4 +56,9 @@ def chain_linear(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     """x: (..., >= in_total) -> (..., sum out_i), weights[i]: (out_i, in_1 + ... + in_i)."""
     if len(weights) == 1:  # a plain linear on a prefix (the Air key/value case)
         return F.linear(x[..., : weights[0].shape[1]], weights[0])
-    return ChainLinearFunction.apply(x, *weights)
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return ChainLinearFunction.apply(x, *weights)
+    # Nothing to differentiate (inference, decoding): the same GEMMs without autograd.Function's
+    # per-call bookkeeping, which costs about as much as a decode step's small GEMMs themselves.
+    y = chain_matmuls(x.reshape(-1, x.shape[-1]), weights)
+    return y.view(*x.shape[:-1], y.shape[-1])
