@@ -50,7 +50,7 @@ class ChainLinear(nn.Module):
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(o, p)) for o, p in zip(out_widths, prefix))
 
     def forward(self, x, chains):
-        return torch.cat([F.linear(x[..., : w.shape[1]], w) for w in self.weights[:chains]], dim=-1)
+        return torch.cat([F.linear(x[..., : w.shape[1]], w) for w in list(self.weights)[:chains]], dim=-1)
 
 
 class ChainRMSNorm(nn.Module):
@@ -63,7 +63,7 @@ class ChainRMSNorm(nn.Module):
 
     def forward(self, x, chains):
         out, start = [], 0
-        for w in self.weights[:chains]:
+        for w in list(self.weights)[:chains]:
             xi = x[..., start : start + w.shape[0]].float()
             xi = xi * torch.rsqrt(xi.pow(2).mean(-1, keepdim=True) + self.eps)
             out.append(w * xi.to(x.dtype))
@@ -194,7 +194,7 @@ class ColmForCausalLM(ColmPreTrainedModel, GenerationMixin):
         if not 1 <= k <= len(c["heads"]):
             raise ValueError(f"chains={k} is outside 1..{len(c['heads'])}")
         B, T = input_ids.shape
-        x = torch.cat([F.embedding(input_ids, w) for w in self.embed[:k]], dim=-1)
+        x = torch.cat([F.embedding(input_ids, w) for w in list(self.embed)[:k]], dim=-1)
         mask = None
         if position_ids is None:
             position_ids = torch.arange(T, device=x.device)[None].expand(B, T)
@@ -212,7 +212,7 @@ class ColmForCausalLM(ColmPreTrainedModel, GenerationMixin):
         h = self.norm(x, k)
         head = self.embed if c.get("tie_embeddings") else self.lm_head
         logits, start = None, 0
-        for w in head[:k]:  # logits_k = sum_{i<=k} h_i H_i^T
+        for w in list(head)[:k]:  # logits_k = sum_{i<=k} h_i H_i^T
             part = F.linear(h[..., start : start + w.shape[1]], w)
             logits = part if logits is None else logits + part
             start += w.shape[1]
