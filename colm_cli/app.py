@@ -36,15 +36,9 @@ VerifyOpt = Annotated[bool, typer.Option(
 
 
 def torch_dtype(name: str | None):
-    import torch
+    from colm_core.checkpoint import parse_dtype
 
-    if name is None:
-        return None
-    dtypes = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-              "float16": torch.float16, "fp16": torch.float16}
-    if name not in dtypes:
-        raise ColmError(f"--dtype {name}: choose one of float32, bfloat16, float16")
-    return dtypes[name]
+    return None if name is None else parse_dtype(name)
 
 
 def torch_device(name: str | None) -> str:

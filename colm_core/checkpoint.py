@@ -40,10 +40,20 @@ HISTORY_FILE = "colm_history.json"
 CARD_FILE = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 FLOAT_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_ALIASES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAFETENSORS_DTYPES = {**{v: k for k, v in FLOAT_DTYPES.items()}, "F64": torch.float64, "I64": torch.int64,
                       "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
 SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20  # surgery holds about one shard: under 10% of a 1B fp32 model
+
+
+def parse_dtype(name: str, choices: str = "float32, bfloat16, float16") -> torch.dtype:
+    """A --dtype value (float32, bfloat16, float16, or fp32/bf16/fp16) as a torch dtype."""
+    dtypes = {v: k for k, v in DTYPE_NAMES.items()} | DTYPE_ALIASES
+    if name not in dtypes:
+        raise ColmError(f"--dtype {name}: choose one of {choices}")
+    return dtypes[name]
 
 
 def expected_shapes(cfg: ColmConfig) -> dict[str, tuple[int, ...]]:

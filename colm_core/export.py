@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from colm_core.card import model_card
-from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, Checkpoint, atomic_directory,
+from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, DTYPE_NAMES, Checkpoint, atomic_directory,
                                   check_output, history_entry, open_checkpoint, write_history,
                                   write_weights)
 from colm_core.config import ColmConfig
@@ -28,7 +28,6 @@ from colm_core.llama import colm_to_hf_names, config_to_hf
 
 FORMATS = ("hf-llama", "hf")
 MODELING_FILE = Path(__file__).parent / "hf_modeling" / "modeling_colm.py"
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def byte_level_tokenizer():

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, ColmRuntimeError
 
 MARKER = "COMPLETE"
@@ -172,12 +173,10 @@ def find_resume(resume: str, partial: Path) -> Path | None:
 
 
 def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
-    names = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
-             "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if opts.dtype not in names:
-        raise ColmError(f"--dtype {opts.dtype}: choose auto, float32, bfloat16 or float16")
-    dtype = names[opts.dtype]
+    if opts.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = parse_dtype(opts.dtype, choices="auto, float32, bfloat16 or float16")
     if device.type == "cpu" and dtype != torch.float32:
         raise ColmError(f"--dtype {opts.dtype}: training on CPU runs in float32; mixed precision needs a GPU")
     return dtype
