@@ -228,22 +228,24 @@ class CoLM(nn.Module):
 
     @torch.no_grad()
     def init_weights(self, std: float = 0.02, seed: int = 0) -> "CoLM":
-        """Llama-style init: N(0, std) for projections and embeddings, std/sqrt(2 * layers) for the
-        projections that write into the residual stream, ones for norm gains."""
         g = torch.Generator().manual_seed(seed)
-        residual_std = std / math.sqrt(2 * self.config.n_layers)
         for name, p in self.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                s = residual_std if (".attn.o." in name or ".ffn.down." in name) else std
-                p.copy_(torch.randn(p.shape, generator=g) * s)
+            p.copy_(initial_value(name, p.shape, std, self.config.n_layers, g))
         return self
 
     def num_parameters(self, chain: int | None = None) -> int:
         """All parameters, or those owned by one chain (1-based)."""
         return sum(p.numel() for name, p in self.named_parameters()
                    if chain is None or chain_of(name) == chain)
+
+
+def initial_value(name: str, shape, std: float, n_layers: int, generator: torch.Generator) -> torch.Tensor:
+    """Llama-style init of one tensor: ones for norm gains, N(0, std) for projections and embeddings,
+    std/sqrt(2 * layers) for the projections that write into the residual stream."""
+    if "norm" in name:
+        return torch.ones(shape)
+    residual = ".attn.o." in name or ".ffn.down." in name
+    return torch.randn(shape, generator=generator) * (std / math.sqrt(2 * n_layers) if residual else std)
 
 
 def chain_of(tensor_name: str) -> int:

@@ -14,7 +14,6 @@ chains' attention and FFN outputs instead of their own token embedding).
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from colm_core.checkpoint import (Checkpoint, atomic_directory, check_output, ex
                                   open_checkpoint, write_checkpoint)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
-from colm_core.model import chain_of
+from colm_core.model import chain_of, initial_value
 
 DEFAULT_INIT_STD = 0.02  # Llama's initializer_range; the paper does not give its value
 
@@ -77,14 +76,10 @@ def slice_config(cfg: ColmConfig, chains: int) -> ColmConfig:
 def new_block(name: str, shape: tuple[int, ...], cfg: ColmConfig, std: float, seed: int,
               dtype: torch.dtype) -> torch.Tensor:
     """The initial value of a new chain's tensor; seeded by (seed, name) so order does not matter."""
-    if "norm" in name:
-        return torch.ones(shape, dtype=dtype)
     if name.startswith("lm_head.") or (cfg.tie_embeddings and name.startswith("embed.")):
         return torch.zeros(shape, dtype=dtype)
-    residual = ".attn.o." in name or ".ffn.down." in name
-    s = std / math.sqrt(2 * cfg.n_layers) if residual else std
     g = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{name}".encode()))  # CPU generators use 32 bits
-    return (torch.randn(shape, generator=g) * s).to(dtype)
+    return initial_value(name, shape, std, cfg.n_layers, g).to(dtype)
 
 
 def expanded_tensors(ckpt: Checkpoint, cfg: ColmConfig, std: float, seed: int) -> Iterator[tuple[str, torch.Tensor]]:
