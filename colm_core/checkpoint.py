@@ -124,7 +124,7 @@ class SafetensorsReader:
         self.file.close()
 
 
-def _header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype, shape) from a safetensors header, checking the file is whole."""
     try:
         with safe_open(path, framework="pt") as f:
@@ -163,13 +163,13 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
     headers: dict[str, tuple[str, tuple[int, ...]]] = {}
     if weight_map is None:
-        headers = _header(path / WEIGHTS_FILE)
+        headers = safetensors_header(path / WEIGHTS_FILE)
         weight_map = {name: WEIGHTS_FILE for name in headers}
     else:
         for file in sorted(set(weight_map.values())):
             if not (path / file).is_file():
                 raise ColmError(f"{path / file} is missing (listed in {INDEX_FILE}); restore the shard")
-            shard = _header(path / file)
+            shard = safetensors_header(path / file)
             for name in shard:
                 if weight_map.get(name) != file:
                     raise ColmError(f"{path / file} holds {name!r}, which {INDEX_FILE} does not place there; "

@@ -165,9 +165,9 @@ def open_hf_llama(path: str | Path) -> HFLlamaDir:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ColmError(f"{path / HF_INDEX}: not a valid index ({e})") from None
     elif (path / HF_WEIGHTS).is_file():
-        from colm_core.checkpoint import _header
+        from colm_core.checkpoint import safetensors_header
 
-        weight_map = {name: HF_WEIGHTS for name in _header(path / HF_WEIGHTS)}
+        weight_map = {name: HF_WEIGHTS for name in safetensors_header(path / HF_WEIGHTS)}
     else:
         raise ColmError(f"{path} has no {HF_WEIGHTS} or {HF_INDEX}; colm imports safetensors weights only "
                         "(convert pickled .bin weights to safetensors first)")
@@ -209,15 +209,15 @@ def imported_tensors(src: HFLlamaDir, cfg: ColmConfig, dtype: "torch.dtype") -> 
 
 
 def weights_dtype(src: HFLlamaDir) -> "torch.dtype":
-    """The embedding's dtype: colm stores one dtype, and Llama checkpoints use one for all weights."""
+    """The embedding's dtype, from its file's header: colm stores one dtype, and Llama checkpoints use
+    one for all weights."""
     import torch
 
-    from colm_core.checkpoint import FLOAT_DTYPES
+    from colm_core.checkpoint import FLOAT_DTYPES, safetensors_header
 
-    _, tensor = next(src.tensors(["model.embed_tokens.weight"]))
-    if tensor.dtype not in FLOAT_DTYPES:
-        return torch.float32
-    return tensor.dtype
+    name = "model.embed_tokens.weight"
+    stored = safetensors_header(src.path / src.weight_map[name])[name][0]
+    return {code: dtype for dtype, code in FLOAT_DTYPES.items()}.get(stored, torch.float32)
 
 
 def import_llama(hf_dir: str | Path, out: str | Path, *, verify: bool = True, force: bool = False) -> dict:
