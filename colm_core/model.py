@@ -90,10 +90,6 @@ def kv_heads_read(cfg: ColmConfig) -> list[int]:
     return index
 
 
-def kv_head_index(cfg: ColmConfig) -> torch.Tensor:
-    return torch.tensor(kv_heads_read(cfg))
-
-
 def sdpa_can_group(index: list[int]) -> bool:
     """Whether query head j reads KV head j // (H / KV): the grouping scaled_dot_product_attention
     does itself (enable_gqa), without materialising repeated keys and values."""
@@ -110,8 +106,8 @@ class Attention(nn.Module):
         self.k = ChainLinear(d[: len(cfg.kv_widths)], cfg.kv_widths)
         self.v = ChainLinear(d[: len(cfg.kv_widths)], cfg.kv_widths)
         self.o = ChainLinear(d, d)
-        self.register_buffer("kv_index", kv_head_index(cfg), persistent=False)
         index = kv_heads_read(cfg)
+        self.register_buffer("kv_index", torch.tensor(index), persistent=False)
         # Per chain count k (1-based): whether SDPA can group the first k chains' heads itself.
         self.sdpa_groups = [None] + [sdpa_can_group(index[: sum(cfg.heads[:k])])
                                      for k in range(1, cfg.n_chains + 1)]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from colm_core.model import CoLM, chain_of, kv_head_index
+from colm_core.model import CoLM, chain_of, kv_heads_read
 from colm_core.verify import activations
 from tests.conftest import tiny_config, tiny_model
 
@@ -79,7 +79,7 @@ def test_submodel_cost_falls_with_chains():
 
 def test_air_every_query_head_reads_chain1_keys_values():
     cfg = tiny_config(kv_share=True, heads=[4, 2, 6], kv_heads=[2, 0, 0])
-    assert kv_head_index(cfg).tolist() == [0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1]
+    assert kv_heads_read(cfg) == [0, 0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1]
     model = tiny_model(kv_share=True, heads=[4, 2, 6], kv_heads=[2, 0, 0])
     names = [n for n, _ in model.named_parameters() if ".attn.k." in n or ".attn.v." in n]
     assert names and all(chain_of(n) == 1 for n in names)
