@@ -5,7 +5,7 @@
 #   init -> train -> expand -> train the new chains (chain 1 frozen) -> slice -> eval -> generate
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+source scripts/install.sh
 work=${COLM_DEMO_DIR:-$(mktemp -d)}
 mkdir -p "$work"
 echo "checkpoints go to $work" >&2
