@@ -1,13 +1,23 @@
-"""Tokenizers: a built-in byte tokenizer (no files) and any Hugging Face tokenizer.json."""
+"""Tokenizers: a built-in byte tokenizer (no files) and any Hugging Face tokenizer.json.
+
+`encode(text, add_special_tokens=True)` is the one place that decides what starts a sequence
+(a prompt, an evaluated or trained document): the byte tokenizer prepends its BOS; a Hugging Face
+tokenizer follows its own policy, as transformers does (tokenizer.json's post_processor, or when
+there is none, tokenizer_config.json's add_bos_token). SmolLM2's adds no BOS; Llama 3's adds one.
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from colm_core.errors import ColmError
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # special tokens, chat template, add_bos_token
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # where transformers 5 saves the chat template
+TOKENIZER_FILES = (TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE)  # stored verbatim in a checkpoint
 
 
 class ByteTokenizer:
@@ -18,8 +28,8 @@ class ByteTokenizer:
     bos_id = 256
     eos_id = 257
 
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return ([self.bos_id] if add_special_tokens else []) + list(text.encode("utf-8"))
 
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
@@ -32,11 +42,12 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A `tokenizers` tokenizer.json, stored verbatim in the checkpoint."""
+    """A `tokenizers` tokenizer.json, stored verbatim in the checkpoint with its tokenizer_config.json
+    and chat template when the model has them."""
 
     kind = TOKENIZER_FILE
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, bos_id: int | None = None, eos_id: int | None = None):
         from tokenizers import Tokenizer
 
         self.path = Path(path)
@@ -45,10 +56,14 @@ class HFTokenizer:
         except Exception as e:  # tokenizers raises bare Exceptions for malformed files
             raise ColmError(f"{path}: not a readable tokenizer.json ({e}); replace it with a valid one") from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.bos_id = self.eos_id = None
+        self.bos_id, self.eos_id = bos_id, eos_id
+        # Without a post_processor, transformers builds one from add_bos_token (e.g. older Llama tokenizers).
+        self._prepend_bos = (self._tok.post_processor is None and bos_id is not None
+                             and tokenizer_config(self.path.parent).get("add_bos_token") is True)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
+        return [self.bos_id, *ids] if add_special_tokens and self._prepend_bos else ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
@@ -57,9 +72,22 @@ class HFTokenizer:
         return len(self.decode(ids).encode("utf-8"))
 
     def save(self, directory: Path) -> None:
-        target = Path(directory) / TOKENIZER_FILE
-        if self.path.resolve() != target.resolve():
-            shutil.copyfile(self.path, target)
+        for name in TOKENIZER_FILES:
+            source, target = self.path.parent / name, Path(directory) / name
+            if source.is_file() and source.resolve() != target.resolve():
+                shutil.copyfile(source, target)
+
+
+def tokenizer_config(directory: Path) -> dict:
+    """tokenizer_config.json of a directory ({} when absent)."""
+    path = Path(directory) / TOKENIZER_CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ColmError(f"{path}: not valid JSON ({e}); restore it from the model's source") from None
+    return data if isinstance(data, dict) else {}
 
 
 def load_tokenizer(kind: str, directory: Path | None = None, bos_id: int | None = None, eos_id: int | None = None):
@@ -69,6 +97,4 @@ def load_tokenizer(kind: str, directory: Path | None = None, bos_id: int | None 
     path = Path(directory) / TOKENIZER_FILE
     if not path.is_file():
         raise ColmError(f"{path} is missing but config.json names it; copy the tokenizer.json back into the checkpoint")
-    tok = HFTokenizer(path)
-    tok.bos_id, tok.eos_id = bos_id, eos_id
-    return tok
+    return HFTokenizer(path, bos_id, eos_id)

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from colm_core.checkpoint import load, open_checkpoint, save
 from colm_core.errors import ColmError
 from colm_core.export import export
-from colm_core.llama import import_llama
+from colm_core.llama import import_hf
 from colm_core.tokenizer import ByteTokenizer
 from tests.conftest import assert_one_line_error, run_cli, tiny_model
 
@@ -65,7 +65,7 @@ def test_import_then_export_hf_llama_match_transformers(tmp_path, variant):
     if "sharded" in variant:
         assert (src / "model.safetensors.index.json").is_file()
     reference = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    import_llama(src, tmp_path / "colm", verify=False)
+    import_hf(src, tmp_path / "colm", verify=False)
     model = load(tmp_path / "colm")
     assert model.config.n_chains == 1 and model.config.tie_embeddings == HF_VARIANTS[variant]["tie_word_embeddings"]
     ids = probe()
@@ -85,7 +85,7 @@ def test_import_then_export_hf_llama_match_transformers(tmp_path, variant):
 
 def test_import_and_export_verify_and_record_provenance(tmp_path):
     src = hf_llama_dir(tmp_path / "hf", "tied")
-    report = import_llama(src, tmp_path / "colm")
+    report = import_hf(src, tmp_path / "colm")
     assert report["max_abs_diff"] <= report["tolerance"] and report["probe"] == [2, 32]
     report = export(tmp_path / "colm", tmp_path / "bf16", fmt="hf-llama", dtype=torch.bfloat16)
     assert report["max_abs_diff"] <= report["tolerance"]
@@ -127,8 +127,9 @@ def test_export_of_byte_tokenizer_is_an_equivalent_tokenizer_json(tmp_path):
     export(tmp_path / "m", tmp_path / "hf", fmt="hf", verify=False)
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "Héllo, wörld!\n\t≈ 🙂"
-    assert tok.encode(text) == ByteTokenizer().encode(text)
-    assert tok.decode(ByteTokenizer().encode(text)) == text
+    assert tok.encode(text) == ByteTokenizer().encode(text, add_special_tokens=True) == [256, *text.encode()]
+    assert tok.encode(text, add_special_tokens=False) == list(text.encode())
+    assert tok.decode(ByteTokenizer().encode(text), skip_special_tokens=True) == text
     assert tok.eos_token_id == 257 and tok.bos_token_id == 256
 
 
@@ -154,15 +155,15 @@ def test_import_refuses_what_it_cannot_convert(tmp_path):
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(ColmError, match="'GPT2LMHeadModel'.*is not supported; colm imports LlamaForCausalLM"):
-        import_llama(gpt2, tmp_path / "out")
+        import_hf(gpt2, tmp_path / "out")
     assert_one_line_error(run_cli("import", gpt2, "-o", tmp_path / "out"), 2, "colm imports LlamaForCausalLM")
     notes = tmp_path / "notes"
     notes.mkdir()
     with pytest.raises(ColmError, match="no config.json"):
-        import_llama(notes, tmp_path / "out")
+        import_hf(notes, tmp_path / "out")
     src = hf_llama_dir(tmp_path / "hf", "tied")
     with pytest.raises(ColmError, match="inside the input"):
-        import_llama(src, src / "colm")
+        import_hf(src, src / "colm")
     with pytest.raises(ColmError, match="--format gguf: choose one of hf-llama, hf"):
         export(src, tmp_path / "out", fmt="gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "hf", "notes"]
