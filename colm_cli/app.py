@@ -349,7 +349,7 @@ def inspect(ckpt: CkptArg = None,
 def import_(
     hf_dir: Annotated[str, typer.Argument(
         help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors), a `colm export --format hf` "
-             "directory, or hf://ORG/NAME[@REVISION].", show_default=False)],
+             "directory, or an hf://ORG/NAME reference (@REVISION optional).", show_default=False)],
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
