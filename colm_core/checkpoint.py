@@ -2,7 +2,8 @@
 
     config.json                     ColmConfig
     model.safetensors               weights (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
-    tokenizer.json                  only for a Hugging Face tokenizer
+    tokenizer.json                  only for a Hugging Face tokenizer (with its tokenizer_config.json
+                                    and chat_template.jinja when it has them)
     colm_history.json               one entry per command that produced or changed this model
     README.md                       model card
 

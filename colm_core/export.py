@@ -24,7 +24,7 @@ from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, DTYPE_NAME
                                   write_weights)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
-from colm_core.llama import colm_to_hf_names, config_to_hf
+from colm_core.llama import COLM_EXPORT_TYPE, colm_to_hf_names, config_to_hf
 from colm_core.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, tokenizer_config
 
 FORMATS = ("hf-llama", "hf")
@@ -87,7 +87,7 @@ def generation_config(cfg: ColmConfig) -> dict:
 def hf_colm_config(cfg: ColmConfig, dtype: torch.dtype) -> dict:
     """config.json of a `--format hf` export: colm's config nested under "colm", plus auto_map."""
     return {
-        "architectures": ["ColmForCausalLM"], "model_type": "colm",
+        "architectures": ["ColmForCausalLM"], "model_type": COLM_EXPORT_TYPE,
         "auto_map": {"AutoConfig": "modeling_colm.ColmHFConfig", "AutoModelForCausalLM": "modeling_colm.ColmForCausalLM"},
         "colm": cfg.to_dict(), "chains": cfg.n_chains, "dtype": DTYPE_NAMES[dtype],
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,

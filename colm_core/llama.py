@@ -117,7 +117,6 @@ def config_to_hf(cfg: ColmConfig) -> dict:
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
-HF_HISTORY = "colm_history.json"  # an export's history (colm_core.checkpoint.HISTORY_FILE), carried back
 COLM_EXPORT_TYPE = "colm"  # model_type of `colm export --format hf`
 IGNORED_HF_TENSORS = (".rotary_emb.inv_freq",)  # a buffer some old checkpoints saved; recomputed from the config
 
@@ -149,12 +148,15 @@ class HFModelDir:
 
     def history(self) -> list[dict]:
         """The history an export carries (a Llama directory has none)."""
-        if not self.is_colm_export or not (self.path / HF_HISTORY).is_file():
+        from colm_core.checkpoint import HISTORY_FILE
+
+        path = self.path / HISTORY_FILE
+        if not self.is_colm_export or not path.is_file():
             return []
         try:
-            return json.loads((self.path / HF_HISTORY).read_text())
+            return json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ColmError(f"{self.path / HF_HISTORY}: not valid JSON ({e}); fix or delete it") from None
+            raise ColmError(f"{path}: not valid JSON ({e}); fix or delete it") from None
 
 
 def is_colm_export(hf: dict) -> bool:

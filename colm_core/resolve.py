@@ -57,7 +57,8 @@ def imported_hf_dir(path: Path) -> Path:
     bytes of the tokenizer files and the export's history (or their absence), so an edited or
     re-downloaded model, or a changed or removed tokenizer, is imported again.
     Cache root: colm_core.cache.cache_root()."""
-    from colm_core.llama import HF_CONFIG, HF_HISTORY, import_hf, open_hf_dir
+    from colm_core.checkpoint import HISTORY_FILE
+    from colm_core.llama import HF_CONFIG, import_hf, open_hf_dir
     from colm_core.tokenizer import TOKENIZER_FILES
 
     src = open_hf_dir(path)
@@ -65,7 +66,7 @@ def imported_hf_dir(path: Path) -> Path:
     for file in src.files:
         stat = file.stat()
         key.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    for name in (*TOKENIZER_FILES, HF_HISTORY):
+    for name in (*TOKENIZER_FILES, HISTORY_FILE):
         file = src.path / name
         key.update(f"{name}:".encode() + (hashlib.sha256(file.read_bytes()).digest() if file.is_file() else b"-"))
     cache = cache_root() / "imports" / f"{src.path.resolve().name}-{key.hexdigest()[:12]}"
