@@ -2,8 +2,9 @@
 
 `encode(text, add_special_tokens=True)` is the one place that decides what starts a sequence
 (a prompt, an evaluated or trained document): the byte tokenizer prepends its BOS; a Hugging Face
-tokenizer follows its own policy, as transformers does (tokenizer.json's post_processor, or when
-there is none, tokenizer_config.json's add_bos_token). SmolLM2's adds no BOS; Llama 3's adds one.
+tokenizer follows its own policy, its tokenizer.json's post_processor, exactly as transformers 5
+encodes (it ignores tokenizer_config.json's add_bos_token when a tokenizer.json is present, and so
+does colm). SmolLM2's adds no BOS; Llama 3's adds one.
 """
 
 from __future__ import annotations
@@ -57,13 +58,9 @@ class HFTokenizer:
             raise ColmError(f"{path}: not a readable tokenizer.json ({e}); replace it with a valid one") from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.bos_id, self.eos_id = bos_id, eos_id
-        # Without a post_processor, transformers builds one from add_bos_token (e.g. older Llama tokenizers).
-        self._prepend_bos = (self._tok.post_processor is None and bos_id is not None
-                             and tokenizer_config(self.path.parent).get("add_bos_token") is True)
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        ids = self._tok.encode(text, add_special_tokens=add_special_tokens).ids
-        return [self.bos_id, *ids] if add_special_tokens and self._prepend_bos else ids
+        return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)

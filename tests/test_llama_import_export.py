@@ -289,3 +289,23 @@ def test_slice_of_expand_of_an_imported_model_is_the_same_bytes(tmp_path):
     slice_(tmp_path / "big", tmp_path / "back", chains=1, verify=False)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "m" / name).read_bytes(), name
+
+
+def test_sequence_start_is_what_transformers_encodes_whatever_tokenizer_config_says(tmp_path):
+    from colm_core.tokenizer import HFTokenizer
+
+    tok = bpe_tokenizer()
+    tok.post_processor = None
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>"}))
+    theirs = AutoTokenizer.from_pretrained(tmp_path)(TEXT).input_ids
+    assert HFTokenizer(tmp_path / "tokenizer.json", bos_id=1, eos_id=2).encode(TEXT, add_special_tokens=True) == theirs
+
+
+def test_a_byte_vocabulary_imports_without_tokenizer_json(tmp_path):
+    cfg = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "colm", verify=False)
+    assert open_checkpoint(tmp_path / "colm").config.tokenizer == "byte"
