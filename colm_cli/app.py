@@ -181,7 +181,9 @@ def train(
 
 
 def report_verification(report: dict) -> None:
-    if "max_abs_diff" in report:
+    if report.get("exact") and "probe" not in report:
+        err.print(f"[green]verified[/] {report['check']}")
+    elif "max_abs_diff" in report:
         err.print(f"[green]verified[/] {report['check']}: max abs logit difference {report['max_abs_diff']:.3g} "
                   f"on a {report['probe'][0]}x{report['probe'][1]} probe batch")
     elif report:
@@ -305,14 +307,12 @@ def generate(
     if not prompt:
         raise ColmError("the prompt is empty; give some text to continue")
     model = load(input_path(ckpt), device=torch_device(device), dtype=torch_dtype(dtype))
-    tok = model.tokenizer
-    ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(prompt)
 
     def stream(piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = run_generate(model, ids, max_new_tokens=max_new_tokens, chains=chains,
+    result = run_generate(model, prompt, max_new_tokens=max_new_tokens, chains=chains,
                           switch=parse_switch(switch or ""), prefill_chains=prefill_chains, temperature=temperature,
                           top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
                           on_text=None if json_out else stream)
@@ -326,7 +326,7 @@ def generate(
               f"{t['time_to_first_token_s'] * 1000:.0f} ms, prefill {t['prefill_tokens_per_s']:.0f} tokens/s "
               f"at {result['prefill_chains']} chain(s), decode {decode} tokens/s", highlight=False, soft_wrap=True)
     if json_out:
-        emit_json({"prompt": prompt, "prompt_ids": ids, **result})
+        emit_json({"prompt": prompt, **result})
     else:
         stream("\n")
 
@@ -334,11 +334,12 @@ def generate(
 @app.command()
 def inspect(ckpt: CkptArg = None,
             json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False):
-    """Show a checkpoint's chains, parameters, shapes, config and history."""
+    """Show a checkpoint's chains, parameters, shapes, config and history (a Hugging Face directory is read
+    in place, not imported)."""
     from colm_cli.render import render
     from colm_core.inspect import describe
 
-    report = describe(input_path(ckpt))
+    report = describe(input_path(ckpt, import_hf=False))
     render(report, err)
     if json_out:
         emit_json(report)
@@ -346,16 +347,20 @@ def inspect(ckpt: CkptArg = None,
 
 @app.command(name="import")
 def import_(
-    hf_dir: Annotated[Path, typer.Argument(help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors).")],
+    hf_dir: Annotated[str, typer.Argument(
+        help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors), a `colm export --format hf` "
+             "directory, or an hf://ORG/NAME reference (@REVISION optional).", show_default=False)],
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
 ):
-    """Convert a Hugging Face Llama checkpoint directory into a 1-chain CoLM."""
-    from colm_core.llama import import_llama
+    """Convert a Hugging Face Llama directory into a 1-chain CoLM, or read a `--format hf` export back."""
+    from colm_core.llama import import_hf
+    from colm_core.resolve import resolve_input
 
-    out = output_path(output, hf_dir.resolve(), "colm", force, inputs=[hf_dir])
-    report_verification(import_llama(hf_dir, out, verify=verify, force=force))
+    source = resolve_input(hf_dir)
+    out = output_path(output, Path.cwd() / source.resolve().name, "colm", force, inputs=[source])
+    report_verification(import_hf(source, out, verify=verify, force=force))
     err.print(f"[green]imported[/] {hf_dir} -> {out}")
     emit_path(out)
 

@@ -17,17 +17,19 @@ from colm_core.errors import ColmError
 err = Console(stderr=True)
 
 
-def input_path(arg: str | None) -> Path:
-    """The input checkpoint: the argument, else the first line of stdin (a pipeline's previous command)."""
+def input_path(arg: str | None, import_hf: bool = True) -> Path:
+    """The input checkpoint: the argument, else the first line of stdin (a pipeline's previous command).
+
+    A Hugging Face directory (or hf:// reference to one) is imported into the cache, unless import_hf is False."""
     if arg is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise ColmError("no input checkpoint: pass its path, or pipe one in (e.g. `colm init | colm inspect`)")
         arg = sys.stdin.readline().strip()
         if not arg:
             raise ColmError("no input checkpoint: stdin was empty; did the previous command in the pipe fail?")
-    from colm_core.resolve import resolve_checkpoint
+    from colm_core.resolve import resolve_checkpoint, resolve_input
 
-    return resolve_checkpoint(arg)
+    return resolve_checkpoint(arg) if import_hf else resolve_input(arg)
 
 
 def output_path(output: Path | None, derived_from: Path, suffix: str, force: bool, inputs=()) -> Path:

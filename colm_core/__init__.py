@@ -7,8 +7,8 @@ submodule such as colm_core.errors does not pull in torch.
 __version__ = "0.1.0"
 
 _API = {
-    "load": "colm_core.checkpoint",
-    "save": "colm_core.checkpoint",
+    "load": "colm_core.api",
+    "save": "colm_core.api",
     "ColmConfig": "colm_core.config",
     "CoLM": "colm_core.model",
     "generate": "colm_core.generation",

@@ -9,14 +9,14 @@ from __future__ import annotations
 from huggingface_hub import ModelCardData
 
 from colm_core.config import ColmConfig
+from colm_core.references import hub_repo_of
 
 
 def parameters_per_chain(cfg: ColmConfig) -> list[int]:
     """Parameters owned by each chain, counted from the tensor shapes the config implies."""
     from math import prod
 
-    from colm_core.checkpoint import expected_shapes
-    from colm_core.model import chain_of
+    from colm_core.model import chain_of, expected_shapes  # torch: only when a card is written
 
     counts = [0] * cfg.n_chains
     for name, shape in expected_shapes(cfg).items():
@@ -26,8 +26,6 @@ def parameters_per_chain(cfg: ColmConfig) -> list[int]:
 
 def base_models(history: list[dict]) -> list[str]:
     """Hub repos this model was derived from: inputs recorded as `hf://` references or Hub-cache paths."""
-    from colm_core.hub import hub_repo_of
-
     repos: list[str] = []
     for entry in history:
         if entry.get("command") == "eval":  # evaluating a model does not derive one from it

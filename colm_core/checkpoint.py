@@ -2,7 +2,8 @@
 
     config.json                     ColmConfig
     model.safetensors               weights (or model-0000i-of-0000n.safetensors + model.safetensors.index.json)
-    tokenizer.json                  only for a Hugging Face tokenizer
+    tokenizer.json                  only for a Hugging Face tokenizer (with its tokenizer_config.json
+                                    and chat_template.jinja when it has them)
     colm_history.json               one entry per command that produced or changed this model
     README.md                       model card
 
@@ -29,8 +30,10 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from colm_core.card import model_card
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
+from colm_core.model import expected_shapes
 from colm_core.tokenizer import load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -54,14 +57,6 @@ def parse_dtype(name: str, choices: str = "float32, bfloat16, float16") -> torch
     if name not in dtypes:
         raise ColmError(f"--dtype {name}: choose one of {choices}")
     return dtypes[name]
-
-
-def expected_shapes(cfg: ColmConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a model of this config has, by name, from the model definition itself."""
-    from colm_core.model import CoLM
-
-    with torch.device("meta"):
-        return {name: tuple(t.shape) for name, t in CoLM(cfg).state_dict().items()}
 
 
 @dataclass
@@ -335,8 +330,6 @@ def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], 
 def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tuple[str, torch.Tensor]],
                      tokenizer, history: list[dict], *, force: bool = False,
                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
-    from colm_core.card import model_card
-
     path = Path(path)
     with atomic_directory(path, force) as tmp:
         config.save(tmp / CONFIG_FILE)

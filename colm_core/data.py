@@ -61,8 +61,10 @@ def default_corpus_files(max_bytes: int = DEFAULT_CORPUS_BYTES) -> list[Path]:
 
 
 def tokenizer_fingerprint(tokenizer) -> bytes:
-    """What makes two tokenizers produce the same ids: kind, special ids, and the tokenizer.json bytes."""
-    h = hashlib.sha256(f"{tokenizer.kind}|{tokenizer.bos_id}|{tokenizer.eos_id}".encode())
+    """What makes two tokenizers produce the same ids: kind, special ids, what starts a sequence, and the
+    tokenizer.json bytes."""
+    starts = tokenizer.encode("", add_special_tokens=True)
+    h = hashlib.sha256(f"{tokenizer.kind}|{tokenizer.bos_id}|{tokenizer.eos_id}|{starts}".encode())
     if getattr(tokenizer, "path", None) is not None:
         h.update(Path(tokenizer.path).read_bytes())
     return h.digest()

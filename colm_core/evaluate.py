@@ -12,10 +12,12 @@ from colm_core.errors import ColmError
 
 
 def token_stream(tokenizer, texts: list[str]) -> list[int]:
-    """Documents joined as BOS doc EOS BOS doc EOS ..., so every text token is a prediction target."""
+    """Documents joined as [BOS] doc EOS [BOS] doc EOS ..., so every text token is a prediction target.
+
+    Each document starts as the tokenizer starts a sequence (with BOS only if its policy adds one)."""
     ids: list[int] = []
     for text in texts:
-        ids += ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(text)
+        ids += tokenizer.encode(text, add_special_tokens=True)
         if tokenizer.eos_id is not None:
             ids.append(tokenizer.eos_id)
     return ids

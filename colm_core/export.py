@@ -24,15 +24,17 @@ from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, DTYPE_NAME
                                   write_weights)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
-from colm_core.llama import colm_to_hf_names, config_to_hf
+from colm_core.llama import COLM_EXPORT_TYPE, colm_to_hf_names, config_to_hf
+from colm_core.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, tokenizer_config
 
 FORMATS = ("hf-llama", "hf")
 MODELING_FILE = Path(__file__).parent / "hf_modeling" / "modeling_colm.py"
 
 
 def byte_level_tokenizer():
-    """colm's byte tokenizer as a `tokenizers` Tokenizer: byte b is token b; special tokens 256 and 257."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    """colm's byte tokenizer as a `tokenizers` Tokenizer: byte b is token b; special tokens 256 and 257,
+    and BOS starts every sequence, as colm's byte tokenizer starts one."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
     # GPT-2's printable stand-in for each byte, which the ByteLevel pre-tokenizer and decoder use.
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -42,28 +44,40 @@ def byte_level_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken("<|begin_of_text|>", special=True), AddedToken("<|end_of_text|>", special=True)])
+    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+                                                       special_tokens=[("<|begin_of_text|>", 256)])
     return tok
 
 
 def write_tokenizer(ckpt: Checkpoint, directory: Path) -> None:
-    """tokenizer.json and a tokenizer_config.json that AutoTokenizer reads (PreTrainedTokenizerFast)."""
+    """tokenizer.json and a tokenizer_config.json that AutoTokenizer reads.
+
+    A model's own tokenizer_config.json (chat template, special tokens, tokenizer class) and
+    chat_template.jinja, carried by `colm import`, are written as they are; only what they lack is added:
+    the special tokens of config.json's ids and tokenizer.json's unk_token."""
     from tokenizers import Tokenizer
 
     cfg = ckpt.config
     if cfg.tokenizer == "byte":
         tok = byte_level_tokenizer()
-        tok.save(str(directory / "tokenizer.json"))
+        tok.save(str(directory / TOKENIZER_FILE))
+        stored = {}
     else:
-        shutil.copyfile(ckpt.path / "tokenizer.json", directory / "tokenizer.json")
-        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        tok = ckpt.tokenizer()
+        tok.save(directory)  # tokenizer.json, and the model's tokenizer_config.json and chat template if any
+        stored = tokenizer_config(directory)
+        tok = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
     special = {}
     for role in ("bos", "eos", "pad"):
         token_id = getattr(cfg, f"{role}_token_id")
         if token_id is not None and tok.id_to_token(token_id) is not None:
             special[f"{role}_token"] = tok.id_to_token(token_id)
-    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
-                        "add_bos_token": False, "clean_up_tokenization_spaces": False, **special}
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    unk = json.loads(tok.to_str())["model"].get("unk_token")
+    if unk is not None:
+        special["unk_token"] = unk
+    written = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
+               "clean_up_tokenization_spaces": False, **special, **stored}
+    (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(written, indent=2) + "\n")
 
 
 def generation_config(cfg: ColmConfig) -> dict:
@@ -73,7 +87,7 @@ def generation_config(cfg: ColmConfig) -> dict:
 def hf_colm_config(cfg: ColmConfig, dtype: torch.dtype) -> dict:
     """config.json of a `--format hf` export: colm's config nested under "colm", plus auto_map."""
     return {
-        "architectures": ["ColmForCausalLM"], "model_type": "colm",
+        "architectures": ["ColmForCausalLM"], "model_type": COLM_EXPORT_TYPE,
         "auto_map": {"AutoConfig": "modeling_colm.ColmHFConfig", "AutoModelForCausalLM": "modeling_colm.ColmForCausalLM"},
         "colm": cfg.to_dict(), "chains": cfg.n_chains, "dtype": DTYPE_NAMES[dtype],
         "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,

@@ -244,16 +244,22 @@ class TextStream:
         return piece
 
 
-def generate(model, prompt_ids: list[int], *, max_new_tokens: int = 128, chains: int | None = None,
+def generate(model, prompt: str | list[int], *, max_new_tokens: int = 128, chains: int | None = None,
              switch: Schedule = (), prefill_chains: int | None = None, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop: list[str] = (),
              eos_id: int | None = None, on_text: Callable[[str], None] | None = None) -> dict:
-    """Continue `prompt_ids` and return a JSON-ready record: text, token ids, schedule, timings.
+    """Continue a prompt and return a JSON-ready record: prompt ids, text, token ids, schedule, timings.
 
+    A text prompt is encoded as the model's tokenizer starts a sequence (BOS only if its policy adds
+    one, as transformers does); a list of token ids is used as given.
     Stops at EOS (default: the config's eos_token_id), at a stop string (cut from the text), after
     max_new_tokens, or at the model's context. `on_text` receives the text as it becomes final.
     """
     cfg = model.config
+    if isinstance(prompt, str):
+        prompt_ids = model.tokenizer.encode(prompt, add_special_tokens=True)
+    else:
+        prompt_ids = list(prompt)
     if max_new_tokens < 1:
         raise ColmError(f"max new tokens {max_new_tokens}: must be at least 1")
     schedule = make_schedule(cfg.n_chains, chains, switch)
@@ -289,6 +295,7 @@ def generate(model, prompt_ids: list[int], *, max_new_tokens: int = 128, chains:
     ttft = first_token_at - start
     decode_seconds = end - first_token_at
     return {
+        "prompt_ids": prompt_ids,
         "prompt_tokens": len(prompt_ids),
         "text": text.text,
         "token_ids": tokens,

@@ -12,7 +12,6 @@ flag would land in shell history.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,48 +20,24 @@ from huggingface_hub import HfApi, constants, get_token, snapshot_download
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
-    HfUriError,
-    HFValidationError,
     IncompleteSnapshotError,
     LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils import filter_repo_objects, parse_hf_uri, validate_repo_id
+from huggingface_hub.utils import filter_repo_objects
 
 from colm_core import __version__
+from colm_core.card import model_card
 from colm_core.errors import ColmError, ColmRuntimeError
-from colm_core.resolve import HF_SCHEME
+from colm_core.references import parse_reference, reference_text
+from colm_core.tokenizer import TOKENIZER_FILES
 
 # Top-level files of a colm checkpoint or of a Llama `transformers` repo: nothing else is downloaded.
-CHECKPOINT_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-                       "tokenizer_config.json", "generation_config.json", "colm_history.json", "README.md"]
+CHECKPOINT_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES,
+                       "generation_config.json", "colm_history.json", "README.md"]
 # Subfolders hold what colm never reads (e.g. a Llama repo's original/ pickled weights).
 SUBFOLDER_PATTERNS = ["*/*"]
-# Where huggingface_hub caches a model repo: .../models--ORG--NAME/snapshots/COMMIT (ids never hold "--").
-CACHED_SNAPSHOT = re.compile(r"(?:^|/)models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
-
-
-def parse_reference(reference: str, revision: str | None = None) -> tuple[str, str | None]:
-    """(repo id, revision) from `ORG/NAME` or `hf://ORG/NAME[@REVISION]`, refusing invalid ids before any request."""
-    uri = reference if reference.startswith(HF_SCHEME) else HF_SCHEME + reference
-    try:
-        parsed = parse_hf_uri(uri)
-    except HfUriError as e:
-        raise ColmError(f"{reference}: not a valid Hub model id ({e.msg.strip()}); "
-                        "expected ORG/NAME or hf://ORG/NAME[@REVISION]") from None
-    if parsed.type != "model":
-        raise ColmError(f"{reference} is a {parsed.type} repo; colm reads model repos: hf://ORG/NAME[@REVISION]")
-    if parsed.path_in_repo:
-        raise ColmError(f"{reference} points at {parsed.path_in_repo!r} inside a repo; give the repo itself: "
-                        "hf://ORG/NAME[@REVISION]")
-    if revision is not None and parsed.revision not in (None, revision):
-        raise ColmError(f"{reference} names revision {parsed.revision!r} but --revision says {revision!r}; give one")
-    return parsed.id, revision or parsed.revision
-
-
-def reference_text(repo_id: str, revision: str | None) -> str:
-    return f"{HF_SCHEME}{repo_id}" + (f"@{revision}" if revision else "")
 
 
 def download(repo_id: str, revision: str | None = None) -> Path:
@@ -117,9 +92,8 @@ def pull(reference: str, revision: str | None = None, output: Path | None = None
 def checkpoint_files(ckpt) -> list[Path]:
     """The files that make up a validated checkpoint, its model card aside."""
     from colm_core.checkpoint import CONFIG_FILE, HISTORY_FILE, INDEX_FILE
-    from colm_core.tokenizer import TOKENIZER_FILE
 
-    names = [CONFIG_FILE, INDEX_FILE, HISTORY_FILE, TOKENIZER_FILE]
+    names = [CONFIG_FILE, INDEX_FILE, HISTORY_FILE, *TOKENIZER_FILES]
     return [ckpt.path / n for n in names if (ckpt.path / n).is_file()] + ckpt.files
 
 
@@ -129,7 +103,6 @@ def push(path: Path, reference: str, *, private: bool = False, revision: str | N
 
     The input directory is never modified: the upload is staged as symlinks plus the new README.md.
     Checkpoint files the repo holds from an earlier upload (e.g. more shards) are deleted in the same commit."""
-    from colm_core.card import model_card
     from colm_core.checkpoint import CARD_FILE, open_checkpoint
 
     repo_id, revision = parse_reference(reference, revision)
@@ -157,21 +130,3 @@ def push(path: Path, reference: str, *, private: bool = False, revision: str | N
     except HfHubHTTPError as e:
         raise ColmRuntimeError(f"pushing to {repo_id} failed: {str(e).splitlines()[0]}") from None
     return reference_text(repo_id, commit.oid)
-
-
-def hub_repo_of(reference: str) -> str | None:
-    """The Hub repo id a recorded input refers to: an `hf://` reference or a Hub-cache snapshot path."""
-    if reference.startswith(HF_SCHEME):
-        try:
-            return parse_reference(reference)[0]
-        except ColmError:
-            return None
-    match = CACHED_SNAPSHOT.search(reference.replace(os.sep, "/"))
-    if match is None:
-        return None
-    repo_id = f"{match[1]}/{match[2]}"
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        return None
-    return repo_id

@@ -110,22 +110,30 @@ def config_to_hf(cfg: ColmConfig) -> dict:
 
 
 
-# --- import: a Hugging Face LlamaForCausalLM directory -> a 1-chain CoLM checkpoint ------------
+# --- import: a Hugging Face directory -> a colm checkpoint ---------------------------------------
+# Two kinds are read: a transformers LlamaForCausalLM (a 1-chain CoLM), and colm's own `export --format
+# hf` (colm's config nested under "colm", the tensors under colm's names), which imports back exactly.
 
 HF_CONFIG = "config.json"
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
-HF_TOKENIZER = "tokenizer.json"
+COLM_EXPORT_TYPE = "colm"  # model_type of `colm export --format hf`
 IGNORED_HF_TENSORS = (".rotary_emb.inv_freq",)  # a buffer some old checkpoints saved; recomputed from the config
 
 
 @dataclass
-class HFLlamaDir:
-    """A Hugging Face Llama checkpoint directory, read lazily like a colm Checkpoint."""
+class HFModelDir:
+    """A Hugging Face checkpoint directory, read lazily like a colm Checkpoint."""
 
     path: Path
     hf_config: dict
-    weight_map: dict[str, str]  # transformers tensor name -> safetensors file name
+    config: ColmConfig  # the colm config it imports as
+    weight_map: dict[str, str]  # Hugging Face tensor name -> safetensors file name
+    to_colm: dict[str, str]  # Hugging Face tensor name -> colm tensor name
+
+    @property
+    def is_colm_export(self) -> bool:
+        return is_colm_export(self.hf_config)
 
     @property
     def files(self) -> list[Path]:
@@ -138,6 +146,22 @@ class HFLlamaDir:
             with SafetensorsReader(self.path / self.weight_map[name]) as f:
                 yield name, f.get_tensor(name)
 
+    def history(self) -> list[dict]:
+        """The history an export carries (a Llama directory has none)."""
+        from colm_core.checkpoint import HISTORY_FILE
+
+        path = self.path / HISTORY_FILE
+        if not self.is_colm_export or not path.is_file():
+            return []
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ColmError(f"{path}: not valid JSON ({e}); fix or delete it") from None
+
+
+def is_colm_export(hf: dict) -> bool:
+    return hf.get("model_type") == COLM_EXPORT_TYPE and isinstance(hf.get("colm"), dict)
+
 
 def is_hf_model_dir(path: Path) -> bool:
     """A directory with a transformers config.json (not a colm one)."""
@@ -148,7 +172,21 @@ def is_hf_model_dir(path: Path) -> bool:
     return isinstance(data, dict) and "colm_format" not in data and "model_type" in data
 
 
-def open_hf_llama(path: str | Path) -> HFLlamaDir:
+def llama_tokenizer_kind(path: Path, vocab_size: int) -> str:
+    """"tokenizer.json" when the directory has one; else "byte", but only for a vocabulary that is colm's
+    byte tokenizer: any other would read bytes as the ids of unrelated tokens."""
+    from colm_core.tokenizer import TOKENIZER_FILE, ByteTokenizer
+
+    if (path / TOKENIZER_FILE).is_file():
+        return TOKENIZER_FILE
+    if vocab_size != ByteTokenizer.vocab_size:
+        raise ColmError(f"{path} has no {TOKENIZER_FILE}, and its vocabulary of {vocab_size:,} tokens is not "
+                        f"colm's byte tokenizer ({ByteTokenizer.vocab_size}); copy the model's {TOKENIZER_FILE} "
+                        "into the directory")
+    return "byte"
+
+
+def open_hf_dir(path: str | Path) -> HFModelDir:
     path = Path(path)
     if not (path / HF_CONFIG).is_file():
         raise ColmError(f"{path} has no {HF_CONFIG}: not a Hugging Face checkpoint directory")
@@ -158,7 +196,15 @@ def open_hf_llama(path: str | Path) -> HFLlamaDir:
         raise ColmError(f"{path / HF_CONFIG}: not valid JSON ({e})") from None
     if "colm_format" in hf:
         raise ColmError(f"{path} is already a colm checkpoint; use it directly")
-    config_from_hf(hf)  # the architecture check, before any weight is read
+    if is_colm_export(hf):
+        from colm_core.model import expected_shapes
+
+        cfg = ColmConfig.from_dict(hf["colm"], source=f"{path / HF_CONFIG} (colm export)")
+        to_colm = {name: name for name in expected_shapes(cfg)}
+    else:
+        cfg = config_from_hf(hf)  # the architecture check, before anything else is read
+        cfg = cfg.replace(tokenizer=llama_tokenizer_kind(path, cfg.vocab_size))
+        to_colm = hf_to_colm_names(cfg.n_layers)
     if (path / HF_INDEX).is_file():
         try:
             weight_map = dict(json.loads((path / HF_INDEX).read_text())["weight_map"])
@@ -174,32 +220,33 @@ def open_hf_llama(path: str | Path) -> HFLlamaDir:
     for file in sorted(set(weight_map.values())):
         if not (path / file).is_file():
             raise ColmError(f"{path / file} is missing (listed in {HF_INDEX}); download the shard again")
-    return HFLlamaDir(path, hf, weight_map)
+    return HFModelDir(path, hf, cfg, weight_map, to_colm)
 
 
-def import_config(src: HFLlamaDir) -> ColmConfig:
-    tokenizer = "tokenizer.json" if (src.path / HF_TOKENIZER).is_file() else "byte"
-    cfg = config_from_hf(src.hf_config, tokenizer=tokenizer)
-    if tokenizer == "byte" and cfg.vocab_size < 258:
-        raise ColmError(f"{src.path} has no {HF_TOKENIZER} and a vocabulary of {cfg.vocab_size} < 258, too small "
-                        "for colm's byte tokenizer; add the model's tokenizer.json")
-    return cfg
+def source_names(src: HFModelDir) -> dict[str, str]:
+    """colm tensor name -> the directory's tensor name, in colm's order (as colm writes every checkpoint),
+    refusing a missing or unexpected tensor."""
+    from colm_core.model import expected_shapes
 
-
-def imported_tensors(src: HFLlamaDir, cfg: ColmConfig, dtype: "torch.dtype") -> Iterator[tuple[str, "torch.Tensor"]]:
-    """The Llama tensors under their CoLM names, one at a time, checked against the config's shapes."""
-    from colm_core.checkpoint import expected_shapes
-
-    expected = expected_shapes(cfg)
-    to_colm = hf_to_colm_names(cfg.n_layers)
-    wanted = [h for h, c in to_colm.items() if c in expected]
     for name in src.weight_map:
-        if name not in to_colm and not name.endswith(IGNORED_HF_TENSORS):
+        if name not in src.to_colm and not name.endswith(IGNORED_HF_TENSORS):
             raise ColmError(f"{src.path}: unexpected tensor {name!r}; is this a plain LlamaForCausalLM?")
-    for name in wanted:
+    from_colm = {c: h for h, c in src.to_colm.items()}
+    names = {c: from_colm[c] for c in expected_shapes(src.config)}
+    for name in names.values():
         if name not in src.weight_map:
             raise ColmError(f"{src.path}: tensor {name!r} is missing; config.json says the model has it")
-    for name, tensor in src.tensors(wanted):
+    return names
+
+
+def imported_tensors(src: HFModelDir, dtype: "torch.dtype") -> Iterator[tuple[str, "torch.Tensor"]]:
+    """The directory's tensors under their colm names, one at a time, checked against the config's shapes."""
+    from colm_core.model import expected_shapes
+
+    expected = expected_shapes(src.config)
+    names = source_names(src)
+    to_colm = {h: c for c, h in names.items()}
+    for name, tensor in src.tensors(list(names.values())):
         colm_name = to_colm[name]
         if tuple(tensor.shape) != expected[colm_name]:
             raise ColmError(f"{src.path}: tensor {name!r} has shape {list(tensor.shape)}, "
@@ -208,31 +255,34 @@ def imported_tensors(src: HFLlamaDir, cfg: ColmConfig, dtype: "torch.dtype") -> 
         del tensor  # before the next one is read: one tensor in memory at a time
 
 
-def weights_dtype(src: HFLlamaDir) -> "torch.dtype":
+def weights_dtype(src: HFModelDir) -> "torch.dtype":
     """The embedding's dtype, from its file's header: colm stores one dtype, and Llama checkpoints use
     one for all weights."""
     import torch
 
     from colm_core.checkpoint import FLOAT_DTYPES, safetensors_header
 
-    name = "model.embed_tokens.weight"
+    name = source_names(src)["embed.0"]
     stored = safetensors_header(src.path / src.weight_map[name])[name][0]
     return {code: dtype for dtype, code in FLOAT_DTYPES.items()}.get(stored, torch.float32)
 
 
-def import_llama(hf_dir: str | Path, out: str | Path, *, verify: bool = True, force: bool = False) -> dict:
-    """Write a Hugging Face Llama directory as a 1-chain CoLM checkpoint; returns the verification report."""
+def import_hf(hf_dir: str | Path, out: str | Path, *, verify: bool = True, force: bool = False) -> dict:
+    """Write a Hugging Face Llama directory as a 1-chain CoLM checkpoint, or a `colm export --format hf`
+    directory as the checkpoint it was exported from; returns the verification report."""
     from colm_core.checkpoint import atomic_directory, check_output, history_entry, write_checkpoint
     from colm_core.tokenizer import load_tokenizer
-    from colm_core.verify import verify_import
+    from colm_core.verify import verify_import, verify_same_tensors
 
-    src = open_hf_llama(hf_dir)
+    src = open_hf_dir(hf_dir)
     check_output(out, force, inputs=[src.path])
-    cfg = import_config(src)
-    if "model.embed_tokens.weight" not in src.weight_map:
-        raise ColmError(f"{src.path}: tensor 'model.embed_tokens.weight' is missing; is this a LlamaForCausalLM?")
+    cfg = src.config
     tokenizer = load_tokenizer(cfg.tokenizer, src.path, cfg.bos_token_id, cfg.eos_token_id)
-    history = [history_entry("import", {"source": str(src.path)}, inputs=[src])]
+    history = src.history() + [history_entry("import", {"source": str(src.path)}, inputs=[src])]
     with atomic_directory(out, force) as tmp:
-        write_checkpoint(tmp, cfg, imported_tensors(src, cfg, weights_dtype(src)), tokenizer, history, force=True)
-        return verify_import(src.path, tmp) if verify else {}
+        write_checkpoint(tmp, cfg, imported_tensors(src, weights_dtype(src)), tokenizer, history, force=True)
+        if not verify:
+            return {}
+        if src.is_colm_export:
+            return verify_same_tensors(imported_tensors(src, weights_dtype(src)), tmp)
+        return verify_import(src.path, tmp)

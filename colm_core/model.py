@@ -247,3 +247,9 @@ def initial_value(name: str, shape, std: float, n_layers: int, generator: torch.
 def chain_of(tensor_name: str) -> int:
     """The (1-based) chain that owns a tensor: the last component of its name is the 0-based index."""
     return int(tensor_name.rsplit(".", 1)[1]) + 1
+
+
+def expected_shapes(cfg: ColmConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a model of this config has, by name, from the model definition itself."""
+    with torch.device("meta"):
+        return {name: tuple(t.shape) for name, t in CoLM(cfg).state_dict().items()}

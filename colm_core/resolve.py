@@ -7,20 +7,26 @@ from pathlib import Path
 
 from colm_core.cache import cache_root
 from colm_core.errors import ColmError
+from colm_core.references import HF_SCHEME
 
-HF_SCHEME = "hf://"
 
-
-def resolve_checkpoint(spec: str | Path) -> Path:
+def resolve_input(spec: str | Path) -> Path:
+    """The local directory a user's input names: a path, or `hf://ORG/NAME[@REVISION]`'s snapshot."""
     if isinstance(spec, str) and spec.startswith(HF_SCHEME):
         spec = resolve_hub_reference(spec)
     path = Path(spec)
     if not path.exists():
         raise ColmError(f"{spec}: no such checkpoint; check the path (create one with `colm init`)")
+    return path
+
+
+def resolve_checkpoint(spec: str | Path) -> Path:
+    """A colm checkpoint directory for a user's input; a Hugging Face directory is imported once into the cache."""
     from colm_core.llama import is_hf_model_dir
 
+    path = resolve_input(spec)
     if is_hf_model_dir(path):
-        return imported_hf_llama(path)
+        return imported_hf_dir(path)
     return path
 
 
@@ -43,19 +49,27 @@ def output_base(path: Path) -> Path:
     return Path(path)
 
 
-def imported_hf_llama(path: Path) -> Path:
-    """A Hugging Face Llama directory as a colm checkpoint, imported once into the cache.
+def imported_hf_dir(path: Path) -> Path:
+    """A Hugging Face directory (a Llama, or a `colm export --format hf`) as a colm checkpoint, imported
+    once into the cache.
 
-    The cache key hashes config.json and each weight file's name, size and modification time, so an
-    edited or re-downloaded model is imported again. Cache root: colm_core.cache.cache_root()."""
-    from colm_core.llama import HF_CONFIG, import_llama, open_hf_llama
+    The cache key hashes config.json, each weight file's name, size and modification time, and the
+    bytes of the tokenizer files and the export's history (or their absence), so an edited or
+    re-downloaded model, or a changed or removed tokenizer, is imported again.
+    Cache root: colm_core.cache.cache_root()."""
+    from colm_core.checkpoint import HISTORY_FILE
+    from colm_core.llama import HF_CONFIG, import_hf, open_hf_dir
+    from colm_core.tokenizer import TOKENIZER_FILES
 
-    src = open_hf_llama(path)
+    src = open_hf_dir(path)
     key = hashlib.sha256((src.path / HF_CONFIG).read_bytes())
     for file in src.files:
         stat = file.stat()
         key.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    for name in (*TOKENIZER_FILES, HISTORY_FILE):
+        file = src.path / name
+        key.update(f"{name}:".encode() + (hashlib.sha256(file.read_bytes()).digest() if file.is_file() else b"-"))
     cache = cache_root() / "imports" / f"{src.path.resolve().name}-{key.hexdigest()[:12]}"
     if not (cache / HF_CONFIG).is_file():
-        import_llama(src.path, cache, verify=False, force=True)  # `colm import` verifies; this is its cached twin
+        import_hf(src.path, cache, verify=False, force=True)  # `colm import` verifies; this is its cached twin
     return cache

@@ -10,11 +10,12 @@ skipped with --no-verify.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from colm_core.checkpoint import load
+from colm_core.checkpoint import load, open_checkpoint
 from colm_core.errors import ColmRuntimeError
 
 PROBE_SEED = 0
@@ -137,3 +138,15 @@ def verify_export(source: Path, exported: Path, fmt: str, dtype: torch.dtype) ->
             _close(report, f"export vs transformers (trust_remote_code) at 1..{k} chains", model(ids, chains=k),
                    theirs(ids, chains=k).logits)
     return report
+
+
+def verify_same_tensors(expected: Iterator[tuple[str, torch.Tensor]], imported: Path) -> dict:
+    """Every tensor of the imported checkpoint equals the source's bit for bit (a colm export read back:
+    its tensors are colm's, so nothing is recomputed and nothing may differ)."""
+    ckpt = open_checkpoint(imported)
+    different = [name for name, tensor in expected
+                 if not torch.equal(next(ckpt.tensors([name]))[1], tensor)]
+    if different:
+        raise ColmRuntimeError(f"verification failed: tensor {different[0]!r} differs from the source's; "
+                               "nothing was written")
+    return {"check": f"import vs the export's {len(ckpt.weight_map)} tensors, bit for bit", "exact": True}

@@ -23,3 +23,12 @@ def test_every_command_in_the_readme_exists():
     # `colm X` in code: at the start of a line, after a backtick, or after a pipe
     used = set(re.findall(r"(?m)(?:^\s*|`|\|\s+)colm ([a-z]+)\b", (REPO / "README.md").read_text()))
     assert used and used <= commands, used - commands
+
+
+def test_documented_shard_size_is_the_writers():
+    from colm_core.checkpoint import DEFAULT_MAX_SHARD_BYTES
+
+    size = f"{DEFAULT_MAX_SHARD_BYTES // 2**20} MiB"
+    for doc in ("checkpoint-format.md", "surgery.md"):
+        sizes = re.findall(r"(?:sharded at|above)\s+(\d+ [MG]iB)", (REPO / "docs" / doc).read_text())
+        assert sizes and set(sizes) == {size}, (doc, sizes)

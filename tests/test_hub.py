@@ -4,6 +4,8 @@ and `colm push` with only its requests replaced by a recording fake."""
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -278,3 +280,18 @@ def test_push_reads_the_checkpoint_from_stdin_with_one_argument(tmp_path):
     # Offline push is refused after the checkpoint came from stdin and the id was checked.
     assert_one_line_error(run_cli("push", "acme/x", input=f"{ckpt}\n", env=env), 2, "HF_HUB_OFFLINE")
     assert_one_line_error(run_cli("push", "acme--x", input=f"{ckpt}\n", env=env), 2, "not a valid Hub model id")
+
+
+def test_python_load_resolves_hf_references_like_the_commands(hub_cache):
+    script = ("import colm_core\n"
+              f"model = colm_core.load('hf://{REPO_ID}@v1')\n"
+              "print(model.config.n_chains, model.training)\n"
+              "try:\n"
+              "    colm_core.load('hf://colm-test/absent')\n"
+              "except colm_core.errors.ColmError as e:\n"
+              "    print(e)\n")
+    env = {**os.environ, **hub_cache["env"], "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    loaded, error = proc.stdout.splitlines()
+    assert loaded == "2 False"  # the v1 revision's 2 chains, in eval mode
+    assert error.startswith("hf://colm-test/absent is not cached")

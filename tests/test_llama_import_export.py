@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from colm_core.checkpoint import load, open_checkpoint, save
 from colm_core.errors import ColmError
 from colm_core.export import export
-from colm_core.llama import import_llama
+from colm_core.llama import import_hf
 from colm_core.tokenizer import ByteTokenizer
 from tests.conftest import assert_one_line_error, run_cli, tiny_model
 
@@ -65,7 +65,7 @@ def test_import_then_export_hf_llama_match_transformers(tmp_path, variant):
     if "sharded" in variant:
         assert (src / "model.safetensors.index.json").is_file()
     reference = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    import_llama(src, tmp_path / "colm", verify=False)
+    import_hf(src, tmp_path / "colm", verify=False)
     model = load(tmp_path / "colm")
     assert model.config.n_chains == 1 and model.config.tie_embeddings == HF_VARIANTS[variant]["tie_word_embeddings"]
     ids = probe()
@@ -85,7 +85,7 @@ def test_import_then_export_hf_llama_match_transformers(tmp_path, variant):
 
 def test_import_and_export_verify_and_record_provenance(tmp_path):
     src = hf_llama_dir(tmp_path / "hf", "tied")
-    report = import_llama(src, tmp_path / "colm")
+    report = import_hf(src, tmp_path / "colm")
     assert report["max_abs_diff"] <= report["tolerance"] and report["probe"] == [2, 32]
     report = export(tmp_path / "colm", tmp_path / "bf16", fmt="hf-llama", dtype=torch.bfloat16)
     assert report["max_abs_diff"] <= report["tolerance"]
@@ -127,8 +127,9 @@ def test_export_of_byte_tokenizer_is_an_equivalent_tokenizer_json(tmp_path):
     export(tmp_path / "m", tmp_path / "hf", fmt="hf", verify=False)
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
     text = "Héllo, wörld!\n\t≈ 🙂"
-    assert tok.encode(text) == ByteTokenizer().encode(text)
-    assert tok.decode(ByteTokenizer().encode(text)) == text
+    assert tok.encode(text) == ByteTokenizer().encode(text, add_special_tokens=True) == [256, *text.encode()]
+    assert tok.encode(text, add_special_tokens=False) == list(text.encode())
+    assert tok.decode(ByteTokenizer().encode(text), skip_special_tokens=True) == text
     assert tok.eos_token_id == 257 and tok.bos_token_id == 256
 
 
@@ -154,15 +155,157 @@ def test_import_refuses_what_it_cannot_convert(tmp_path):
     gpt2.mkdir()
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(ColmError, match="'GPT2LMHeadModel'.*is not supported; colm imports LlamaForCausalLM"):
-        import_llama(gpt2, tmp_path / "out")
+        import_hf(gpt2, tmp_path / "out")
     assert_one_line_error(run_cli("import", gpt2, "-o", tmp_path / "out"), 2, "colm imports LlamaForCausalLM")
     notes = tmp_path / "notes"
     notes.mkdir()
     with pytest.raises(ColmError, match="no config.json"):
-        import_llama(notes, tmp_path / "out")
+        import_hf(notes, tmp_path / "out")
     src = hf_llama_dir(tmp_path / "hf", "tied")
     with pytest.raises(ColmError, match="inside the input"):
-        import_llama(src, src / "colm")
+        import_hf(src, src / "colm")
     with pytest.raises(ColmError, match="--format gguf: choose one of hf-llama, hf"):
         export(src, tmp_path / "out", fmt="gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "hf", "notes"]
+
+
+# --- tokenizers and Hugging Face round trips --------------------------------------------------
+
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+
+
+def save_hf_tokenizer(path, adds_bos: bool, chat_template: str | None = None):
+    """tokenizer.json + tokenizer_config.json as transformers saves them, with a BOS policy of their own."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = bpe_tokenizer()
+    tok.post_processor = (processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)]) if adds_bos
+                          else processors.ByteLevel(trim_offsets=False))  # SmolLM2's: no BOS
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            chat_template=chat_template).save_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)
+
+
+@pytest.mark.parametrize("adds_bos", [False, True])
+def test_bos_follows_the_tokenizer_and_greedy_generation_matches_transformers(tmp_path, adds_bos):
+    import colm_core
+    from colm_core.evaluate import token_stream
+
+    src = hf_llama_dir(tmp_path / "hf", "tied")
+    reference_tok = save_hf_tokenizer(src, adds_bos)
+    prompt = "It is a truth universally"
+    inputs = reference_tok(prompt, return_tensors="pt")
+    assert (inputs.input_ids[0, 0].item() == 1) == adds_bos  # the tokenizer itself decides
+    reference = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    expected = reference.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs.input_ids.shape[1]:]
+
+    model = colm_core.load(str(src))  # a Hugging Face directory, as every command reads it
+    out = colm_core.generate(model, prompt, max_new_tokens=12)
+    assert out["prompt_ids"] == inputs.input_ids[0].tolist()
+    assert out["token_ids"] == expected.tolist()[: len(out["token_ids"])] and len(out["token_ids"]) > 1
+    assert token_stream(model.tokenizer, [prompt]) == inputs.input_ids[0].tolist() + [2]  # evaluation, training
+
+    if not adds_bos:  # the CLI used to prepend config.bos_token_id whatever the tokenizer said
+        proc = run_cli("generate", src, "--prompt", prompt, "--max-new-tokens", "12", "--json",
+                       env={"COLM_CACHE_DIR": str(tmp_path / "cache")}, check=True)
+        report = json.loads(proc.stdout)
+        assert report["prompt_ids"] == out["prompt_ids"] and report["token_ids"] == out["token_ids"]
+
+
+def test_chat_template_and_special_tokens_survive_import_and_export(tmp_path):
+    src = hf_llama_dir(tmp_path / "hf", "tied")
+    source_tok = save_hf_tokenizer(src, adds_bos=True, chat_template=CHAT_TEMPLATE)
+    run_cli("import", src, "-o", tmp_path / "colm", "--no-verify", check=True)
+    export(tmp_path / "colm", tmp_path / "out", fmt="hf-llama", verify=False)
+    exported = AutoTokenizer.from_pretrained(tmp_path / "out")
+    messages = [{"role": "user", "content": "Who is Emma?"}]
+    rendered = source_tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered.startswith("<s>user: Who is Emma?</s>")
+    assert exported.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == rendered
+    assert (exported.unk_token, exported.bos_token, exported.eos_token) == ("<unk>", "<s>", "</s>")
+    assert exported(TEXT).input_ids == source_tok(TEXT).input_ids
+
+
+def test_the_import_cache_follows_the_tokenizer_and_a_missing_one_is_refused(tmp_path, monkeypatch):
+    from colm_core.resolve import resolve_checkpoint
+
+    monkeypatch.setenv("COLM_CACHE_DIR", str(tmp_path / "cache"))
+    src = hf_llama_dir(tmp_path / "hf", "tied")
+    first = load(resolve_checkpoint(src))
+    assert first.tokenizer.encode(TEXT) == bpe_tokenizer().encode(TEXT).ids
+    other = bpe_tokenizer(vocab_size=100)
+    other.save(str(src / "tokenizer.json"))
+    assert load(resolve_checkpoint(src)).tokenizer.encode(TEXT) == other.encode(TEXT).ids
+    (src / "tokenizer.json").unlink()  # vocabulary 128: the byte tokenizer would be gibberish
+    with pytest.raises(ColmError, match="has no tokenizer.json, and its vocabulary of 128 tokens"):
+        resolve_checkpoint(src)
+    assert_one_line_error(run_cli("eval", src, "--data", __file__, env={"COLM_CACHE_DIR": str(tmp_path / "c2")}), 2,
+                          f"copy the model's tokenizer.json into the directory")
+
+
+def test_colm_reads_its_own_hf_export_back_exactly(tmp_path):
+    import colm_core
+
+    model = tiny_model(tie_embeddings=True)
+    save(model, tmp_path / "m")
+    export(tmp_path / "m", tmp_path / "hf", fmt="hf", verify=False)
+    env = {"COLM_CACHE_DIR": str(tmp_path / "cache")}
+    report = json.loads(run_cli("inspect", tmp_path / "hf", "--json", env=env, check=True).stdout)
+    assert report["config"] == open_checkpoint(tmp_path / "m").config.to_dict()
+    assert [h["command"] for h in report["history"]] == ["export"]
+    assert not (tmp_path / "cache").exists()  # inspect reads a Hugging Face directory in place
+
+    proc = run_cli("import", tmp_path / "hf", "-o", tmp_path / "back", check=True)
+    assert "verified import vs the export's" in proc.stderr
+    original, back = open_checkpoint(tmp_path / "m"), open_checkpoint(tmp_path / "back")
+    assert back.config == original.config and back.config.tokenizer == "byte"
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(original.tensors(), back.tensors(original.weight_map)))
+    assert [h["command"] for h in back.history] == ["export", "import"]
+
+    loaded = colm_core.load(str(tmp_path / "hf"))  # as every command reads it
+    assert not loaded.training
+    ids = torch.randint(0, 97, (1, 10))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids, chains=2), model(ids, chains=2))
+
+
+def test_import_without_output_writes_into_the_working_directory(tmp_path):
+    src = hf_llama_dir(tmp_path / "models" / "hf", "tied")
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = run_cli("import", src, "--no-verify", cwd=work, check=True)
+    assert proc.stdout.strip() == str(work / "hf-colm")
+    assert sorted(p.name for p in src.parent.iterdir()) == ["hf"]
+
+
+def test_slice_of_expand_of_an_imported_model_is_the_same_bytes(tmp_path):
+    from colm_core.surgery import expand, slice_
+
+    src = hf_llama_dir(tmp_path / "hf", "rope-scaling-sharded")
+    import_hf(src, tmp_path / "m", verify=False)
+    expand(tmp_path / "m", tmp_path / "big", add_chains=2, verify=False)
+    slice_(tmp_path / "big", tmp_path / "back", chains=1, verify=False)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (tmp_path / "back" / name).read_bytes() == (tmp_path / "m" / name).read_bytes(), name
+
+
+def test_sequence_start_is_what_transformers_encodes_whatever_tokenizer_config_says(tmp_path):
+    from colm_core.tokenizer import HFTokenizer
+
+    tok = bpe_tokenizer()
+    tok.post_processor = None
+    tok.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>"}))
+    theirs = AutoTokenizer.from_pretrained(tmp_path)(TEXT).input_ids
+    assert HFTokenizer(tmp_path / "tokenizer.json", bos_id=1, eos_id=2).encode(TEXT, add_special_tokens=True) == theirs
+
+
+def test_a_byte_vocabulary_imports_without_tokenizer_json(tmp_path):
+    cfg = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
+    import_hf(tmp_path / "hf", tmp_path / "colm", verify=False)
+    assert open_checkpoint(tmp_path / "colm").config.tokenizer == "byte"
