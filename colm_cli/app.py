@@ -333,12 +333,15 @@ def generate(
 
 @app.command()
 def inspect(ckpt: CkptArg = None,
-            json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False):
+            json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+            verify: Annotated[bool, typer.Option(
+                "--verify", help="Re-hash the files and compare them with the sha256 digests recorded when the "
+                                 "checkpoint was written; exit 1 naming the first that differs.")] = False):
     """Show a checkpoint's chains, parameters, shapes, config and history."""
     from colm_cli.render import render
     from colm_core.inspect import describe
 
-    report = describe(input_path(ckpt))
+    report = describe(input_path(ckpt), verify=verify)
     render(report, err)
     if json_out:
         emit_json(report)

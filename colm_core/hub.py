@@ -36,7 +36,8 @@ from colm_core.resolve import HF_SCHEME
 
 # Top-level files of a colm checkpoint or of a Llama `transformers` repo: nothing else is downloaded.
 CHECKPOINT_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json",
-                       "tokenizer_config.json", "generation_config.json", "colm_history.json", "README.md"]
+                       "tokenizer_config.json", "generation_config.json", "colm_history.json", "README.md",
+                       "digests.json"]
 # Subfolders hold what colm never reads (e.g. a Llama repo's original/ pickled weights).
 SUBFOLDER_PATTERNS = ["*/*"]
 # Where huggingface_hub caches a model repo: .../models--ORG--NAME/snapshots/COMMIT (ids never hold "--").
@@ -116,10 +117,10 @@ def pull(reference: str, revision: str | None = None, output: Path | None = None
 
 def checkpoint_files(ckpt) -> list[Path]:
     """The files that make up a validated checkpoint, its model card aside."""
-    from colm_core.checkpoint import CONFIG_FILE, HISTORY_FILE, INDEX_FILE
+    from colm_core.checkpoint import CONFIG_FILE, DIGESTS_FILE, HISTORY_FILE, INDEX_FILE
     from colm_core.tokenizer import TOKENIZER_FILE
 
-    names = [CONFIG_FILE, INDEX_FILE, HISTORY_FILE, TOKENIZER_FILE]
+    names = [CONFIG_FILE, INDEX_FILE, HISTORY_FILE, TOKENIZER_FILE, DIGESTS_FILE]
     return [ckpt.path / n for n in names if (ckpt.path / n).is_file()] + ckpt.files
 
 

@@ -192,7 +192,8 @@ def imported_tensors(src: HFLlamaDir, cfg: ColmConfig, dtype: "torch.dtype") -> 
 
     expected = expected_shapes(cfg)
     to_colm = hf_to_colm_names(cfg.n_layers)
-    wanted = [h for h, c in to_colm.items() if c in expected]
+    to_hf = colm_to_hf_names(cfg.n_layers)
+    wanted = [to_hf[c] for c in expected]  # in the model's order, the order write_checkpoint takes
     for name in src.weight_map:
         if name not in to_colm and not name.endswith(IGNORED_HF_TENSORS):
             raise ColmError(f"{src.path}: unexpected tensor {name!r}; is this a plain LlamaForCausalLM?")
