@@ -333,13 +333,16 @@ def generate(
 
 @app.command()
 def inspect(ckpt: CkptArg = None,
-            json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False):
+            json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+            verify: Annotated[bool, typer.Option(
+                "--verify", help="Re-hash the files and compare them with the sha256 digests recorded when the "
+                                 "checkpoint was written; exit 1 naming the first that differs.")] = False):
     """Show a checkpoint's chains, parameters, shapes, config and history (a Hugging Face directory is read
     in place, not imported)."""
     from colm_cli.render import render
     from colm_core.inspect import describe
 
-    report = describe(input_path(ckpt, import_hf=False))
+    report = describe(input_path(ckpt, import_hf=False), verify=verify)
     render(report, err)
     if json_out:
         emit_json(report)

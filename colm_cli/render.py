@@ -29,6 +29,8 @@ def render(report: dict, console: Console) -> None:
         args = ", ".join(f"{k}={v}" for k, v in h.get("args", {}).items() if v is not None)
         history.add_row(h.get("time", "?"), h.get("command", "?"), args)
     console.print(Group(chains_table(report), config, history))
+    if report["verified"]:
+        console.print(f"verified: {len(report['digests'])} files match the sha256 recorded in digests.json")
 
 
 def eval_table(report: dict) -> Table:

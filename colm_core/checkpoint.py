@@ -6,10 +6,14 @@
                                     and chat_template.jinja when it has them)
     colm_history.json               one entry per command that produced or changed this model
     README.md                       model card
+    digests.json                    sha256 of each file above but the card, recorded as it was written
 
 Opening a checkpoint checks the config against every tensor's name, shape and dtype, and the
 index against the shard headers, and reports the first mismatch by name. Only safetensors are
 read: no pickle is ever loaded. Writes go to a temporary directory renamed into place.
+
+The writer hashes the weights as it writes them, so a later command records its input's sha256
+in the history from digests.json instead of reading the whole input again.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import itertools
 import json
+import math
 import os
 import shutil
 import sys
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,7 +39,7 @@ from safetensors import SafetensorError, safe_open
 
 from colm_core.card import model_card
 from colm_core.config import ColmConfig
-from colm_core.errors import ColmError
+from colm_core.errors import ColmError, ColmRuntimeError
 from colm_core.model import expected_shapes
 from colm_core.tokenizer import load_tokenizer
 
@@ -41,6 +48,7 @@ WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 HISTORY_FILE = "colm_history.json"
 CARD_FILE = "README.md"
+DIGESTS_FILE = "digests.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 FLOAT_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -68,6 +76,7 @@ class Checkpoint:
     weight_map: dict[str, str]  # tensor name -> safetensors file name
     dtype: torch.dtype
     history: list[dict]
+    digests: dict[str, str] = field(default_factory=dict)  # file name -> sha256 recorded when it was written
 
     def tokenizer(self):
         c = self.config
@@ -195,7 +204,21 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             history = json.loads((path / HISTORY_FILE).read_text())
         except json.JSONDecodeError as e:
             raise ColmError(f"{path / HISTORY_FILE}: not valid JSON ({e}); fix or delete it") from None
-    return Checkpoint(path, config, weight_map, names[dtypes.pop()], history)
+    return Checkpoint(path, config, weight_map, names[dtypes.pop()], history, read_digests(path))
+
+
+def read_digests(path: Path) -> dict[str, str]:
+    """The sha256 of each file recorded in DIGESTS_FILE; empty for a checkpoint written without one."""
+    if not (path / DIGESTS_FILE).is_file():
+        return {}
+    try:
+        digests = json.loads((path / DIGESTS_FILE).read_text())["sha256"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
+            raise TypeError("file names and digests must be strings")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list ({e}); restore it from the source "
+                        "or delete it (the files are then hashed when needed)") from None
+    return digests
 
 
 def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
@@ -272,90 +295,137 @@ def atomic_directory(path: str | Path, force: bool = False):
         raise
 
 
-def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], max_shard_bytes: int) -> None:
-    """Write tensors as one safetensors file, or as shards plus an index when they exceed max_shard_bytes.
+def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], shapes: dict[str, tuple[int, ...]],
+                  max_shard_bytes: int) -> dict[str, str]:
+    """Write tensors as one safetensors file, or as shards plus an index when they exceed max_shard_bytes;
+    return the sha256 of each safetensors file written.
 
-    Tensors may come from a generator and go to disk as they arrive: a shard's tensor data is written
-    to a scratch file, then the shard becomes its header followed by that data. Only one tensor is
-    held in memory, so surgery on a large checkpoint needs little more than its largest tensor."""
-    shards: list[list[str]] = []
-    header: dict[str, dict] = {}
-    data = None
+    Tensors may come from a generator, one at a time, in the order and with the shapes of `shapes`,
+    all of one dtype. With that layout known up front, each shard's header is written first and every
+    tensor goes straight to its place in the file, hashed on the way: only one tensor is held in
+    memory (surgery on a large checkpoint needs little more than its largest tensor), and no byte
+    written is read back to hash it."""
+    tensors = iter(tensors)
+    first = next(tensors, None)
+    dtype = first[1].dtype if first is not None else torch.float32
+    tensors = itertools.chain([first] if first is not None else [], tensors)
+
+    shards: list[dict[str, tuple[int, ...]]] = [{}]
     size = total = 0
-
-    def flush():
-        nonlocal data, header, size
-        data.close()
-        meta = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
-        meta += b" " * (-len(meta) % 8)  # the data starts 8-byte aligned, as safetensors writes it
-        scratch = directory / f"shard-{len(shards):05d}.data"
-        with open(directory / f"shard-{len(shards):05d}.tmp", "wb") as out, open(scratch, "rb") as src:
-            out.write(len(meta).to_bytes(8, "little") + meta)
-            out.flush()
-            copied = 0
-            while copied < size:  # in the kernel: the data never passes through this process
-                copied += os.sendfile(out.fileno(), src.fileno(), copied, size - copied)
-        scratch.unlink()
-        shards.append(list(header))
-        header, data, size = {}, None, 0
-
-    for name, tensor in tensors:
-        tensor = tensor.detach().to("cpu").contiguous()
-        nbytes = tensor.numel() * tensor.element_size()
-        if header and size + nbytes > max_shard_bytes:
-            flush()
-        if data is None:
-            data = open(directory / f"shard-{len(shards):05d}.data", "wb")
-        data.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
-        header[name] = {"dtype": SAFETENSORS_NAMES[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [size, size + nbytes]}
+    for name, shape in shapes.items():
+        nbytes = math.prod(shape) * dtype.itemsize
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tuple(shape)
         size += nbytes
         total += nbytes
-        del tensor  # before the generator makes the next one: one tensor in memory at a time
-    if data is not None:
-        flush()
+    files = [WEIGHTS_FILE] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
 
-    if len(shards) == 1:
-        os.replace(directory / "shard-00000.tmp", directory / WEIGHTS_FILE)
-        return
-    weight_map = {}
-    for i, names in enumerate(shards):
-        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        os.replace(directory / f"shard-{i:05d}.tmp", directory / file)
-        weight_map.update({n: file for n in names})
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    digests = {}
+    with ThreadPoolExecutor(1) as hasher:
+        for file, shard in zip(files, shards):
+            header, offset = {}, 0
+            for name, shape in shard.items():
+                nbytes = math.prod(shape) * dtype.itemsize
+                header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape),
+                                "data_offsets": [offset, offset + nbytes]}
+                offset += nbytes
+            meta = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
+            meta += b" " * (-len(meta) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+            digest = hashlib.sha256()
+            with open(directory / file, "wb") as out:
+                write_hashed(out, digest, len(meta).to_bytes(8, "little") + meta, hasher)
+                for name, shape in shard.items():
+                    got, tensor = next(tensors, (None, torch.empty(0)))
+                    if got != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
+                        raise ValueError(f"write_weights expected {name} {list(shape)} {dtype}, "
+                                         f"got {got} {list(tensor.shape)} {tensor.dtype}")
+                    tensor = tensor.detach().to("cpu").contiguous()
+                    write_hashed(out, digest, tensor.reshape(-1).view(torch.uint8).numpy().data, hasher)
+                    del tensor  # before the generator makes the next one: one tensor in memory at a time
+            digests[file] = digest.hexdigest()
+    extra = next(tensors, None)
+    if extra is not None:
+        raise ValueError(f"write_weights got {extra[0]}, which is not in the layout")
+
+    if len(files) > 1:
+        weight_map = {name: file for file, shard in zip(files, shards) for name in shard}
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    return digests
+
+
+def write_hashed(out, digest, data, hasher: ThreadPoolExecutor) -> None:
+    """out.write(data) and digest.update(data) side by side: both release the GIL, so the hash (the
+    slower of the two) runs on another core during the write instead of after it."""
+    hashed = hasher.submit(digest.update, data)
+    out.write(data)
+    hashed.result()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tuple[str, torch.Tensor]],
                      tokenizer, history: list[dict], *, force: bool = False,
                      max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+    """Write a checkpoint; `tensors` come one at a time in the model's order (expected_shapes)."""
     path = Path(path)
     with atomic_directory(path, force) as tmp:
         config.save(tmp / CONFIG_FILE)
-        write_weights(tmp, tensors, max_shard_bytes)
+        digests = write_weights(tmp, tensors, expected_shapes(config), max_shard_bytes)
         tokenizer.save(tmp)
         write_history(tmp, history)
+        # The small files (config, index, tokenizer, history) are hashed from disk: kilobytes. The card is
+        # left out: `colm push` regenerates it.
+        digests |= {f.name: file_sha256(f) for f in tmp.iterdir() if f.name not in digests}
         (tmp / CARD_FILE).write_text(model_card(config, history))
+        (tmp / DIGESTS_FILE).write_text(json.dumps({"sha256": dict(sorted(digests.items()))}, indent=2) + "\n")
     return path
 
 
 # --- provenance ------------------------------------------------------------------------------
 
 
-def weights_digest(ckpt: Checkpoint) -> str:
-    """sha256 over the checkpoint's safetensors files, in file-name order."""
-    h = hashlib.sha256()
-    for file in ckpt.files:
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
+def weights_digest(ckpt) -> str:
+    """The weights as one sha256, derived from each safetensors file's: the sha256 of the lines
+    "<file's sha256>  <file name>\\n" in file-name order, which is what `sha256sum *.safetensors |
+    sha256sum` prints in the directory. A file's recorded digest is used where there is one; the
+    others (Hugging Face directories, checkpoints from before digests.json) are read and hashed."""
+    recorded = ckpt.digests if isinstance(ckpt, Checkpoint) else {}
+    lines = "".join(f"{recorded.get(f.name) or file_sha256(f)}  {f.name}\n" for f in ckpt.files)
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def has_recorded_digests(ckpt) -> bool:
+    return isinstance(ckpt, Checkpoint) and all(f.name in ckpt.digests for f in ckpt.files)
+
+
+def verify_digests(ckpt: Checkpoint) -> dict[str, str]:
+    """Hash every file digests.json lists and compare; a mismatch names the first file, in name order."""
+    if not ckpt.digests:
+        raise ColmError(f"{ckpt.path} has no {DIGESTS_FILE} (written before colm recorded digests), so there is "
+                        "nothing to verify against; omit --verify")
+    for name, recorded in sorted(ckpt.digests.items()):
+        file = ckpt.path / name
+        if not file.is_file():
+            raise ColmRuntimeError(f"{file} is missing, but {DIGESTS_FILE} lists it; restore it from the source")
+        if file_sha256(file) != recorded:
+            raise ColmRuntimeError(f"{file} does not match its sha256 in {DIGESTS_FILE}: it changed after colm "
+                                   "wrote it; restore it from the source")
+    return ckpt.digests
 
 
 class BackgroundDigest:
-    """weights_digest computed in a thread while the command does its work (hashlib releases the
-    GIL), so that recording a large input's checksum adds little to a streaming command's time.
+    """weights_digest of an input without recorded digests, computed in a thread while the command
+    does its work (hashlib releases the GIL), so that it adds little to a streaming command's time.
     write_history resolves it."""
 
     def __init__(self, ckpt: Checkpoint):
@@ -386,7 +456,8 @@ def history_entry(command: str, args: dict, inputs: Iterable[Checkpoint] = ()) -
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
         "colm_version": __version__,
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "inputs": [{"path": str(c.path), "sha256": BackgroundDigest(c)} for c in inputs],
+        "inputs": [{"path": str(c.path),
+                    "sha256": weights_digest(c) if has_recorded_digests(c) else BackgroundDigest(c)} for c in inputs],
     }
 
 

@@ -20,7 +20,7 @@ import torch
 
 from colm_core.card import model_card
 from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, DTYPE_NAMES, Checkpoint, atomic_directory,
-                                  check_output, history_entry, open_checkpoint, write_history,
+                                  check_output, expected_shapes, history_entry, open_checkpoint, write_history,
                                   write_weights)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
@@ -94,10 +94,16 @@ def hf_colm_config(cfg: ColmConfig, dtype: torch.dtype) -> dict:
     }
 
 
+def exported_names(cfg: ColmConfig, fmt: str) -> dict[str, str]:
+    """colm tensor name -> exported name, in the model's order."""
+    hf_names = colm_to_hf_names(cfg.n_layers) if fmt == "hf-llama" else {}
+    return {name: hf_names.get(name, name) for name in expected_shapes(cfg)}
+
+
 def exported_tensors(ckpt: Checkpoint, fmt: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    names = colm_to_hf_names(ckpt.config.n_layers) if fmt == "hf-llama" else None
-    for name, tensor in ckpt.tensors():
-        yield (names[name] if names else name), tensor.to(dtype)
+    names = exported_names(ckpt.config, fmt)
+    for name, tensor in ckpt.tensors(names):
+        yield names[name], tensor.to(dtype)
         del tensor  # before the next one is read: one tensor in memory at a time
 
 
@@ -119,7 +125,9 @@ def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None,
     with atomic_directory(out, force) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(cfg), indent=2) + "\n")
-        write_weights(tmp, exported_tensors(ckpt, fmt, dtype), max_shard_bytes)
+        shapes = expected_shapes(cfg)
+        layout = {exported: shapes[name] for name, exported in exported_names(cfg, fmt).items()}
+        write_weights(tmp, exported_tensors(ckpt, fmt, dtype), layout, max_shard_bytes)
         if fmt == "hf":
             shutil.copyfile(MODELING_FILE, tmp / MODELING_FILE.name)
         write_tokenizer(ckpt, tmp)

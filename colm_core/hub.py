@@ -35,7 +35,7 @@ from colm_core.tokenizer import TOKENIZER_FILES
 
 # Top-level files of a colm checkpoint or of a Llama `transformers` repo: nothing else is downloaded.
 CHECKPOINT_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES,
-                       "generation_config.json", "colm_history.json", "README.md"]
+                       "generation_config.json", "colm_history.json", "README.md", "digests.json"]
 # Subfolders hold what colm never reads (e.g. a Llama repo's original/ pickled weights).
 SUBFOLDER_PATTERNS = ["*/*"]
 
@@ -91,9 +91,9 @@ def pull(reference: str, revision: str | None = None, output: Path | None = None
 
 def checkpoint_files(ckpt) -> list[Path]:
     """The files that make up a validated checkpoint, its model card aside."""
-    from colm_core.checkpoint import CONFIG_FILE, HISTORY_FILE, INDEX_FILE
+    from colm_core.checkpoint import CONFIG_FILE, DIGESTS_FILE, HISTORY_FILE, INDEX_FILE
 
-    names = [CONFIG_FILE, INDEX_FILE, HISTORY_FILE, *TOKENIZER_FILES]
+    names = [CONFIG_FILE, INDEX_FILE, HISTORY_FILE, *TOKENIZER_FILES, DIGESTS_FILE]
     return [ckpt.path / n for n in names if (ckpt.path / n).is_file()] + ckpt.files
 
 

@@ -1,4 +1,5 @@
-"""`colm inspect`: what a checkpoint holds, read from its headers (no weights are loaded).
+"""`colm inspect`: what a checkpoint holds, read from its headers (no weights are loaded unless
+`verify` re-hashes the files against the digests recorded when they were written).
 
 A Hugging Face directory (a Llama, or a `colm export --format hf`) is described in place as the
 checkpoint it would import as: nothing is copied into the cache."""
@@ -8,19 +9,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from colm_core.card import parameters_per_chain
-from colm_core.checkpoint import open_checkpoint
+from colm_core.checkpoint import open_checkpoint, verify_digests
+from colm_core.errors import ColmError
 from colm_core.llama import is_hf_model_dir, open_hf_dir, source_names, weights_dtype
 from colm_core.model import expected_shapes
 
 
-def describe(path: Path) -> dict:
+def describe(path: Path, verify: bool = False) -> dict:
+    """The report; with `verify`, every recorded file is re-hashed first and a mismatch raises."""
     if is_hf_model_dir(path):
+        if verify:
+            raise ColmError(f"{path} is a Hugging Face directory, which records no digests to verify; omit --verify")
         src = open_hf_dir(path)
         source_names(src)  # every tensor the config implies is there, and no other
-        cfg, dtype, files, history = src.config, weights_dtype(src), src.files, src.history()
+        cfg, dtype, files, history, digests = src.config, weights_dtype(src), src.files, src.history(), {}
     else:
         ckpt = open_checkpoint(path)
-        cfg, dtype, files, history = ckpt.config, ckpt.dtype, ckpt.files, ckpt.history
+        if verify:
+            verify_digests(ckpt)
+        cfg, dtype, files, history, digests = ckpt.config, ckpt.dtype, ckpt.files, ckpt.history, ckpt.digests
     per_chain = parameters_per_chain(cfg)
     chains, running = [], 0
     for i, n in enumerate(per_chain):
@@ -36,4 +43,6 @@ def describe(path: Path) -> dict:
         "files": [f.name for f in files],
         "shapes": {name: list(shape) for name, shape in expected_shapes(cfg).items()},
         "history": history,
+        "digests": digests,
+        "verified": verify,
     }

@@ -50,11 +50,15 @@ class ChainRMSNorm(nn.Module):
 
 
 def rope_inv_freq(cfg: ColmConfig) -> torch.Tensor:
-    """Llama RoPE frequencies, with Llama-3 long-context scaling when configured."""
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64).float() / cfg.head_dim))
+    """Llama RoPE frequencies, with Llama-3 long-context scaling when configured, on the default device.
+
+    Computed on the CPU and then moved: on the meta device (expected_shapes) arange would first import
+    torch's symbolic-shape machinery, seconds added to every command that opens a checkpoint."""
+    positions = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device="cpu")
+    inv_freq = 1.0 / (cfg.rope_theta ** (positions.float() / cfg.head_dim))
     s = cfg.rope_scaling
     if s is None:
-        return inv_freq
+        return inv_freq.to(torch.get_default_device())
     low_wavelen = s["original_max_position_embeddings"] / s["low_freq_factor"]
     high_wavelen = s["original_max_position_embeddings"] / s["high_freq_factor"]
     wavelen = 2 * math.pi / inv_freq
@@ -63,7 +67,7 @@ def rope_inv_freq(cfg: ColmConfig) -> torch.Tensor:
         s["high_freq_factor"] - s["low_freq_factor"])
     smoothed = (1 - smooth) * scaled / s["factor"] + smooth * scaled
     is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
-    return torch.where(is_medium, smoothed, scaled)
+    return torch.where(is_medium, smoothed, scaled).to(torch.get_default_device())
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The checkpoint directory: bitwise round trips, sharding, and one-line errors for every kind of damage."""
 
+import hashlib
 import json
 
 import pytest
@@ -134,15 +135,62 @@ def test_damaged_checkpoint_gives_one_line_error(tmp_path, how, message):
         assert_one_line_error(run_cli(*command), 2, message)
 
 
-def test_history_records_the_input_checksum(tmp_path):
-    import hashlib
+# --- digests: recorded at write time, used for provenance, checked by `colm inspect --verify` ------
 
-    from colm_core.checkpoint import history_entry
+
+def sha256_of(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def weights_manifest_sha256(path) -> str:
+    """The documented whole-weights digest: sha256 of `sha256sum *.safetensors` output, by name."""
+    lines = "".join(f"{sha256_of(f)}  {f.name}\n" for f in sorted(path.glob("*.safetensors")))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def flip_last_byte(path) -> None:
+    """Change one weight value: the last byte of a safetensors file is tensor data, so it still opens."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_recorded_digests_are_the_files_sha256(tmp_path):
+    save(tiny_model(), tmp_path / "m", max_shard_bytes=20_000)
+    recorded = json.loads((tmp_path / "m" / "digests.json").read_text())["sha256"]
+    on_disk = {f.name: sha256_of(f) for f in (tmp_path / "m").iterdir() if f.name not in ("README.md", "digests.json")}
+    assert recorded == on_disk
+    assert {"config.json", "colm_history.json", INDEX_FILE} < recorded.keys()
+    assert sum(name.endswith(".safetensors") for name in recorded) > 3
+
+
+def test_history_takes_the_inputs_recorded_digest_else_hashes_it(tmp_path):
+    from colm_core.surgery import slice_
 
     save(tiny_model(), tmp_path / "a")
-    src = open_checkpoint(tmp_path / "a")
-    model = load(tmp_path / "a")
-    save(model, tmp_path / "b", history=src.history + [history_entry("copy", {}, inputs=[src])])
-    recorded = json.loads((tmp_path / "b" / "colm_history.json").read_text())[-1]["inputs"][0]
-    assert recorded == {"path": str(tmp_path / "a"),
-                        "sha256": hashlib.sha256((tmp_path / "a" / "model.safetensors").read_bytes()).hexdigest()}
+    written = weights_manifest_sha256(tmp_path / "a")
+    flip_last_byte(tmp_path / "a" / "model.safetensors")  # only a command that reads the file could see this
+    slice_(tmp_path / "a", tmp_path / "b", chains=2, verify=False)
+    recorded = json.loads((tmp_path / "b" / "colm_history.json").read_text())[-1]["inputs"]
+    assert recorded == [{"path": str(tmp_path / "a"), "sha256": written}]
+
+    (tmp_path / "a" / "digests.json").unlink()  # as a checkpoint from before digests were recorded
+    slice_(tmp_path / "a", tmp_path / "c", chains=2, verify=False)
+    recorded = json.loads((tmp_path / "c" / "colm_history.json").read_text())[-1]["inputs"]
+    assert recorded == [{"path": str(tmp_path / "a"), "sha256": weights_manifest_sha256(tmp_path / "a")}]
+    assert recorded[0]["sha256"] != written
+
+
+def test_inspect_verify_rehashes_every_file(tmp_path):
+    save(tiny_model(), tmp_path / "m", max_shard_bytes=20_000)
+    proc = run_cli("inspect", "--verify", "--json", tmp_path / "m", check=True)
+    assert json.loads(proc.stdout)["verified"] is True
+    assert json.loads(run_cli("inspect", "--json", tmp_path / "m", check=True).stdout)["verified"] is False
+
+    shard = sorted((tmp_path / "m").glob("*.safetensors"))[2]
+    flip_last_byte(shard)
+    assert_one_line_error(run_cli("inspect", "--verify", tmp_path / "m"), 1, f"{shard} does not match its sha256")
+    assert run_cli("inspect", tmp_path / "m").returncode == 0  # still a valid checkpoint; only --verify checks
+
+    (tmp_path / "m" / "digests.json").unlink()
+    assert_one_line_error(run_cli("inspect", "--verify", tmp_path / "m"), 2, "nothing to verify against")

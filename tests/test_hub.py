@@ -245,7 +245,8 @@ def test_push_uploads_the_checkpoint_and_a_fresh_card_without_touching_the_input
 
     shards = sorted(set(open_checkpoint(ckpt).weight_map.values()))
     assert len(shards) > 1
-    expected = {"config.json", "colm_history.json", "model.safetensors.index.json", "README.md", *shards}
+    expected = {"config.json", "colm_history.json", "model.safetensors.index.json", "README.md", "digests.json",
+                *shards}
     assert set(fake.uploaded) == expected
     assert all(fake.uploaded[name] == before[name] for name in expected - {"README.md"})
 

@@ -187,7 +187,7 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     assert_one_line_error(run_cli("expand", src, "-o", src / "inner"), 2, "inside the input")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert sorted(p.name for p in src.iterdir()) == ["README.md", "colm_history.json", "config.json",
-                                                     "model.safetensors"]
+                                                     "digests.json", "model.safetensors"]
 
 
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
