@@ -8,7 +8,6 @@
 - reference: the obviously-correct dense formulations (debugging, the tests' ground truth).
 """
 
-import functools
 import importlib.util
 import os
 
@@ -18,9 +17,9 @@ BACKENDS = ("torch", "triton", "reference")
 DEFAULT = "torch"
 
 
-@functools.cache
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+# Looked up once at import, not behind functools.cache: torch.compile traces every kernel call's
+# backend choice, and dynamo does not honour a cache wrapper.
+TRITON_FOUND = importlib.util.find_spec("triton") is not None
 
 
 def selected(device: torch.device) -> str:
@@ -29,7 +28,7 @@ def selected(device: torch.device) -> str:
     if name not in BACKENDS:
         raise ValueError(f"COLM_KERNELS={name!r} is not a kernel backend; set it to one of {', '.join(BACKENDS)}")
     if name == "triton":
-        if not triton_available():
+        if not TRITON_FOUND:
             raise ValueError("COLM_KERNELS=triton needs the triton package; install it or set COLM_KERNELS=torch")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError(f"COLM_KERNELS=triton runs on CUDA only (on {device.type} only under "

@@ -193,3 +193,15 @@ def test_triton_rejects_shapes_its_pointer_arithmetic_cannot_trust():
         backend("triton")(x[..., :12], weights)  # x narrower than the last prefix
     with pytest.raises(ValueError):
         backend("triton")(x, weights[::-1])  # prefixes must not shrink
+
+
+def test_flop_counter_counts_the_lower_triangular_blocks():
+    """torch's FLOP counter sees through the custom ops: 2 x rows x (the blocks' multiply-adds) per pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, weights = make_case([8, 4, 4], [4, 8, 4], lead=(5,))
+    weights[0].requires_grad_(False)  # no grad-weight pass for a frozen chain
+    with FlopCounterMode(display=False) as counter:
+        chain_linear(x, weights).sum().backward()
+    macs = 4 * 8 + 8 * 12 + 4 * 16
+    assert counter.get_total_flops() == 2 * 5 * (macs + macs + (macs - 4 * 8))
