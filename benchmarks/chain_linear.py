@@ -9,7 +9,7 @@ interleaved repeats (median reported) so that load from other processes hits all
 - dense:     nn.Linear-sized dense matmul (F.linear, no bias) - the layer CoLM replaces
 - masked:    dense matmul with the block lower-triangular weight (the reference kernel)
 - chain_cat: per-chain F.linear + torch.cat, autograd differentiating it
-- chain:     the dispatched chain linear (CPU: preallocated buffers, hand-written backward)
+- chain:     the dispatched chain linear (default backend torch: preallocated buffers, hand-written backward)
 - on CUDA also triton (the block-sparse kernels) against cuBLAS (dense).
 """
 
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved_medians, parser, report, set_threads
-from kernels.chain_linear import chain_linear, reference
+from kernels.chain_linear import chain_linear, op, reference
 
 
 def chain_cat(x, weights):
@@ -47,9 +47,7 @@ def bench(width: int, n: int, tokens: int, repeats: int, device: str) -> dict:
         "chain": lambda: fwd_bwd(chain_linear, x, weights, grad_y),
     }
     if device == "cuda":
-        from kernels.chain_linear import triton as triton_impl
-
-        cases["triton"] = lambda: fwd_bwd(triton_impl.chain_linear, x, weights, grad_y)
+        cases["triton"] = lambda: fwd_bwd(lambda x, p: op.chain_linear(x, p, "triton"), x, weights, grad_y)
     times = interleaved_medians(cases, repeats, sync=torch.cuda.synchronize if device == "cuda" else None)
     ideal = 2 * n / (n + 1)
     row = {"device": device, "width": width, "chains": n, "tokens": tokens, "ideal": ideal}

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, ColmRuntimeError
+from kernels._dispatch import selected as kernels_backend
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
@@ -217,6 +218,10 @@ class Trainer:
         cfg = ckpt.config
         opts.check(cfg)
         self.compute_dtype = torch_dtype_for(opts, runtime.device)
+        try:
+            self.kernels = kernels_backend(runtime.device)  # COLM_KERNELS, recorded in the history
+        except ValueError as e:
+            raise ColmError(str(e)) from None
         n_rows = opts.batch_size // (runtime.world_size * opts.grad_accum)
         if n_rows * runtime.world_size * opts.grad_accum != opts.batch_size:
             raise ColmError(f"--batch-size {opts.batch_size} must be a multiple of processes x --grad-accum "
@@ -255,7 +260,8 @@ class Trainer:
         self.optimizer = self.make_optimizer()
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=self.compute_dtype == torch.float16)
         self.history_entry = history_entry("train", {"input": str(ckpt.path), **dataclasses.asdict(opts),
-                                                     "processes": runtime.world_size}, inputs=[ckpt])
+                                                     "processes": runtime.world_size, "kernels": self.kernels},
+                                            inputs=[ckpt])
         self.state = RunState()
         self.stop_requested = False
 

@@ -33,8 +33,13 @@ def tiny_model(seed: int = 0, **overrides) -> CoLM:
 
 def run_cli(*args, input: str | None = None, cwd: Path | None = None, check: bool = False,
             env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real `colm` command line in a subprocess."""
-    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    """Run the real `colm` command line in a subprocess, on the CPU and with compiled Triton.
+
+    The CLI tests prove the same things on every machine: the child sees no GPU (a test that means
+    to run on one passes CUDA_VISIBLE_DEVICES in `env`) and no TRITON_INTERPRET, which the kernel
+    tests set for this process and which would send any Triton launch through the interpreter."""
+    inherited = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    full_env = {**inherited, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "colm_cli", *map(str, args)], input=input, cwd=cwd,
                           capture_output=True, text=True, env=full_env, timeout=600)
     if check and proc.returncode != 0:
@@ -50,6 +55,21 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int = 2, cont
     assert "Traceback" not in proc.stderr
     assert contains in lines[0], lines[0]
     assert proc.stdout == ""
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; deselected where there is none")
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU-only tests (CUDA kernels against the reference) are deselected, not skipped, on a machine
+    without CUDA: pytest's summary counts them as deselected."""
+    if torch.cuda.is_available():
+        return
+    gpu_only = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_only:
+        config.hook.pytest_deselected(items=gpu_only)
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
 
 
 @pytest.fixture(autouse=True)

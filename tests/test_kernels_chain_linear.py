@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from kernels.chain_linear import chain_linear, cpu, reference  # noqa: E402
+from kernels.chain_linear import chain_linear, op, pytorch, reference  # noqa: E402
 from kernels.chain_linear import triton as triton_impl  # noqa: E402
 
 # (input chain widths, output chain widths): 1-4 chains, equal and unequal, and widths that
@@ -37,6 +37,11 @@ def make_case(ins, outs, lead=(3, 37), extra=0, dtype=torch.float32, seed=0):
     weights = [torch.randn(o, k, generator=gen) / k**0.5 for o, k in zip(outs, prefixes)]
     x = torch.randn(*lead, prefixes[-1] + extra, generator=gen)
     return x.to(dtype).requires_grad_(), [w.to(dtype).requires_grad_() for w in weights]
+
+
+def backend(name):
+    """The custom op with one backend, whatever COLM_KERNELS says."""
+    return lambda x, weights: op.chain_linear(x, weights, name)
 
 
 def forward_and_grads(fn, x, weights, grad_y):
@@ -85,13 +90,13 @@ def test_interpreter_gives_known_answers():
 def test_triton_matches_reference(chains, dtype):
     x, weights = make_case(*chains, dtype=dtype)
     grad_y = torch.randn(*x.shape[:-1], sum(chains[1])).to(dtype)
-    got = forward_and_grads(triton_impl.chain_linear, x, weights, grad_y)
+    got = forward_and_grads(backend("triton"), x, weights, grad_y)
     for g, e in zip(got, reference_fp32(x, weights, grad_y)):
         assert g.dtype == dtype
         torch.testing.assert_close(g.float(), e, **TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("impl", [triton_impl.chain_linear, cpu.chain_linear], ids=["triton", "cpu"])
+@pytest.mark.parametrize("impl", [backend("triton"), backend("torch")], ids=["triton", "torch"])
 @pytest.mark.parametrize("chains", [([24], [16]), ([20, 30, 14], [17, 40, 9])], ids=["air", "3-odd"])
 def test_reads_only_the_prefix(impl, chains):
     """x wider than the chains read (the Air case: one weight on x[..., :d_1]): the extra
@@ -110,15 +115,15 @@ def test_reads_only_the_prefix(impl, chains):
 
 
 @pytest.mark.parametrize("chains", CHAINS.values(), ids=CHAINS.keys())
-def test_cpu_matches_reference(chains):
+def test_torch_matches_reference(chains):
     x, weights = make_case(*chains, lead=(3, 4, 2))
     grad_y = torch.randn(*x.shape[:-1], sum(chains[1]))
-    got = forward_and_grads(cpu.chain_linear, x, weights, grad_y)
+    got = forward_and_grads(backend("torch"), x, weights, grad_y)
     for g, e in zip(got, reference_fp32(x, weights, grad_y)):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", [triton_impl.chain_linear, cpu.chain_linear], ids=["triton", "cpu"])
+@pytest.mark.parametrize("impl", [backend("triton"), backend("torch")], ids=["triton", "torch"])
 def test_frozen_chain_gets_no_gradient(impl):
     """Chain tuning freezes earlier chains: their weights get no gradient, the rest still do."""
     x, weights = make_case([8, 8], [8, 8])
@@ -128,32 +133,75 @@ def test_frozen_chain_gets_no_gradient(impl):
     assert weights[1].grad is not None and x.grad is not None
 
 
-@pytest.mark.parametrize("impl", [triton_impl.chain_linear, cpu.chain_linear], ids=["triton", "cpu"])
+@pytest.mark.parametrize("impl", [backend("triton"), backend("torch")], ids=["triton", "torch"])
 def test_gradcheck_fp64(impl):
     # The interpreter runs tl.dot in fp64 too, so the Triton path is gradchecked as well.
     x, weights = make_case([3, 2, 4], [2, 3, 1], lead=(2, 2), dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x, *w: impl(x, list(w)), (x, *weights))
 
 
-def test_dispatch(monkeypatch):
+def fail(*args):
+    raise AssertionError("wrong implementation dispatched")
+
+
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
+def test_dispatch(monkeypatch, grad):
+    """COLM_KERNELS picks the backend (default: torch, on CPU and CUDA alike), with and without autograd."""
     x, weights = make_case([8, 8], [8, 8])
+    expected = reference.chain_linear(x, weights)
+    calls = {"torch": pytorch, "triton": triton_impl}
+    for chosen in ["torch", "triton", "reference", None]:
+        monkeypatch.undo()
+        if chosen:
+            monkeypatch.setenv("COLM_KERNELS", chosen)
+        else:
+            monkeypatch.delenv("COLM_KERNELS", raising=False)
+        for name, module in calls.items():
+            if name != (chosen or "torch"):
+                monkeypatch.setattr(module, "forward", fail)
+        if chosen != "reference":
+            monkeypatch.setattr(reference, "chain_linear", fail)
+        with torch.set_grad_enabled(grad):
+            torch.testing.assert_close(chain_linear(x, weights), expected, atol=1e-5, rtol=1e-5)
 
-    def fail(*args):
-        raise AssertionError("wrong implementation dispatched")
 
-    monkeypatch.setattr(triton_impl, "chain_linear", fail)
-    monkeypatch.setattr(reference, "chain_linear", fail)
-    chain_linear(x, weights)  # CPU tensors take the PyTorch path, never Triton
+def test_bad_backend_setting_names_the_choices(monkeypatch):
+    x, weights = make_case([8, 8], [8, 8])
+    monkeypatch.setenv("COLM_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="torch, triton, reference"):
+        chain_linear(x, weights)
+    monkeypatch.setenv("COLM_KERNELS", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET")  # the kernels stay interpreted: triton read it at import
+    with pytest.raises(ValueError, match="CUDA only"):
+        chain_linear(x, weights)
 
-    monkeypatch.undo()
-    monkeypatch.setattr(cpu, "chain_linear", fail)
-    monkeypatch.setenv("COLM_KERNELS", "reference")
-    chain_linear(x, weights)
+
+def test_boundary_tables_are_built_once_per_shape():
+    """Building a table is a host-to-device copy that synchronises the stream: the second call of the
+    same shapes must reuse the first call's tables."""
+    x, weights = make_case([8, 8], [8, 8])
+    triton_impl._layout.cache_clear()
+    for _ in range(2):
+        backend("triton")(x, weights).sum().backward()
+    info = triton_impl._layout.cache_info()
+    assert (info.misses, info.currsize) == (1, 1) and info.hits >= 3, info
 
 
 def test_triton_rejects_shapes_its_pointer_arithmetic_cannot_trust():
     x, weights = make_case([8, 8], [8, 8])
     with pytest.raises(ValueError):
-        triton_impl.chain_linear(x[..., :12], weights)  # x narrower than the last prefix
+        backend("triton")(x[..., :12], weights)  # x narrower than the last prefix
     with pytest.raises(ValueError):
-        triton_impl.chain_linear(x, weights[::-1])  # prefixes must not shrink
+        backend("triton")(x, weights[::-1])  # prefixes must not shrink
+
+
+def test_flop_counter_counts_the_lower_triangular_blocks():
+    """torch's FLOP counter sees through the custom ops: 2 x rows x (the blocks' multiply-adds) per pass."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, weights = make_case([8, 4, 4], [4, 8, 4], lead=(5,))
+    weights[0].requires_grad_(False)  # no grad-weight pass for a frozen chain
+    with FlopCounterMode(display=False) as counter:
+        chain_linear(x, weights).sum().backward()
+    macs = 4 * 8 + 8 * 12 + 4 * 16
+    assert counter.get_total_flops() == 2 * 5 * (macs + macs + (macs - 4 * 8))

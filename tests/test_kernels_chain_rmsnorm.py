@@ -11,7 +11,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.chain_rmsnorm import chain_rms_norm, cpu, reference  # noqa: E402
+from kernels.chain_rmsnorm import chain_rms_norm, pytorch, reference  # noqa: E402
 from kernels.chain_rmsnorm import triton as triton_impl  # noqa: E402
 
 EPS = 1e-6
@@ -62,17 +62,17 @@ def test_triton_several_rows_per_program(monkeypatch):
 
 
 @pytest.mark.parametrize("widths", WIDTHS.values(), ids=WIDTHS.keys())
-def test_cpu_matches_reference(widths):
+def test_torch_matches_reference(widths):
     x, weights = make_case(widths, lead=(2, 3, 4))
     grad_y = torch.randn(*x.shape[:-1], sum(widths))
-    got = forward_and_grads(cpu.chain_rms_norm, x, weights, grad_y)
+    got = forward_and_grads(pytorch.chain_rms_norm, x, weights, grad_y)
     for g, e in zip(got, reference_fp32(x, weights, grad_y)):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
-    "impl", [triton_impl.chain_rms_norm, cpu.chain_rms_norm, reference.chain_rms_norm],
-    ids=["triton", "cpu", "reference"],
+    "impl", [triton_impl.chain_rms_norm, pytorch.chain_rms_norm, reference.chain_rms_norm],
+    ids=["triton", "torch", "reference"],
 )
 def test_chains_are_independent(impl):
     """Changing chain 3 (or columns past the chains) must not move chains 1-2, forward or backward."""
@@ -89,23 +89,37 @@ def test_chains_are_independent(impl):
     assert (grad_x[:, 32:] == 0).all() and (grad_x[:, :32] != 0).any()
 
 
-@pytest.mark.parametrize("impl", [triton_impl.chain_rms_norm, cpu.chain_rms_norm], ids=["triton", "cpu"])
+@pytest.mark.parametrize("impl", [triton_impl.chain_rms_norm, pytorch.chain_rms_norm], ids=["triton", "torch"])
 def test_gradcheck_fp64(impl):
     x, weights = make_case([3, 5], lead=(2, 2), dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x, *w: impl(x, list(w), EPS), (x, *weights))
 
 
+def fail(*args):
+    raise AssertionError("wrong implementation dispatched")
+
+
 def test_dispatch(monkeypatch):
+    """COLM_KERNELS picks the backend (default: torch, on CPU and CUDA alike)."""
     x, weights = make_case([8, 8])
+    expected = reference.chain_rms_norm(x, weights, EPS)
+    modules = {"torch": pytorch, "triton": triton_impl, "reference": reference}
+    for chosen in ["torch", "triton", "reference", None]:
+        monkeypatch.undo()
+        if chosen:
+            monkeypatch.setenv("COLM_KERNELS", chosen)
+        else:
+            monkeypatch.delenv("COLM_KERNELS", raising=False)
+        for name, module in modules.items():
+            if name != (chosen or "torch"):
+                monkeypatch.setattr(module, "chain_rms_norm", fail)
+        torch.testing.assert_close(chain_rms_norm(x, weights, EPS), expected, atol=1e-5, rtol=1e-5)
 
-    def fail(*args):
-        raise AssertionError("wrong implementation dispatched")
 
-    monkeypatch.setattr(triton_impl, "chain_rms_norm", fail)
-    monkeypatch.setattr(reference, "chain_rms_norm", fail)
-    chain_rms_norm(x, weights, EPS)  # CPU tensors take the PyTorch path, never Triton
-
-    monkeypatch.undo()
-    monkeypatch.setattr(cpu, "chain_rms_norm", fail)
-    monkeypatch.setenv("COLM_KERNELS", "reference")
-    chain_rms_norm(x, weights, EPS)
+def test_boundary_table_is_built_once_per_shape():
+    x, weights = make_case([8, 8])
+    triton_impl._bounds.cache_clear()
+    for _ in range(2):
+        triton_impl.chain_rms_norm(x, weights, EPS).sum().backward()
+    info = triton_impl._bounds.cache_info()
+    assert (info.misses, info.currsize) == (1, 1) and info.hits == 3, info

@@ -79,9 +79,23 @@ def test_loss_falls_on_a_small_real_corpus(tmp_path, env, corpus, base):
     assert [r["step"] for r in records if "val_loss" in r] == [15, 30]
     entry = open_checkpoint(out).history[-1]
     assert entry["command"] == "train" and entry["args"]["steps"] == 30
+    assert entry["args"]["kernels"] == "torch"  # the default backend, as COLM_KERNELS is unset
     assert entry["eval"]["val_loss"] == records[-1]["val_loss"]
     assert not (tmp_path / "trained.partial").exists()
     assert entry["inputs"][0]["sha256"] == weights_digest(open_checkpoint(base))  # the input is untouched
+
+
+def test_bad_kernel_backend_is_refused(tmp_path, env, base, monkeypatch):
+    """A COLM_KERNELS that cannot run is bad input (the backend used is recorded: see the test above)."""
+    args = ["train", base, "--steps", "1", *FAST, "-o", tmp_path / "out"]
+    proc = run_cli(*args, env={**env, "COLM_KERNELS": "cublas"})
+    assert_one_line_error(proc, contains="COLM_KERNELS='cublas' is not a kernel backend")
+    # The kernel tests' TRITON_INTERPRET=1 must not reach the CLI: it would run Triton interpreted
+    # on CPU (and, on a GPU machine, CUDA tensors through the interpreter).
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    proc = run_cli(*args, env={**env, "COLM_KERNELS": "triton"})
+    assert_one_line_error(proc, contains="COLM_KERNELS=triton runs on CUDA only")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):

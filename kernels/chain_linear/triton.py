@@ -7,14 +7,15 @@ rows belong to, so tiles need not align with chains (uneven widths, widths that 
 multiples of the tile) and the loops stop at the chain diagonal instead of multiplying zeros.
 
 The per-chain weights are packed into one flat buffer for the kernels (chain i's row block
-stored row-major with row stride in_1+...+in_i). Packing copies the parameters once per call,
-O(params), against O(tokens * params) for the GEMMs; the weight gradient comes back in the
-same layout and is split into views without another copy.
+stored row-major with row stride in_1+...+in_i). Packing copies the parameters once per pass
+that reads them (forward, grad-input), O(params), against O(tokens * params) for the GEMMs;
+the weight gradient comes back in the same layout and is split into views without another copy.
 
-Call chain_linear here directly to run the Triton path on CPU tensors under
-TRITON_INTERPRET=1 (the dispatcher in __init__ sends CPU tensors to the PyTorch path).
+The three passes take 2-D tensors; kernels/chain_linear/op.py wires them into autograd. On CPU
+tensors they run under TRITON_INTERPRET=1 (the tests), with COLM_KERNELS=triton.
 """
 
+import functools
 from itertools import accumulate
 
 import torch
@@ -137,12 +138,15 @@ def _grad_weight_kernel(
     )
 
 
-def _layout(weights: list[torch.Tensor], device: torch.device):
-    """Chain boundaries as int tensors: output rows, input prefixes, flat weight offsets."""
-    out_bounds = [0, *accumulate(w.shape[0] for w in weights)]
-    in_bounds = [0, *(w.shape[1] for w in weights)]
-    w_offsets = [0, *accumulate(w.numel() for w in weights)][:-1]
-    return [torch.tensor(v, dtype=torch.int64, device=device) for v in (out_bounds, in_bounds, w_offsets)]
+@functools.lru_cache(maxsize=256)
+def _layout(shapes: tuple[torch.Size, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Chain boundaries as int tensors: output rows, input prefixes, flat weight offsets.
+
+    Cached per shape and device: building them is a host-to-device copy that synchronises the stream."""
+    out_bounds = [0, *accumulate(s[0] for s in shapes)]
+    in_bounds = [0, *(s[1] for s in shapes)]
+    w_offsets = [0, *accumulate(s.numel() for s in shapes)][:-1]
+    return tuple(torch.tensor(v, dtype=torch.int64, device=device) for v in (out_bounds, in_bounds, w_offsets))
 
 
 def _meta(num_chains: int, dtype: torch.dtype) -> dict:
@@ -151,70 +155,56 @@ def _meta(num_chains: int, dtype: torch.dtype) -> dict:
     return dict(NUM_CHAINS=num_chains, ACC_DTYPE=acc, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
 
 
-class ChainLinearFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, *weights):
-        n_total, k_total = sum(w.shape[0] for w in weights), weights[-1].shape[1]
-        x2 = x.reshape(-1, x.shape[-1])
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
-        # tl.dot wants both operands in one dtype; the gradients go back in each weight's own.
-        w_flat = torch.cat([w.reshape(-1) for w in weights]).to(x.dtype)
-        layout = _layout(weights, x.device)
-        M = x2.shape[0]
-        y = torch.empty(M, n_total, device=x.device, dtype=x.dtype)
-        grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(n_total, BLOCK_N))
-        _forward_kernel[grid](
-            x2, w_flat, y, *layout, M, n_total, x2.stride(0), y.stride(0), **_meta(len(weights), x.dtype)
-        )
-        ctx.save_for_backward(x2, w_flat, *layout)
-        ctx.shapes = [w.shape for w in weights]
-        ctx.weight_dtypes = [w.dtype for w in weights]
-        ctx.x_shape, ctx.k_total = x.shape, k_total
-        return y.reshape(*x.shape[:-1], n_total)
-
-    @staticmethod
-    def backward(ctx, dy):
-        x2, w_flat, *layout = ctx.saved_tensors
-        M, width = x2.shape
-        n_total, k_total, num_chains = dy.shape[-1], ctx.k_total, len(ctx.shapes)
-        dy2 = dy.reshape(-1, n_total)
-        if dy2.stride(-1) != 1:
-            dy2 = dy2.contiguous()
-        blocks = _meta(num_chains, x2.dtype)
-
-        dx = None
-        if ctx.needs_input_grad[0]:
-            # x may be wider than the chains read; the unread columns get zero gradient.
-            dx = (torch.zeros if width > k_total else torch.empty)(M, width, device=dy.device, dtype=x2.dtype)
-            grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(k_total, BLOCK_K))
-            _grad_input_kernel[grid](
-                dy2, w_flat, dx, *layout, M, n_total, k_total, dy2.stride(0), dx.stride(0), **blocks
-            )
-            dx = dx.reshape(ctx.x_shape)
-
-        dws = [None] * num_chains
-        if any(ctx.needs_input_grad[1:]):
-            dw_flat = torch.empty_like(w_flat)
-            grid = (triton.cdiv(n_total, BLOCK_N), triton.cdiv(k_total, BLOCK_K))
-            _grad_weight_kernel[grid](
-                dy2, x2, dw_flat, *layout, M, n_total, dy2.stride(0), x2.stride(0), **blocks
-            )
-            sizes = [s.numel() for s in ctx.shapes]
-            dws = [
-                g.view(shape).to(dtype)
-                for g, shape, dtype in zip(dw_flat.split(sizes), ctx.shapes, ctx.weight_dtypes)
-            ]
-        return dx, *dws
+def _operands(weights: list[torch.Tensor], dtype: torch.dtype):
+    """The packed weights (tl.dot wants both operands in one dtype) and the boundary tables."""
+    w_flat = torch.cat([w.reshape(-1) for w in weights]).to(dtype)
+    return w_flat, _layout(tuple(w.shape for w in weights), w_flat.device)
 
 
-def chain_linear(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
-    """x: (..., >= in_total) -> (..., sum out_i), weights[i]: (out_i, in_1 + ... + in_i)."""
+def _row_major(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def forward(x2: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """(M, >= in_total) -> (M, sum out_i)."""
     # The kernels trust these shapes for their pointer arithmetic.
     prefixes = [w.shape[1] for w in weights]
-    if prefixes != sorted(prefixes) or x.shape[-1] < prefixes[-1] or any(w.dim() != 2 for w in weights):
+    if prefixes != sorted(prefixes) or x2.shape[-1] < prefixes[-1] or any(w.dim() != 2 for w in weights):
         raise ValueError(
             f"chain weights must be 2-D with non-decreasing input prefixes no wider than x; "
-            f"got {[tuple(w.shape) for w in weights]} for x of width {x.shape[-1]}"
+            f"got {[tuple(w.shape) for w in weights]} for x of width {x2.shape[-1]}"
         )
-    return ChainLinearFunction.apply(x, *weights)
+    x2 = _row_major(x2)
+    w_flat, layout = _operands(weights, x2.dtype)
+    M, n_total = x2.shape[0], sum(w.shape[0] for w in weights)
+    y = torch.empty(M, n_total, device=x2.device, dtype=x2.dtype)
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(n_total, BLOCK_N))
+    _forward_kernel[grid](x2, w_flat, y, *layout, M, n_total, x2.stride(0), y.stride(0), **_meta(len(weights), x2.dtype))
+    return y
+
+
+def grad_input(dy2: torch.Tensor, weights: list[torch.Tensor], width: int) -> torch.Tensor:
+    """(M, sum out_i) -> (M, width); x may be wider than the chains read: those columns get zero gradient."""
+    dy2 = _row_major(dy2)
+    w_flat, layout = _operands(weights, dy2.dtype)
+    (M, n_total), k_total = dy2.shape, weights[-1].shape[1]
+    dx = (torch.zeros if width > k_total else torch.empty)(M, width, device=dy2.device, dtype=dy2.dtype)
+    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(k_total, BLOCK_K))
+    _grad_input_kernel[grid](
+        dy2, w_flat, dx, *layout, M, n_total, k_total, dy2.stride(0), dx.stride(0), **_meta(len(weights), dy2.dtype)
+    )
+    return dx
+
+
+def grad_weights(dy2: torch.Tensor, x2: torch.Tensor, weights: list[torch.Tensor], needed: list[bool]) -> torch.Tensor:
+    """Every chain's weight gradient in one launch, flattened one after another (`needed` is not used:
+    skipping a frozen chain's tiles would not save a launch)."""
+    dy2, x2 = _row_major(dy2), _row_major(x2)
+    layout = _layout(tuple(w.shape for w in weights), dy2.device)
+    (M, n_total), k_total = dy2.shape, weights[-1].shape[1]
+    dw = torch.empty(sum(w.numel() for w in weights), device=dy2.device, dtype=dy2.dtype)
+    grid = (triton.cdiv(n_total, BLOCK_N), triton.cdiv(k_total, BLOCK_K))
+    _grad_weight_kernel[grid](
+        dy2, x2, dw, *layout, M, n_total, dy2.stride(0), x2.stride(0), **_meta(len(weights), dy2.dtype)
+    )
+    return dw

@@ -1,20 +1,21 @@
-"""chain_rms_norm(x, weights, eps): the one entry point; picks the implementation by device.
+"""chain_rms_norm(x, weights, eps): the one entry point; the backend comes from COLM_KERNELS.
 
-Dispatch rules: kernels/_dispatch.py."""
+Backends: kernels/_dispatch.py. Only the Triton one is a custom op (with its own backward):
+the others are plain torch ops, which autograd, autocast and torch.compile handle themselves."""
 
 import torch
 
 from kernels._dispatch import choose
-from kernels.chain_rmsnorm import cpu, reference
+from kernels.chain_rmsnorm import pytorch, reference
 
 
 def chain_rms_norm(x: torch.Tensor, weights: list[torch.Tensor], eps: float) -> torch.Tensor:
-    impl = choose(x)
-    if impl == "triton":
+    backend = choose(x)
+    if backend == "triton":
         from kernels.chain_rmsnorm import triton  # imported lazily: CPU-only machines may lack triton
 
         return triton.chain_rms_norm(x, weights, eps)
-    return (reference if impl == "reference" else cpu).chain_rms_norm(x, weights, eps)
+    return (reference if backend == "reference" else pytorch).chain_rms_norm(x, weights, eps)
 
 
 __all__ = ["chain_rms_norm"]

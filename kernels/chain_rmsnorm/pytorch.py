@@ -1,5 +1,8 @@
-"""Per-chain RMSNorm in one pass when every chain has the same width (the common case):
-view the hidden state as (..., chains, width) and normalise the last dim."""
+"""Per-chain RMSNorm in plain PyTorch ops, on any device: one pass when every chain has the same
+width (the common case), viewing the hidden state as (..., chains, width) and normalising the last dim.
+
+Autograd differentiates it and torch.compile traces it as it is; the statistics are float32
+whatever autocast is on, as in Llama's RMSNorm."""
 
 import torch
 

@@ -1,0 +1,106 @@
+"""The chain linear as torch.library custom ops: forward, grad-input and grad-weight.
+
+torch.compile sees each pass as one opaque op whose output shape comes from its fake
+implementation, so a compiled layer has no graph break, and the op runs the same eager code
+as outside compile (on CPU: bitwise the same results). Every op takes the backend by name
+("torch" or "triton", kernels/_dispatch.py); each backend module provides `forward`,
+`grad_input` and `grad_weights` on 2-D tensors of one dtype.
+"""
+
+import math
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from kernels.chain_linear import pytorch
+
+
+def implementation(backend: str):
+    if backend == "triton":
+        from kernels.chain_linear import triton  # imported lazily: CPU-only machines may lack triton
+
+        return triton
+    return pytorch
+
+
+def rows(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+@torch.library.custom_op("colm::chain_linear", mutates_args=())
+def chain_linear(x: torch.Tensor, weights: list[torch.Tensor], backend: str) -> torch.Tensor:
+    """x: (..., >= in_total) -> (..., sum out_i), weights[i]: (out_i, in_1 + ... + in_i), all one dtype."""
+    y = implementation(backend).forward(rows(x), weights)
+    return y.view(*x.shape[:-1], y.shape[-1])
+
+
+@chain_linear.register_fake
+def _(x, weights, backend):
+    return x.new_empty(*x.shape[:-1], sum(w.shape[0] for w in weights))
+
+
+@torch.library.custom_op("colm::chain_linear_grad_input", mutates_args=())
+def grad_input(dy: torch.Tensor, weights: list[torch.Tensor], width: int, backend: str) -> torch.Tensor:
+    """(..., sum out_i) -> (..., width), the gradient of x of that width."""
+    dx = implementation(backend).grad_input(rows(dy), weights, width)
+    return dx.view(*dy.shape[:-1], width)
+
+
+@grad_input.register_fake
+def _(dy, weights, width, backend):
+    return dy.new_empty(*dy.shape[:-1], width)
+
+
+@torch.library.custom_op("colm::chain_linear_grad_weights", mutates_args=())
+def grad_weights(dy: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor], needed: list[bool],
+                 backend: str) -> torch.Tensor:
+    """The gradients of the weights in `needed`, flattened one after another (one tensor: outputs may not alias)."""
+    return implementation(backend).grad_weights(rows(dy), rows(x), weights, needed)
+
+
+@grad_weights.register_fake
+def _(dy, x, weights, needed, backend):
+    return dy.new_empty(sum(w.numel() for w in weights))
+
+
+def setup_context(ctx, inputs, output):
+    x, weights, backend = inputs
+    ctx.save_for_backward(x, *weights)
+    ctx.backend = backend
+
+
+def backward(ctx, dy):
+    x, *weights = ctx.saved_tensors
+    needs_x, needs_weights, _ = ctx.needs_input_grad
+    dx = grad_input(dy, weights, x.shape[-1], ctx.backend) if needs_x else None
+    dws = [None] * len(weights)
+    if any(needs_weights):
+        flat = grad_weights(dy, x, weights, needs_weights, ctx.backend)
+        dws = [g.view(w.shape) if need else None
+               for g, w, need in zip(flat.split([w.numel() for w in weights]), weights, needs_weights)]
+    return dx, dws, None
+
+
+chain_linear.register_autograd(backward, setup_context=setup_context)
+
+
+# FLOPs for torch.utils.flop_counter (and so for anything that counts a model's FLOPs): 2 per
+# multiply-add of the lower-triangular blocks only.
+def block_flops(rows_shape, weight_shapes, needed=None) -> int:
+    rows = math.prod(rows_shape[:-1])
+    return 2 * rows * sum(o * k for (o, k), need in zip(weight_shapes, needed or [True] * len(weight_shapes)) if need)
+
+
+@register_flop_formula(torch.ops.colm.chain_linear)
+def _(x_shape, weight_shapes, backend, out_shape=None, **kwargs) -> int:
+    return block_flops(x_shape, weight_shapes)
+
+
+@register_flop_formula(torch.ops.colm.chain_linear_grad_input)
+def _(dy_shape, weight_shapes, width, backend, out_shape=None, **kwargs) -> int:
+    return block_flops(dy_shape, weight_shapes)
+
+
+@register_flop_formula(torch.ops.colm.chain_linear_grad_weights)
+def _(dy_shape, x_shape, weight_shapes, needed, backend, out_shape=None, **kwargs) -> int:
+    return block_flops(dy_shape, weight_shapes, needed)
