@@ -108,12 +108,12 @@ class Attention(nn.Module):
         self.o = ChainLinear(d, d)
         index = kv_heads_read(cfg)
         self.register_buffer("kv_index", torch.tensor(index), persistent=False)
-        # Per chain count k (1-based): the order of the first k chains' query heads that puts the heads
-        # of each KV head next to each other (None: already so), and whether SDPA can then group them
-        # itself. With CoLM-Air every chain spreads its heads over chain 1's KV heads, so chain-major
-        # order interleaves them ([0, 1, 0, 1] for 2 chains over 2 KV heads) and needs the reordering.
-        # query_orders[k] holds that order and its inverse, padded to all heads (a buffer, so that it
-        # moves with the model and a decode step copies nothing from the host).
+        # Per chain count k (1-based): whether SDPA can group the first k chains' query heads itself once
+        # they are ordered so that the heads of each KV head sit next to each other, and whether that
+        # order differs from chain-major order. With CoLM-Air every chain spreads its heads over chain
+        # 1's KV heads, so chain-major order interleaves them ([0, 1, 0, 1] for 2 chains over 2 KV
+        # heads). query_orders[k] holds the order and its inverse, padded to all heads (a buffer, so
+        # that it moves with the model and a decode step copies nothing from the host).
         self.reorder, self.sdpa_groups = [False], [None]
         query_orders = torch.zeros(cfg.n_chains + 1, 2, len(index), dtype=torch.long)
         for k in range(1, cfg.n_chains + 1):
