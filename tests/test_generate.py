@@ -195,6 +195,16 @@ def test_sampling_seeds_top_k_and_top_p():
     assert sampled(top_p=1e-6, seed=3) == greedy
     steps = list(stream_tokens(model, PROMPT, [(0, 3)], 30, sampling=Sampling(temperature=5.0, top_k=3, seed=4)))
     assert all(token in logits.topk(3).indices.tolist() for token, logits in steps)
+    # Batched: each row is restricted to its own most likely tokens.
+    greedy_rows = [r["token_ids"] for r in generate_batch(model, PROMPTS, max_new_tokens=6, eos_id=-1)]
+    for kw in (dict(top_k=1), dict(top_p=1e-6)):
+        rows = generate_batch(model, PROMPTS, max_new_tokens=6, eos_id=-1, temperature=2.0, **kw)
+        assert [r["token_ids"] for r in rows] == greedy_rows
+    steps = list(stream_batch(model, PROMPTS, [(0, 3)], 10, sampling=Sampling(temperature=5.0, top_p=0.3, seed=4)))
+    for tokens, logits in steps:
+        kept = (logits / 5.0).softmax(-1).sort(descending=True)  # the sampled distribution
+        for row, token in enumerate(tokens):  # a kept token: the tokens more likely than it hold < 0.3
+            assert kept.values[row][: kept.indices[row].tolist().index(token)].sum() < 0.3
 
 
 def test_text_stream_never_splits_a_character_and_holds_back_stop_string_starts():
