@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from colm_core.errors import ColmError
 
@@ -38,7 +37,7 @@ class KVCache:
 
     Row b holds a prompt left-padded by pad[b] columns: the token in column j has RoPE position
     j - pad[b], and no query attends to a padding column (a padding query attends to itself alone,
-    which keeps its values finite). The RoPE tables of every column are computed once, here.
+    which keeps its values finite). Every row's RoPE table over all columns is computed once, here.
 
     Implements the protocol the model calls (colm_core/model.py): `prepare(T)` (RoPE and attention
     mask of the T new tokens), `update(layer, k, v)` and `advance(T)`. A step run with fewer chains
@@ -49,7 +48,8 @@ class KVCache:
     static=True: every step attends over the whole capacity (masked past the filled columns) and finds
     the columns to fill in a device tensor, so that a decode step's tensors keep their shapes and
     addresses from step to step, as CUDA graphs and torch.compile(mode="reduce-overhead") need.
-    Otherwise a step attends over the filled columns only: less work per step, shapes that grow.
+    Otherwise a step slices the columns it fills and attends over the filled ones only: fewer and
+    smaller operations per step, which is what a CPU decode step's time is made of.
     """
 
     def __init__(self, model, kv_heads: int, capacity: int, pad: list[int] = (0,), static: bool = False):
@@ -62,7 +62,8 @@ class KVCache:
         self.pad = torch.tensor(list(pad), device=param.device)  # (B,)
         self.padded = any(pad)
         self.columns = torch.arange(capacity, device=param.device)
-        self.cos, self.sin = model.rope(self.columns, param.dtype)  # (capacity, hd): row p is position p
+        positions = (self.columns - self.pad[:, None]).clamp(min=0)  # (B, capacity)
+        self.cos, self.sin = (t[:, None] for t in model.rope(positions, param.dtype))  # (B, 1, capacity, hd)
         self.length = 0  # filled columns
         self.next_column = torch.zeros(1, dtype=torch.long, device=param.device)  # the same, on the device
         self.complete_heads = kv_heads
@@ -76,15 +77,18 @@ class KVCache:
     def prepare(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """RoPE cos and sin (B, 1, T, hd) of `tokens` new columns, and the attention mask (B, 1, T, S),
         True where a query may attend; None where the plain causal rule holds."""
-        if self.length + tokens > self.capacity:
-            raise ColmError(f"KV cache holds {self.capacity} positions; cannot add positions "
-                            f"{self.length}..{self.length + tokens - 1}")
-        new = self._new_columns = self.next_column + self.columns[:tokens]  # (T,)
-        positions = (new - self.pad[:, None]).clamp(min=0)  # (B, T)
-        cos, sin = F.embedding(positions, self.cos)[:, None], F.embedding(positions, self.sin)[:, None]
-        if not (self.static or self.padded or 1 < tokens and self.length):
+        start, end = self.length, self.length + tokens
+        if end > self.capacity:
+            raise ColmError(f"KV cache holds {self.capacity} positions; cannot add positions {start}..{end - 1}")
+        if self.static:
+            new = self._new_columns = self.next_column + self.columns[:tokens]  # (T,)
+            cos, sin = self.cos.index_select(2, new), self.sin.index_select(2, new)
+        else:
+            new = self.columns[start:end]
+            cos, sin = self.cos[:, :, start:end], self.sin[:, :, start:end]
+        if not (self.static or self.padded or 1 < tokens and start):
             return cos, sin, None
-        keys = self.columns if self.static else self.columns[: self.length + tokens]  # (S,)
+        keys = self.columns if self.static else self.columns[:end]  # (S,)
         visible = (keys <= new[:, None]) & (keys >= self.pad[:, None, None]) | (keys == new[:, None])
         return cos, sin, visible[:, None]
 
@@ -93,12 +97,13 @@ class KVCache:
         if heads > self.keys[layer].shape[1]:
             raise ColmError(f"KV cache holds {self.keys[layer].shape[1]} heads; cannot add {heads}")
         keys, values = self.keys[layer][:, :heads], self.values[layer][:, :heads]
-        keys.index_copy_(2, self._new_columns, k)
-        values.index_copy_(2, self._new_columns, v)
         self._written_heads = heads
         if self.static:
+            keys.index_copy_(2, self._new_columns, k)
+            values.index_copy_(2, self._new_columns, v)
             return keys, values
-        end = self.length + k.shape[2]
+        start, end = self.length, self.length + k.shape[2]
+        keys[:, :, start:end], values[:, :, start:end] = k, v
         return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, tokens: int) -> None:
@@ -245,18 +250,19 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
     if width > 1:
         model.hidden_states(ids[:, :-1], prefill_chains, cache)
     pending = ids[:, -1:]
+    generated = []  # each step's tokens (B, 1): joined to the prompts only when a recomputation needs them
     for position in range(n_new):
         chains = chains_at(schedule, position)
         recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
         if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
             cache.reset()
-            pending = ids
+            pending = torch.cat([ids, *generated], dim=1)
         if position in segment_starts:
             report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
         tokens, logits = decode_step(model, pending, chains, cache, sampling, generator)
         yield tokens.tolist(), logits  # reading the tokens is the step's one wait for the device
         pending = tokens[:, None]
-        ids = torch.cat([ids, pending], dim=1)
+        generated.append(pending)
 
 
 def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_tokens: int,
