@@ -3,6 +3,7 @@ and printing. torch is imported inside the commands so that `colm --help` stays 
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -278,6 +279,9 @@ def generate(
     ckpt: CkptArg = None,
     prompt: Annotated[Optional[str], typer.Option(help="Text to continue.")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(
+        help='Generate for many prompts in one batch: a JSON-lines file, one {"prompt": TEXT} per line; '
+             "prints one JSON line per prompt, in order.")] = None,
     chains: Annotated[Optional[int], typer.Option(help="Chains of the sub-model that generates (default: all).")] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Generate at most this many tokens.")] = 128,
     temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
@@ -295,40 +299,67 @@ def generate(
 ):
     """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
     from colm_core.checkpoint import load
-    from colm_core.generation import generate as run_generate
-    from colm_core.generation import parse_switch
+    from colm_core.generation import generate_batch, parse_switch
 
-    if (prompt is None) == (prompt_file is None):
-        raise ColmError("give the prompt with exactly one of --prompt TEXT or --prompt-file FILE")
+    if sum(source is not None for source in (prompt, prompt_file, prompts)) != 1:
+        raise ColmError("give the prompt with exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
     if prompt_file is not None:
         if not prompt_file.is_file():
             raise ColmError(f"--prompt-file {prompt_file}: no such file")
         prompt = prompt_file.read_text()
-    if not prompt:
+    texts = read_prompts(prompts) if prompts is not None else [prompt]
+    if not texts[0]:
         raise ColmError("the prompt is empty; give some text to continue")
     model = load(input_path(ckpt), device=torch_device(device), dtype=torch_dtype(dtype))
 
-    def stream(piece: str) -> None:
+    def stream(row: int, piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    result = run_generate(model, prompt, max_new_tokens=max_new_tokens, chains=chains,
-                          switch=parse_switch(switch or ""), prefill_chains=prefill_chains, temperature=temperature,
-                          top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
-                          on_text=None if json_out else stream)
-    for seg in result["schedule"]:
+    results = generate_batch(model, texts, max_new_tokens=max_new_tokens, chains=chains,
+                             switch=parse_switch(switch or ""), prefill_chains=prefill_chains,
+                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
+                             on_text=None if json_out or prompts else stream)
+    for seg in results[0]["schedule"]:
         if seg["recomputed"]:
             err.print(f"switching up to {seg['chains']} chains at token {seg['start']}: recomputed the keys/values "
                       "of the whole sequence (only CoLM-Air switches without recomputing)", soft_wrap=True)
-    t = result["timings"]
+    t = results[0]["timings"]  # the whole batch's
     decode = f"{t['decode_tokens_per_s']:.1f}" if t["decode_tokens_per_s"] is not None else "-"
-    err.print(f"{len(result['token_ids'])} tokens ({result['stop_reason']}); time to first token "
+    tokens = sum(len(r["token_ids"]) for r in results)
+    what = f"{len(results)} prompts, {tokens} tokens" if prompts else f"{tokens} tokens ({results[0]['stop_reason']})"
+    err.print(f"{what}; time to first token "
               f"{t['time_to_first_token_s'] * 1000:.0f} ms, prefill {t['prefill_tokens_per_s']:.0f} tokens/s "
-              f"at {result['prefill_chains']} chain(s), decode {decode} tokens/s", highlight=False, soft_wrap=True)
-    if json_out:
-        emit_json({"prompt": prompt, **result})
+              f"at {results[0]['prefill_chains']} chain(s), decode {decode} tokens/s", highlight=False, soft_wrap=True)
+    if prompts is not None:
+        for text, result in zip(texts, results):
+            print(json.dumps({"prompt": text, **result}, separators=(",", ":")), flush=True)
+    elif json_out:
+        emit_json({"prompt": prompt, **results[0]})
     else:
-        stream("\n")
+        stream(0, "\n")
+
+
+def read_prompts(path: Path) -> list[str]:
+    """The prompts of a JSON-lines file, one {"prompt": TEXT} object per line (blank lines skipped)."""
+    if not path.is_file():
+        raise ColmError(f"--prompts {path}: no such file")
+    texts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)["prompt"]
+        except (ValueError, TypeError, KeyError):
+            text = None
+        if not isinstance(text, str):
+            raise ColmError(f'--prompts {path} line {number}: expected a JSON object like {{"prompt": "Once upon"}}')
+        if not text:
+            raise ColmError(f"--prompts {path} line {number}: the prompt is empty; give some text to continue")
+        texts.append(text)
+    if not texts:
+        raise ColmError(f'--prompts {path}: no prompts; write one {{"prompt": TEXT}} object per line')
+    return texts
 
 
 @app.command()

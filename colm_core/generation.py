@@ -35,41 +35,85 @@ def kv_heads_needed(cfg, chains: int) -> int:
 class KVCache:
     """Keys and values of every layer, preallocated as (B, KV, capacity, head_dim) and filled left to right.
 
-    Implements the protocol the attention calls (colm_core/model.py): `length` (the RoPE start of the
-    new tokens), `update(layer, k, v)` and `advance(T)`. A step run with fewer chains than the cache
-    holds (CoLM without Air) writes only a prefix of the heads; `complete_heads` is how many heads
-    are valid at every cached position, i.e. the most chains the cache can serve without recomputing.
+    Row b holds a prompt left-padded by pad[b] columns: the token in column j has RoPE position
+    j - pad[b], and no query attends to a padding column (a padding query attends to itself alone,
+    which keeps its values finite). Every row's RoPE table over all columns is computed once, here.
+
+    Implements the protocol the model calls (colm_core/model.py): `prepare(T)` (RoPE and attention
+    mask of the T new tokens), `update(layer, k, v)` and `advance(T)`. A step run with fewer chains
+    than the cache holds (CoLM without Air) writes only a prefix of the heads; `complete_heads` is how
+    many heads are valid at every cached position, i.e. the most chains the cache can serve without
+    recomputing.
+
+    static=True: every step attends over the whole capacity (masked past the filled columns) and finds
+    the columns to fill in a device tensor, so that a decode step's tensors keep their shapes and
+    addresses from step to step, as CUDA graphs and torch.compile(mode="reduce-overhead") need.
+    Otherwise a step slices the columns it fills and attends over the filled ones only: fewer and
+    smaller operations per step, which is what a CPU decode step's time is made of.
     """
 
-    def __init__(self, cfg, kv_heads: int, capacity: int, batch: int = 1, dtype=torch.float32, device="cpu"):
-        shape = (batch, kv_heads, capacity, cfg.head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)]
+    def __init__(self, model, kv_heads: int, capacity: int, pad: list[int] = (0,), static: bool = False):
+        cfg, param = model.config, next(model.parameters())
+        shape = (len(pad), kv_heads, capacity, cfg.head_dim)
+        self.keys = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(cfg.n_layers)]
+        self.values = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(cfg.n_layers)]
         self.capacity = capacity
-        self.length = 0
+        self.static = static
+        self.pad = torch.tensor(list(pad), device=param.device)  # (B,)
+        self.padded = any(pad)
+        self.columns = torch.arange(capacity, device=param.device)
+        positions = (self.columns - self.pad[:, None]).clamp(min=0)  # (B, capacity)
+        self.cos, self.sin = (t[:, None] for t in model.rope(positions, param.dtype))  # (B, 1, capacity, hd)
+        self.length = 0  # filled columns
+        self.next_column = torch.zeros(1, dtype=torch.long, device=param.device)  # the same, on the device
         self.complete_heads = kv_heads
         self._written_heads = kv_heads
+        self._new_columns = None
 
     @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
 
+    def prepare(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """RoPE cos and sin (B, 1, T, hd) of `tokens` new columns, and the attention mask (B, 1, T, S),
+        True where a query may attend; None where the plain causal rule holds."""
+        start, end = self.length, self.length + tokens
+        if end > self.capacity:
+            raise ColmError(f"KV cache holds {self.capacity} positions; cannot add positions {start}..{end - 1}")
+        if self.static:
+            new = self._new_columns = self.next_column + self.columns[:tokens]  # (T,)
+            cos, sin = self.cos.index_select(2, new), self.sin.index_select(2, new)
+        else:
+            new = self.columns[start:end]
+            cos, sin = self.cos[:, :, start:end], self.sin[:, :, start:end]
+        if not (self.static or self.padded or 1 < tokens and start):
+            return cos, sin, None
+        keys = self.columns if self.static else self.columns[:end]  # (S,)
+        visible = (keys <= new[:, None]) & (keys >= self.pad[:, None, None]) | (keys == new[:, None])
+        return cos, sin, visible[:, None]
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        heads, start, end = k.shape[1], self.length, self.length + k.shape[2]
-        if end > self.capacity or heads > self.keys[layer].shape[1]:
-            raise ColmError(f"KV cache holds {self.keys[layer].shape[1]} heads x {self.capacity} positions; "
-                            f"cannot add {heads} heads at positions {start}..{end - 1}")
-        self.keys[layer][:, :heads, start:end] = k
-        self.values[layer][:, :heads, start:end] = v
+        heads = k.shape[1]
+        if heads > self.keys[layer].shape[1]:
+            raise ColmError(f"KV cache holds {self.keys[layer].shape[1]} heads; cannot add {heads}")
+        keys, values = self.keys[layer][:, :heads], self.values[layer][:, :heads]
         self._written_heads = heads
-        return self.keys[layer][:, :heads, :end], self.values[layer][:, :heads, :end]
+        if self.static:
+            keys.index_copy_(2, self._new_columns, k)
+            values.index_copy_(2, self._new_columns, v)
+            return keys, values
+        start, end = self.length, self.length + k.shape[2]
+        keys[:, :, start:end], values[:, :, start:end] = k, v
+        return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, tokens: int) -> None:
         self.length += tokens
+        self.next_column += tokens
         self.complete_heads = min(self.complete_heads, self._written_heads)
 
     def reset(self) -> None:
         self.length = 0
+        self.next_column.zero_()
         self.complete_heads = self._written_heads = self.keys[0].shape[1]
 
 
@@ -91,22 +135,21 @@ class Sampling:
             raise ColmError(f"top-p {self.top_p}: must be in (0, 1]")
         return self
 
-    def pick(self, logits: torch.Tensor, generator: torch.Generator) -> int:
-        """One token id from (V,) next-token logits."""
+    def pick(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Token ids (B,) from (B, V) next-token logits, chosen on the logits' device."""
         if self.temperature == 0:
-            return int(logits.argmax())
+            return logits.argmax(-1)
         logits = logits.float() / self.temperature
-        if self.top_k is not None and self.top_k < logits.numel():
-            kth_largest = logits.topk(self.top_k).values[-1]
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth_largest = logits.topk(self.top_k).values[:, -1:]
             logits = logits.masked_fill(logits < kth_largest, float("-inf"))
         if self.top_p is not None and self.top_p < 1:
             sorted_logits, order = logits.sort(descending=True)
             probs = sorted_logits.softmax(-1)
             # Keep the most likely tokens until their mass reaches top_p (always at least one).
             outside = probs.cumsum(-1) - probs >= self.top_p
-            logits = logits.index_fill(0, order[outside], float("-inf"))
-        probs = logits.softmax(-1)
-        return int(torch.multinomial(probs, 1, generator=generator))
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 
 def chains_at(schedule: Schedule, position: int) -> int:
@@ -154,20 +197,37 @@ def default_prefill_chains(cfg, schedule: Schedule) -> int:
     return 1 if cfg.kv_share else schedule[0][1]
 
 
-@torch.inference_mode()  # on a generator function: active only while the generator itself runs
-def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_tokens: int,
-                  prefill_chains: int | None = None, sampling: Sampling | None = None,
-                  report: dict | None = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield (token id, next-token logits) for each generated token, up to max_new_tokens or the context.
+def decode_step(model, tokens: torch.Tensor, chains: int, cache: KVCache, sampling: Sampling,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run new tokens (B, T) at `chains` chains, filling the cache, and pick every row's next token on
+    the device: (token ids (B,), next-token logits (B, V)). With a static cache and T == 1 its tensors
+    keep their shapes from step to step: one such step per chain count is what CUDA graphs or
+    torch.compile(mode="reduce-overhead") capture."""
+    h = model.hidden_states(tokens, chains, cache)
+    logits = model.logits(h[:, -1], chains)
+    return sampling.pick(logits, generator), logits
 
-    The prompt's tokens but the last run once at `prefill_chains` only to fill the cache; the last
-    prompt token runs at the first segment's chain count and gives the first token's logits. `report`
+
+@torch.inference_mode()  # on a generator function: active only while the generator itself runs
+def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_tokens: int,
+                 prefill_chains: int | None = None, sampling: Sampling | None = None,
+                 report: dict | None = None, static: bool = False) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (every row's token id, (B, V) next-token logits) for each generated position, up to
+    max_new_tokens or the context of the shortest prompt (each row's own context ends it earlier:
+    generate_batch stops there).
+
+    The prompts are left-padded to the longest and run in lockstep; each row is what its prompt alone
+    computes. The prompt columns but the last run once at `prefill_chains` only to fill the cache; the
+    last one runs at the first segment's chain count and gives the first token's logits. `report`
     receives "kv_cache" (its size) and "schedule": one dict per segment reached, "recomputed" saying
-    whether the cache had to be rebuilt for it.
+    whether the cache had to be rebuilt for it. `static`: see KVCache.
     """
     cfg = model.config
     sampling = (sampling or Sampling()).validate()
-    check_prompt(cfg, prompt_ids)
+    if not prompts:
+        raise ColmError("no prompts; give at least one")
+    for prompt_ids in prompts:
+        check_prompt(cfg, prompt_ids)
     prefill_chains = prefill_chains or default_prefill_chains(cfg, schedule)
     if not 1 <= prefill_chains <= cfg.n_chains:
         raise ColmError(f"prefill chains {prefill_chains} is outside 1..{cfg.n_chains}")
@@ -175,36 +235,43 @@ def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_toke
         raise ColmError(f"prefill with {prefill_chains} chains cannot serve {schedule[0][1]} chains: only "
                         "CoLM-Air models (keys/values from chain 1) can; omit --prefill-chains")
     param = next(model.parameters())
-    ids = list(prompt_ids)
-    n_new = min(max_new_tokens, cfg.max_seq_len - len(ids) + 1)  # the last token is never fed back
+    width = max(map(len, prompts))
+    pad = [width - len(p) for p in prompts]
+    n_new = min(max_new_tokens, cfg.max_seq_len - min(map(len, prompts)) + 1)  # the last token is never fed back
     heads = max(kv_heads_needed(cfg, k) for k in [prefill_chains] + [k for _, k in schedule])
-    cache = KVCache(cfg, heads, len(ids) + n_new - 1, dtype=param.dtype, device=param.device)
+    cache = KVCache(model, heads, width + n_new - 1, pad, static)
     generator = torch.Generator(param.device).manual_seed(sampling.seed)
     segment_starts = dict(schedule)
     report = {} if report is None else report
     report["kv_cache"] = {"heads": heads, "positions": cache.capacity, "bytes": cache.nbytes}
     report["schedule"] = []
 
-    def run(tokens: list[int], chains: int) -> torch.Tensor:
-        return model.hidden_states(torch.tensor([tokens], device=param.device), chains, cache)
-
-    if len(ids) > 1:
-        run(ids[:-1], prefill_chains)
-    pending = ids[-1:]
+    ids = torch.tensor([[0] * n + p for n, p in zip(pad, prompts)], device=param.device)  # padding: any id
+    if width > 1:
+        model.hidden_states(ids[:, :-1], prefill_chains, cache)
+    pending = ids[:, -1:]
+    generated = []  # each step's tokens (B, 1): joined to the prompts only when a recomputation needs them
     for position in range(n_new):
         chains = chains_at(schedule, position)
         recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
         if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
             cache.reset()
-            pending = ids
+            pending = torch.cat([ids, *generated], dim=1)
         if position in segment_starts:
             report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
-        h = run(pending, chains)
-        logits = model.logits(h[0, -1], chains)
-        token = sampling.pick(logits, generator)
-        yield token, logits
-        ids.append(token)
-        pending = [token]
+        tokens, logits = decode_step(model, pending, chains, cache, sampling, generator)
+        yield tokens.tolist(), logits  # reading the tokens is the step's one wait for the device
+        pending = tokens[:, None]
+        generated.append(pending)
+
+
+def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_tokens: int,
+                  prefill_chains: int | None = None, sampling: Sampling | None = None,
+                  report: dict | None = None, static: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+    """stream_batch of one prompt: yield (token id, (V,) next-token logits) for each generated token."""
+    for tokens, logits in stream_batch(model, [prompt_ids], schedule, max_new_tokens, prefill_chains, sampling,
+                                       report, static):
+        yield tokens[0], logits[0]
 
 
 class TextStream:
@@ -255,58 +322,81 @@ def generate(model, prompt: str | list[int], *, max_new_tokens: int = 128, chain
     Stops at EOS (default: the config's eos_token_id), at a stop string (cut from the text), after
     max_new_tokens, or at the model's context. `on_text` receives the text as it becomes final.
     """
+    return generate_batch(model, [prompt], max_new_tokens=max_new_tokens, chains=chains, switch=switch,
+                          prefill_chains=prefill_chains, temperature=temperature, top_k=top_k, top_p=top_p,
+                          seed=seed, stop=stop, eos_id=eos_id,
+                          on_text=on_text and (lambda row, piece: on_text(piece)))[0]
+
+
+def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int = 128, chains: int | None = None,
+                   switch: Schedule = (), prefill_chains: int | None = None, temperature: float = 0.0,
+                   top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop: list[str] = (),
+                   eos_id: int | None = None, on_text: Callable[[int, str], None] | None = None,
+                   static: bool = False) -> list[dict]:
+    """Continue several prompts in one batch: one record per prompt, in order, each as `generate` gives
+    it (under greedy decoding, the same tokens as that prompt alone). Each row stops on its own; the
+    timings are the whole batch's. `on_text(row, piece)` receives each row's text as it becomes final.
+    Text prompts are encoded as in `generate`.
+    """
     cfg = model.config
-    if isinstance(prompt, str):
-        prompt_ids = model.tokenizer.encode(prompt, add_special_tokens=True)
-    else:
-        prompt_ids = list(prompt)
+    prompts = [model.tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompts]
     if max_new_tokens < 1:
         raise ColmError(f"max new tokens {max_new_tokens}: must be at least 1")
     schedule = make_schedule(cfg.n_chains, chains, switch)
     sampling = Sampling(temperature, top_k, top_p, seed).validate()
     eos_id = cfg.eos_token_id if eos_id is None else eos_id
     prefill_chains = prefill_chains or default_prefill_chains(cfg, schedule)
-    text = TextStream(model.tokenizer, stop)
-    emit = on_text or (lambda piece: None)
-    tokens, report, stop_reason = [], {}, "max_new_tokens"
+    texts = [TextStream(model.tokenizer, stop) for _ in prompts]
+    emit = on_text or (lambda row, piece: None)
+    tokens, stop_reasons, report = [[] for _ in prompts], [None] * len(prompts), {}
+    limits = [min(max_new_tokens, cfg.max_seq_len - len(p) + 1) for p in prompts]  # each row's context
+
+    def take(row: int, token: int) -> str | None:
+        """Add a row's token; the reason the row stops, if it does."""
+        tokens[row].append(token)
+        if token == eos_id:
+            return "eos"
+        piece = texts[row].push(token)
+        if piece:
+            emit(row, piece)
+        if texts[row].stopped:
+            return "stop_string"
+        if len(tokens[row]) == limits[row]:
+            return "max_new_tokens" if limits[row] == max_new_tokens else "context"
+        return None
+
     start = time.perf_counter()
     first_token_at = None
-    steps = stream_tokens(model, prompt_ids, schedule, max_new_tokens, prefill_chains, sampling, report)
-    for token, _ in steps:
+    steps = stream_batch(model, prompts, schedule, max_new_tokens, prefill_chains, sampling, report, static)
+    for step_tokens, _ in steps:
         first_token_at = first_token_at or time.perf_counter()
-        tokens.append(token)
-        if token == eos_id:
-            stop_reason = "eos"
+        for row, token in enumerate(step_tokens):
+            if stop_reasons[row] is None:
+                stop_reasons[row] = take(row, token)
+        if all(stop_reasons):
             break
-        piece = text.push(token)
-        if piece:
-            emit(piece)
-        if text.stopped:
-            stop_reason = "stop_string"
-            break
-    else:
-        if len(tokens) < max_new_tokens:
-            stop_reason = "context"
     steps.close()
     end = time.perf_counter()
-    rest = text.finish()
-    if rest:
-        emit(rest)
+    for row, text in enumerate(texts):
+        rest = text.finish()
+        if rest:
+            emit(row, rest)
     ttft = first_token_at - start
-    decode_seconds = end - first_token_at
-    return {
+    decoded = sum(len(t) - 1 for t in tokens)  # the tokens after each row's first
+    timings = {
+        "time_to_first_token_s": ttft,
+        "prefill_tokens_per_s": sum(map(len, prompts)) / ttft,
+        "decode_tokens_per_s": decoded / (end - first_token_at) if decoded else None,
+        "total_s": end - start,
+    }
+    return [{
         "prompt_ids": prompt_ids,
         "prompt_tokens": len(prompt_ids),
         "text": text.text,
-        "token_ids": tokens,
+        "token_ids": row_tokens,
         "stop_reason": stop_reason,
         "prefill_chains": prefill_chains,
         **report,
         "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
-        "timings": {
-            "time_to_first_token_s": ttft,
-            "prefill_tokens_per_s": len(prompt_ids) / ttft,
-            "decode_tokens_per_s": (len(tokens) - 1) / decode_seconds if len(tokens) > 1 else None,
-            "total_s": end - start,
-        },
-    }
+        "timings": timings,
+    } for prompt_ids, text, row_tokens, stop_reason in zip(prompts, texts, tokens, stop_reasons)]

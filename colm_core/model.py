@@ -112,11 +112,26 @@ class Attention(nn.Module):
         self.o = ChainLinear(d, d)
         index = kv_heads_read(cfg)
         self.register_buffer("kv_index", torch.tensor(index), persistent=False)
-        # Per chain count k (1-based): whether SDPA can group the first k chains' heads itself.
-        self.sdpa_groups = [None] + [sdpa_can_group(index[: sum(cfg.heads[:k])])
-                                     for k in range(1, cfg.n_chains + 1)]
+        # Per chain count k (1-based): whether SDPA can group the first k chains' query heads itself once
+        # they are ordered so that the heads of each KV head sit next to each other, and whether that
+        # order differs from chain-major order. With CoLM-Air every chain spreads its heads over chain
+        # 1's KV heads, so chain-major order interleaves them ([0, 1, 0, 1] for 2 chains over 2 KV
+        # heads). query_orders[k] holds the order and its inverse, padded to all heads (a buffer, so
+        # that it moves with the model and a decode step copies nothing from the host).
+        self.reorder, self.sdpa_groups = [False], [None]
+        query_orders = torch.zeros(cfg.n_chains + 1, 2, len(index), dtype=torch.long)
+        for k in range(1, cfg.n_chains + 1):
+            read = index[: sum(cfg.heads[:k])]
+            order = sorted(range(len(read)), key=read.__getitem__)  # stable: keeps chain-major ties
+            self.sdpa_groups.append(sdpa_can_group([read[j] for j in order]))
+            self.reorder.append(self.sdpa_groups[k] and order != sorted(order))
+            query_orders[k, 0, : len(read)] = torch.tensor(order)
+            query_orders[k, 1, : len(read)] = torch.tensor(order).argsort()
+        self.register_buffer("query_orders", query_orders, persistent=False)
 
-    def forward(self, x, chains, cos, sin, cache=None, layer=0):
+    def forward(self, x, chains, cos, sin, cache=None, layer=0, mask=None):
+        """`mask` (B, 1, T, S), True where a query may attend, is needed whenever the plain causal
+        rule (no mask: T == S, causal; T == 1, everything cached) does not hold."""
         B, T, _ = x.shape
         hd = self.cfg.head_dim
         kv_chains = 1 if self.cfg.kv_share else chains
@@ -126,15 +141,16 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, KV, S, hd)
-        if not self.sdpa_groups[chains]:
-            index = self.kv_index[: q.shape[1]]
+        H = q.shape[1]
+        if self.reorder[chains]:  # move the query heads, not the (much larger) cached keys and values
+            q = q.index_select(1, self.query_orders[chains, 0, :H])
+        elif not self.sdpa_groups[chains]:
+            index = self.kv_index[:H]
             k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, hd)
-        S = k.shape[2]
-        mask = None
-        if 1 < T < S:  # new tokens after a cached prefix: query t sees keys up to S - T + t
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == T,
                                            enable_gqa=self.sdpa_groups[chains])
+        if self.reorder[chains]:
+            y = y.index_select(1, self.query_orders[chains, 1, :H])
         return self.o(y.transpose(1, 2).reshape(B, T, -1), chains)
 
 
@@ -164,8 +180,8 @@ class Block(nn.Module):
         self.ffn_norm = ChainRMSNorm(cfg.chain_widths, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x, chains, cos, sin, cache=None, layer=0):
-        x = x + self.attn(self.attn_norm(x, chains), chains, cos, sin, cache, layer)
+    def forward(self, x, chains, cos, sin, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.attn_norm(x, chains), chains, cos, sin, cache, layer, mask)
         return x + self.ffn(self.ffn_norm(x, chains), chains)
 
 
@@ -187,19 +203,22 @@ class CoLM(nn.Module):
         return list(blocks.parameters())[: chains or self.config.n_chains]
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype):
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
+        """RoPE cos and sin, (..., hd), of positions of any shape."""
+        freqs = positions.float()[..., None] * self.inv_freq  # (..., hd/2)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def hidden_states(self, input_ids: torch.Tensor, chains: int | None = None, cache=None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains."""
         k = self._chains(chains)
-        start = cache.length if cache is not None else 0
         x = torch.cat([F.embedding(input_ids, w) for w in list(self.embed.parameters())[:k]], dim=-1)
-        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        cos, sin = self.rope(positions, x.dtype)
+        if cache is None:
+            cos, sin = self.rope(torch.arange(input_ids.shape[1], device=input_ids.device), x.dtype)
+            mask = None
+        else:  # the cache knows each row's positions and which cached keys each new token may see
+            cos, sin, mask = cache.prepare(input_ids.shape[1])
         for i, layer in enumerate(self.layers):
-            x = layer(x, k, cos, sin, cache, i)
+            x = layer(x, k, cos, sin, cache, i, mask)
         if cache is not None:
             cache.advance(input_ids.shape[1])
         return self.norm(x, k)

@@ -8,7 +8,8 @@ import torch
 
 from colm_core.checkpoint import save
 from colm_core.errors import ColmError
-from colm_core.generation import Sampling, TextStream, chains_at, generate, make_schedule, stream_tokens
+from colm_core.generation import (Sampling, TextStream, chains_at, generate, generate_batch, make_schedule,
+                                  stream_batch, stream_tokens)
 from colm_core.model import CoLM
 from colm_core.tokenizer import ByteTokenizer
 from tests.conftest import assert_one_line_error, run_cli, tiny_config, tiny_model
@@ -21,6 +22,7 @@ VARIANTS = {
     "air-gqa": dict(kv_share=True, kv_heads=[1, 0, 0]),
 }
 PROMPT = [5, 17, 3, 88, 40, 40, 12, 61, 9, 33, 70, 1, 25]
+PROMPTS = [PROMPT, PROMPT[:1], PROMPT[4:9], [7, 30] * 9]  # different lengths: rows padded by 5, 17, 12, 0
 
 
 @torch.no_grad()
@@ -101,6 +103,75 @@ def test_switching_schedule_equals_recomputation_from_scratch(variant, monkeypat
     assert [(s["start"], s["chains"]) for s in report["schedule"]] == schedule
 
 
+def assert_rows_equal_single_prompts(model, prompts, schedule, n, **kw):
+    """Greedy rows of a batch: the same tokens as each prompt alone, logits equal up to float rounding
+    (a batched matrix product may round differently from a one-row one)."""
+    batch = list(stream_batch(model, prompts, schedule, n, **kw))
+    for row, prompt in enumerate(prompts):
+        single = list(stream_tokens(model, prompt, schedule, n))
+        assert [tokens[row] for tokens, _ in batch] == [t for t, _ in single]
+        for (_, batch_logits), (_, logits) in zip(batch, single):
+            assert (batch_logits[row] - logits).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("variant", ["colm", "air"])
+def test_batch_rows_equal_single_prompts_for_every_chain_count(variant):
+    model = tiny_model(**VARIANTS[variant])
+    for k in range(1, model.config.n_chains + 1):
+        assert_rows_equal_single_prompts(model, PROMPTS, [(0, k)], 6)
+
+
+@pytest.mark.parametrize("variant", ["colm", "air"])
+def test_batch_rows_equal_single_prompts_when_switching(variant):
+    """Air switches for free; CoLM reruns the whole padded batch when switching up."""
+    assert_rows_equal_single_prompts(tiny_model(**VARIANTS[variant]), PROMPTS, [(0, 3), (3, 1), (6, 2)], 9)
+
+
+@pytest.mark.parametrize("variant", ["colm", "air"])
+def test_static_cache_step_equals_the_growing_one(variant):
+    """The static cache (every step attends over the whole capacity, columns from a device tensor:
+    the shape CUDA graphs capture) gives the tokens and logits of the cache that grows."""
+    model = tiny_model(**VARIANTS[variant])
+    for prompts in (PROMPTS, [PROMPT]):
+        static = list(stream_batch(model, prompts, [(0, 3), (4, 1), (8, 2)], 10, static=True))
+        growing = list(stream_batch(model, prompts, [(0, 3), (4, 1), (8, 2)], 10))
+        assert [t for t, _ in static] == [t for t, _ in growing]
+        for (_, a), (_, b) in zip(static, growing):
+            assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_air_query_heads_are_reordered_for_grouped_attention_and_match_gathering_the_cache():
+    model = tiny_model(**VARIANTS["air"])  # chains of 2, 4, 2 query heads over chain 1's 2 KV heads
+    attn = model.layers[0].attn
+    assert attn.reorder == [False, False, True, True] and all(attn.sdpa_groups[1:])
+    ids = torch.tensor([PROMPT, PROMPT[::-1]])
+    with torch.no_grad():
+        reordered = [model(ids, chains=k) for k in (2, 3)]
+        for layer in model.layers:  # the path before: gather every query head's KV head from the cache
+            layer.attn.reorder, layer.attn.sdpa_groups = [False] * 4, [None] + [False] * 3
+        gathered = [model(ids, chains=k) for k in (2, 3)]
+    for a, b in zip(reordered, gathered):
+        assert (a - b).abs().max().item() <= 1e-5 and torch.equal(a.argmax(-1), b.argmax(-1))
+
+
+def test_generate_batch_records_equal_single_calls_with_rows_ending_at_different_times():
+    model = tiny_model(vocab_size=258, kv_heads=[1, 1, 1])
+    # Rows end by EOS (0 and 2), the stop string (1 and 3), max_new_tokens ([100, 200]) and the context of
+    # 64 (the last), after 5, 5, 3, 1, 12 and 5 tokens.
+    prompts = PROMPTS + [[100, 200], (PROMPT * 5)[:60]]
+    kw = dict(max_new_tokens=12, eos_id=122, stop=["'"], chains=2)
+    streamed = {row: [] for row in range(len(prompts))}
+    batch = generate_batch(model, prompts, on_text=lambda row, piece: streamed[row].append(piece), **kw)
+    singles = [generate(model, prompt, **kw) for prompt in prompts]
+    for record in batch + singles:
+        del record["timings"], record["kv_cache"]  # the batch's: its time and its cache of every row
+    assert batch == singles
+    assert [r["stop_reason"] for r in batch] == ["eos", "stop_string", "eos", "stop_string", "max_new_tokens",
+                                                 "context"]
+    assert [len(r["token_ids"]) for r in batch] == [5, 5, 3, 1, 12, 5]
+    assert ["".join(streamed[row]) for row in range(len(prompts))] == [r["text"] for r in batch]
+
+
 def test_kv_cache_holds_only_what_the_chosen_chains_need():
     colm, air = tiny_model(kv_heads=[1, 2, 1]), tiny_model(**VARIANTS["air"])
     hd, layers = colm.config.head_dim, colm.config.n_layers
@@ -124,6 +195,16 @@ def test_sampling_seeds_top_k_and_top_p():
     assert sampled(top_p=1e-6, seed=3) == greedy
     steps = list(stream_tokens(model, PROMPT, [(0, 3)], 30, sampling=Sampling(temperature=5.0, top_k=3, seed=4)))
     assert all(token in logits.topk(3).indices.tolist() for token, logits in steps)
+    # Batched: each row is restricted to its own most likely tokens.
+    greedy_rows = [r["token_ids"] for r in generate_batch(model, PROMPTS, max_new_tokens=6, eos_id=-1)]
+    for kw in (dict(top_k=1), dict(top_p=1e-6)):
+        rows = generate_batch(model, PROMPTS, max_new_tokens=6, eos_id=-1, temperature=2.0, **kw)
+        assert [r["token_ids"] for r in rows] == greedy_rows
+    steps = list(stream_batch(model, PROMPTS, [(0, 3)], 10, sampling=Sampling(temperature=5.0, top_p=0.3, seed=4)))
+    for tokens, logits in steps:
+        kept = (logits / 5.0).softmax(-1).sort(descending=True)  # the sampled distribution
+        for row, token in enumerate(tokens):  # a kept token: the tokens more likely than it hold < 0.3
+            assert kept.values[row][: kept.indices[row].tolist().index(token)].sum() < 0.3
 
 
 def test_text_stream_never_splits_a_character_and_holds_back_stop_string_starts():
@@ -208,3 +289,33 @@ def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
                           "prompt is empty")
     assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2,
                           "not increasing")
+
+
+def test_cli_prompts_file_prints_one_json_line_per_prompt_equal_to_single_calls(byte_checkpoint, tmp_path):
+    texts = ["Hello", "A much longer prompt,\nover two lines", "x"]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": t}) for t in texts[:2]) + "\n\n" + json.dumps({"prompt": texts[2]}))
+    args = ["--max-new-tokens", "10", "--switch", "0:3,4:1"]
+    out = run_cli("generate", byte_checkpoint, "--prompts", path, *args, check=True)
+    lines = out.stdout.splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [line == json.dumps(r, separators=(",", ":")) for line, r in zip(lines, records)] == [True] * 3
+    assert [r["prompt"] for r in records] == texts
+    from colm_core.checkpoint import load
+
+    model = load(byte_checkpoint)
+    for text, record in zip(texts, records):
+        single = generate(model, [256] + list(text.encode()), max_new_tokens=10, switch=[(0, 3), (4, 1)])
+        assert record["prompt_ids"] == [256] + list(text.encode()) and record["token_ids"] == single["token_ids"]
+        assert record["text"] == single["text"] and record["stop_reason"] == single["stop_reason"]
+    assert "3 prompts" in out.stderr
+
+
+def test_cli_bad_prompts_file_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    for content, message in [('{"prompt": "hi"}\n\nhi there\n', "line 3: expected a JSON object"),
+                             ('{"prompt": "hi"}\n{"prompt": ""}\n', "line 2: the prompt is empty")]:
+        path.write_text(content)
+        assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompts", path), 2, message)
+    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompts", path, "--prompt", "hi"), 2,
+                          "exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
