@@ -158,7 +158,8 @@ def flip_last_byte(path) -> None:
 def test_recorded_digests_are_the_files_sha256(tmp_path):
     save(tiny_model(), tmp_path / "m", max_shard_bytes=20_000)
     recorded = json.loads((tmp_path / "m" / "digests.json").read_text())["sha256"]
-    on_disk = {f.name: sha256_of(f) for f in (tmp_path / "m").iterdir() if f.name not in ("README.md", "digests.json")}
+    on_disk = {f.name: sha256_of(f) for f in (tmp_path / "m").iterdir()
+               if f.name not in ("README.md", "digests.json")}
     assert recorded == on_disk
     assert {"config.json", "colm_history.json", INDEX_FILE} < recorded.keys()
     assert sum(name.endswith(".safetensors") for name in recorded) > 3
