@@ -10,8 +10,11 @@ single-directory safetensors checkpoint (rank 0 writes it), and tear down cleanl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -127,10 +130,6 @@ def launch(nproc: int, argv: list[str]) -> int:
     torchrun's own launcher runs in this process with its logging off, so a failure prints no
     launcher traceback; each worker leaves its final line in a file (colm_cli.app.report), and the
     line of the first worker that failed is printed once."""
-    import logging
-    import tempfile
-    from pathlib import Path
-
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
@@ -147,12 +146,13 @@ def launch(nproc: int, argv: list[str]) -> int:
         except ChildFailedError as e:
             rank, failure = e.get_first_failure()
             code = failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode  # killed by a signal
-        except SignalException as e:  # this launcher was interrupted; the workers were stopped too
+        except SignalException:  # this launcher was interrupted; the workers were stopped too
             rank, code = None, 130
         finally:
             del os.environ[WORKER_ERRORS_ENV]
         lines = {int(f.name): f.read_text() for f in Path(errors).iterdir()}
     line = lines.get(rank) or next((lines[r] for r in sorted(lines)), None)
-    print(line.rstrip() if line else f"colm: error: training process {rank} exited with code {code}",
-          file=sys.stderr, flush=True)
+    if line is None:
+        line = "colm: interrupted" if rank is None else f"colm: error: training process {rank} exited with code {code}"
+    print(line.rstrip(), file=sys.stderr, flush=True)
     return code
