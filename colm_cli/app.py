@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,7 +14,7 @@ import typer
 from typer.exceptions import TyperException
 
 from colm_cli.common import emit_json, emit_path, err, input_path, number_list, output_path
-from colm_core.errors import ColmError
+from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted
 
 app = typer.Typer(
     name="colm",
@@ -23,10 +24,32 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+debug = False  # --debug / COLM_DEBUG=1: let unexpected exceptions show their traceback
+stopped_by: int | None = None  # the signal that interrupted the command
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from colm_core import __version__
+
+        print(f"colm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug_flag: Annotated[bool, typer.Option("--debug", envvar="COLM_DEBUG",
+                                             help="Show the traceback of a failure (also COLM_DEBUG=1).")] = False,
+):
+    global debug
+    debug = debug_flag
 
 CkptArg = Annotated[Optional[str], typer.Argument(
-    help="Checkpoint directory; read from the first line of stdin when omitted.", show_default=False)]
+    metavar="CKPT", help="Checkpoint directory; read from the first line of stdin when omitted.", show_default=False)]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Output checkpoint directory (default: a new name derived from the input).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output checkpoint.")]
@@ -382,8 +405,9 @@ def inspect(ckpt: CkptArg = None,
 @app.command(name="import")
 def import_(
     hf_dir: Annotated[str, typer.Argument(
+        metavar="HF_DIR", show_default=False,
         help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors), a `colm export --format hf` "
-             "directory, or an hf://ORG/NAME reference (@REVISION optional).", show_default=False)],
+             "directory, or an hf://ORG/NAME reference (@REVISION optional).")],
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -422,7 +446,8 @@ def export(
 
 @app.command()
 def pull(
-    repo_id: Annotated[str, typer.Argument(help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")],
+    repo_id: Annotated[str, typer.Argument(metavar="REPO_ID",
+                                           help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")],
     revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default: main).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Also copy the files into this directory (default: print the Hub-cache path).")] = None,
@@ -464,37 +489,57 @@ def push(
     print(uri, flush=True)
 
 
+def report(line: str) -> None:
+    """Print the line that ends a failed command. A torchrun worker of `train --nproc` leaves it in a file
+    instead, so that the launcher prints one line for all workers (they usually fail alike)."""
+    errors_dir = os.environ.get(WORKER_ERRORS_ENV)
+    if errors_dir and "RANK" in os.environ:
+        Path(errors_dir, os.environ["RANK"]).write_text(line + "\n")
+    else:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def stop_on_signal(signum, frame) -> None:
+    """SIGINT and SIGTERM both stop a command as Ctrl-C does: the exception unwinds through the
+    cleanup of temporary directories, and main() exits 130."""
+    global stopped_by
+    stopped_by = signum
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: run the app, turning every expected failure into one line on stderr and an exit code."""
-    debug = "--debug" in sys.argv
-    if debug:
-        sys.argv.remove("--debug")
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, stop_on_signal)
     try:
-        app(prog_name="colm", standalone_mode=False)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("colm: aborted")
-        sys.exit(130)
+        code = app(prog_name="colm", standalone_mode=False)  # typer turns KeyboardInterrupt into 130
     except KeyboardInterrupt:
-        err.print("colm: interrupted")
-        sys.exit(130)
+        code = 130
+    except typer.Abort:
+        report("colm: aborted")
+        code = 130
     except TyperException as e:  # click's usage errors, raised by typer's bundled click
         if debug:
             raise
         ctx = getattr(e, "ctx", None)
         hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
         if e.format_message():  # empty after `colm` alone, which has printed the help already
-            err.print(f"colm: error: {e.format_message()}{hint}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(getattr(e, "exit_code", 2))
+            report(f"colm: error: {e.format_message().rstrip('.')}{hint}")
+        code = getattr(e, "exit_code", 2)
+    except Interrupted as e:  # training stopped at a step boundary and says what it saved
+        report(f"colm: {e}")
+        code = e.exit_code
     except ColmError as e:
         if debug:
             raise
-        err.print(f"colm: error: {e}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        report(f"colm: error: {e}")
+        code = e.exit_code
     except Exception as e:  # an unexpected failure is still one line unless --debug asks for more
         if debug:
             raise
-        err.print(f"colm: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
-                  markup=False, highlight=False, soft_wrap=True)
-        sys.exit(1)
+        report(f"colm: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+        code = 1
+    if stopped_by is not None:
+        report("colm: interrupted")
+        code = 130
+    sys.exit(code or 0)

@@ -6,15 +6,27 @@ to stderr. Nothing here imports torch, so `colm --help` stays fast.
 
 from __future__ import annotations
 
-import json
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from colm_core.errors import ColmError
+from colm_core.strict_json import finite_json
 
-err = Console(stderr=True)
+MAX_PATH_BYTES = 4096  # Linux's PATH_MAX: a longer first line of stdin is not a path
+
+
+def human_console() -> Console:
+    """stderr, for people. A terminal gets rich's defaults; a pipe or a log file gets no colour, and lines
+    and tables at their natural width: wrapping at a guessed 80 columns would break them mid-line."""
+    if sys.stderr is not None and sys.stderr.isatty():
+        return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True, width=1_000_000, no_color=True, highlight=False)
+
+
+err = human_console()
 
 
 def input_path(arg: str | None, import_hf: bool = True) -> Path:
@@ -24,9 +36,14 @@ def input_path(arg: str | None, import_hf: bool = True) -> Path:
     if arg is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise ColmError("no input checkpoint: pass its path, or pipe one in (e.g. `colm init | colm inspect`)")
-        arg = sys.stdin.readline().strip()
-        if not arg:
+        line = sys.stdin.buffer.readline().strip()
+        if not line:
             raise ColmError("no input checkpoint: stdin was empty; did the previous command in the pipe fail?")
+        arg = os.fsdecode(line)  # as the file system would name it
+        if len(line) > MAX_PATH_BYTES or not arg.isprintable():  # binary data, a whole file, ...
+            shown = repr(line[:80]) + ("..." if len(line) > 80 else "")
+            raise ColmError(f"the first line of stdin is not a checkpoint path: {shown} ({len(line):,} bytes); "
+                            "pipe in the path a colm command prints, or pass it as an argument")
     from colm_core.resolve import resolve_checkpoint, resolve_input
 
     return resolve_checkpoint(arg) if import_hf else resolve_input(arg)
@@ -46,7 +63,12 @@ def emit_path(path: Path) -> None:
 
 
 def emit_json(obj) -> None:
-    print(json.dumps(obj, indent=2), flush=True)
+    nulls: list[str] = []
+    text = finite_json(obj, indent=2, on_null=nulls.append)
+    if nulls:
+        err.print(f"note: {', '.join(nulls)} {'is' if len(nulls) == 1 else 'are'} not a finite number (the model's "
+                  "outputs overflowed: its weights have diverged or are broken); written as null in the JSON")
+    print(text, flush=True)
 
 
 def number_list(value: str | None, name: str, kind: type = int, example: str = "4,4,4,4") -> list | None:

@@ -44,37 +44,46 @@ def eval_table(report: dict) -> Table:
 
 
 class TrainProgress:
-    """Renders colm_core.train's events: a progress bar (step, loss per scale, tokens/s, ETA), then a summary."""
+    """Renders colm_core.train's events, then a summary: on a terminal a progress bar (step, loss per
+    scale, tokens/s, ETA); elsewhere (a pipe, a log file) one plain line per logged step."""
 
     def __init__(self, console: Console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = console
         self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeRemainingColumn(), console=console, transient=True)
+                                 TimeRemainingColumn(), console=console, transient=True) if console.is_terminal else None
         self.task = None
+        self.steps = None
 
     def __call__(self, kind: str, record: dict) -> None:
         if kind == "start":
             if record["resumed_from"]:
                 self.console.print(f"resuming from {record['resumed_from']}")
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=record["steps"], completed=record["start_step"], info="")
+            self.steps = record["steps"]
+            if self.progress is not None:
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=self.steps, completed=record["start_step"], info="")
         elif kind == "log":
             losses = " ".join(f"L{k}={v:.3f}" for k, v in record["loss"].items())
-            self.progress.update(self.task, completed=record["step"],
-                                 info=f"{losses}  {record['tokens_per_second']:,.0f} tok/s")
+            info = f"{losses}  {record['tokens_per_second']:,.0f} tok/s"
+            if self.task is not None:
+                self.progress.update(self.task, completed=record["step"], info=info)
+            else:
+                self.console.print(f"step {record['step']}/{self.steps}: {info}")
         elif kind == "val":
             losses = " ".join(f"{k}: {v:.4f}" for k, v in record["val_loss"].items())
-            self.progress.console.print(f"step {record['step']}: validation loss per scale  {losses}")
+            self.console.print(f"step {record['step']}: validation loss per scale  {losses}")
         elif kind == "save":
-            self.progress.console.print(f"step {record['step']}: saved {record['path']}")
+            self.console.print(f"step {record['step']}: saved {record['path']}")
         elif kind == "end":
             self.stop()
             self.console.print(train_summary(record))
 
     def stop(self) -> None:
-        self.progress.stop()
+        if self.task is not None:
+            self.progress.stop()
+            self.task = None
 
 
 def train_summary(record: dict) -> Table:

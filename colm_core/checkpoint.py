@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import glob
 import hashlib
 import itertools
 import json
@@ -269,30 +270,62 @@ def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = (
     return path
 
 
+def temporary_sibling(path: Path, kind: str) -> Path:
+    """A new hidden directory beside `path` named .NAME.KIND-PID-RANDOM: the pid tells a later run
+    whether the process that made it is gone (sweep_stale_siblings)."""
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_stale_siblings(path: Path) -> None:
+    """Remove the temporary directories that a killed run writing `path` left beside it (.NAME.tmp-PID-*,
+    .NAME.old-PID-*). Only those of dead processes: a concurrent writer's are left alone."""
+    for kind in ("tmp", "old"):
+        prefix = f".{path.name}.{kind}-"
+        for stale in path.parent.glob(glob.escape(prefix) + "*"):
+            pid = stale.name[len(prefix):].split("-")[0]
+            if stale.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, force: bool = False):
     """Yield a temporary directory beside `path`; rename it to `path` only if the block succeeds.
 
-    With force, an existing `path` is replaced, and it is only removed after the new one is in place."""
-    path = Path(path)
+    With force, an existing `path` is replaced, and it is only removed after the new one is in place.
+    An exception (Ctrl-C and SIGTERM included, see colm_cli.app.main) removes the temporary directory."""
+    path = Path(os.path.abspath(path))  # `-o .` names the directory itself, whose siblings are in its parent
     check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    sweep_stale_siblings(path)
+    tmp = temporary_sibling(path, "tmp")
+    old = None
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets a normal directory's mode
     try:
         yield tmp
-        old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            old = temporary_sibling(path, "old")
             os.replace(path, old / path.name)
         os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
     except BaseException:
+        if old is not None and not path.exists():  # interrupted between the two renames: put the original back
+            os.replace(old / path.name, path)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], shapes: dict[str, tuple[int, ...]],

@@ -10,16 +10,18 @@ single-directory safetensors checkpoint (rank 0 writes it), and tear down cleanl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
-from colm_core.errors import ColmError
+from colm_core.errors import WORKER_ERRORS_ENV, ColmError
 
 STRATEGIES = ("ddp", "fsdp")
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -123,9 +125,34 @@ def setup(strategy: str, device: str | None = None) -> Runtime:
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """`colm train --nproc N ...`: rerun the same command under torchrun on this machine; its exit code."""
+    """`colm train --nproc N ...`: rerun the same command under torchrun on this machine; the workers' exit code.
+
+    torchrun's own launcher runs in this process with its logging off, so a failure prints no
+    launcher traceback; each worker leaves its final line in a file (colm_cli.app.report), and the
+    line of the first worker that failed is printed once."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     if nproc < 1:
         raise ColmError(f"--nproc {nproc}: give a positive number of processes")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "colm_cli", *argv]
-    return subprocess.call(cmd)
+    args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "colm_cli", *argv])
+    logging.disable(logging.CRITICAL)  # torchrun's notices and failure reports: this process only launches
+    with tempfile.TemporaryDirectory(prefix="colm-workers-") as errors:
+        os.environ[WORKER_ERRORS_ENV] = errors
+        try:
+            run(args)
+            return 0
+        except ChildFailedError as e:
+            rank, failure = e.get_first_failure()
+            code = failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode  # killed by a signal
+        except SignalException:  # this launcher was interrupted; the workers were stopped too
+            rank, code = None, 130
+        finally:
+            del os.environ[WORKER_ERRORS_ENV]
+        lines = {int(f.name): f.read_text() for f in Path(errors).iterdir()}
+    line = lines.get(rank) or next((lines[r] for r in sorted(lines)), None)
+    if line is None:
+        line = "colm: interrupted" if rank is None else f"colm: error: training process {rank} exited with code {code}"
+    print(line.rstrip(), file=sys.stderr, flush=True)
+    return code

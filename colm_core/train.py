@@ -31,7 +31,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from colm_core.checkpoint import parse_dtype
-from colm_core.errors import ColmError, ColmRuntimeError
+from colm_core.errors import ColmError, ColmRuntimeError, Interrupted
+from colm_core.strict_json import finite_json
 from kernels._dispatch import selected as kernels_backend
 
 MARKER = "COMPLETE"
@@ -41,8 +42,8 @@ METRICS_FILE = "metrics.jsonl"
 SCHEDULES = ("cosine", "linear", "constant")
 
 
-class TrainingInterrupted(ColmRuntimeError):
-    exit_code = 130
+class TrainingInterrupted(Interrupted):
+    pass
 
 
 class NonFiniteLoss(ColmRuntimeError):
@@ -297,15 +298,24 @@ class Trainer:
         run_start, run_start_step, base_seconds = time.perf_counter(), st.step, st.seconds
         last_saved = st.step if self.resume_from else None
         while st.step < opts.steps:
-            losses = self.train_step()
-            st.step += 1
-            st.tokens += tokens_per_step
-            if not all(math.isfinite(v) for v in losses.values()):
+            losses, failure = self.train_step()
+            if failure == "weights":  # the update was applied: the weights in memory are lost
                 saved = complete_steps(self.partial)
                 raise NonFiniteLoss(
-                    f"non-finite loss at step {st.step} ({losses}); the weights of that step were not applied. "
-                    + (f"Last good checkpoint: {saved[-1]}. " if saved else "")
+                    f"step {st.step + 1} made the weights non-finite (losses {losses}); nothing was published. "
+                    + (f"The last good weights are in {saved[-1]}. " if saved else "No good step was saved. ")
                     + "Lower --lr or raise --warmup-steps")
+            if failure:  # the update was skipped: the weights after step st.step are still good
+                if st.step > 0 and last_saved != st.step:
+                    self.save_step()
+                saved = complete_steps(self.partial)
+                raise NonFiniteLoss(
+                    f"non-finite {failure} at step {st.step + 1} (losses {losses}); that update was not applied "
+                    "and nothing was published. "
+                    + (f"The last good weights are in {saved[-1]}. " if saved and st.step > 0 else "")
+                    + "Lower --lr or raise --warmup-steps")
+            st.step += 1
+            st.tokens += tokens_per_step
             st.last_loss = losses
             elapsed = time.perf_counter() - run_start
             st.seconds = base_seconds + elapsed
@@ -326,8 +336,11 @@ class Trainer:
                                           f"{self.partial / 'steps' / step_name(st.step)}; "
                                           "continue with the same command and --resume auto")
 
-    def train_step(self) -> dict[str, float]:
-        """One optimizer step over the global batch; this process takes its rows of it."""
+    def train_step(self) -> tuple[dict[str, float], str | None]:
+        """One optimizer step over the global batch; this process takes its rows of it.
+
+        Returns the loss per scale and what was non-finite, if anything: "loss" or "gradient" (the update
+        was skipped), or "weights" (the update made them non-finite; the same answer on every rank)."""
         opts, rt = self.opts, self.rt
         lr = opts.learning_rate(self.state.step)
         for group in self.optimizer.param_groups:
@@ -344,15 +357,24 @@ class Trainer:
             sums += per_scale.detach().float()
         mean = rt.sum(sums) / (opts.batch_size * opts.seq_len)
         losses = {str(k): v for k, v in zip(self.scales, mean.tolist())}
-        if all(math.isfinite(v) for v in losses.values()):
+        failure = None if all(math.isfinite(v) for v in losses.values()) else "loss"
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if failure is None:
             self.scaler.unscale_(self.optimizer)
             if opts.grad_clip > 0:
-                params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+            else:
+                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            # A float16 GradScaler skips steps with overflowing gradients by itself, and lowers its scale.
+            if not self.scaler.is_enabled() and not torch.isfinite(grad_norm).item():
+                failure = "gradient"
+        if failure is None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if rt.any(not all_finite(params)):
+                failure = "weights"
         self.optimizer.zero_grad(set_to_none=True)
-        return losses
+        return losses, failure
 
     def batch_rows(self, step: int) -> torch.Tensor:
         from colm_core.data import sample_windows
@@ -383,7 +405,7 @@ class Trainer:
     def log(self, record: dict, kind: str) -> None:
         if self.rt.is_main:
             with open(self.partial / METRICS_FILE, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(finite_json(record) + "\n")
         self.emit(kind, record)
 
     # --- directories and checkpoints ----------------------------------------------------------
@@ -487,6 +509,12 @@ class Trainer:
             self.emit("end", summary | {"path": str(self.out)})
         self.rt.barrier()
         return self.out
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """No NaN or infinity in any of the tensors (this rank's shards of FSDP ones), with one device sync."""
+    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
+    return bool(torch.stack([torch.isfinite(t.detach()).all() for t in local]).all())
 
 
 def step_name(step: int) -> str:
