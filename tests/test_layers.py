@@ -8,7 +8,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Bottom first. A module may import the modules of lower layers only (never its own layer's).
 LAYERS = (
-    ("errors", "cache"),
+    ("errors", "cache", "strict_json"),
     ("config", "references"),
     ("tokenizer",),
     ("model", "losses", "evaluate", "generation", "parallel"),
