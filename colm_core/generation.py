@@ -128,7 +128,7 @@ def parse_switch(text: str) -> Schedule:
 def make_schedule(n_chains: int, chains: int | None = None, switch: Schedule = ()) -> Schedule:
     """The schedule from a starting chain count (default: all) and switch points; checked."""
     switch = list(switch)
-    schedule = switch if switch and switch[0][0] == 0 else [(0, chains or n_chains)] + switch
+    schedule = switch if switch and switch[0][0] == 0 else [(0, n_chains if chains is None else chains)] + switch
     for i, (position, k) in enumerate(schedule):
         if not 1 <= k <= n_chains:
             raise ColmError(f"chains {k} is outside 1..{n_chains}: this model has {n_chains} chains")
@@ -168,7 +168,7 @@ def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_toke
     cfg = model.config
     sampling = (sampling or Sampling()).validate()
     check_prompt(cfg, prompt_ids)
-    prefill_chains = prefill_chains or default_prefill_chains(cfg, schedule)
+    prefill_chains = default_prefill_chains(cfg, schedule) if prefill_chains is None else prefill_chains
     if not 1 <= prefill_chains <= cfg.n_chains:
         raise ColmError(f"prefill chains {prefill_chains} is outside 1..{cfg.n_chains}")
     if kv_heads_needed(cfg, prefill_chains) < kv_heads_needed(cfg, schedule[0][1]):
@@ -259,7 +259,7 @@ def generate(model, prompt_ids: list[int], *, max_new_tokens: int = 128, chains:
     schedule = make_schedule(cfg.n_chains, chains, switch)
     sampling = Sampling(temperature, top_k, top_p, seed).validate()
     eos_id = cfg.eos_token_id if eos_id is None else eos_id
-    prefill_chains = prefill_chains or default_prefill_chains(cfg, schedule)
+    prefill_chains = default_prefill_chains(cfg, schedule) if prefill_chains is None else prefill_chains
     text = TextStream(model.tokenizer, stop)
     emit = on_text or (lambda piece: None)
     tokens, report, stop_reason = [], {}, "max_new_tokens"

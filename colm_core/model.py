@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from colm_core.config import ColmConfig
+from colm_core.errors import ColmError
 from kernels.chain_linear import chain_linear
 from kernels.chain_rmsnorm import chain_rms_norm
 
@@ -191,6 +192,10 @@ class CoLM(nn.Module):
         """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains."""
         k = self._chains(chains)
         start = cache.length if cache is not None else 0
+        end = start + input_ids.shape[1]
+        if end > self.config.max_seq_len:  # RoPE would go on silently past the positions it was trained for
+            raise ColmError(f"{end} tokens is longer than the model's context (max_seq_len {self.config.max_seq_len}); "
+                            "shorten the input")
         x = torch.cat([F.embedding(input_ids, w) for w in list(self.embed.parameters())[:k]], dim=-1)
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         cos, sin = self.rope(positions, x.dtype)
@@ -218,7 +223,6 @@ class CoLM(nn.Module):
         if chains is None:
             return n
         if not 1 <= chains <= n:
-            from colm_core.errors import ColmError
             raise ColmError(f"chains={chains} is outside 1..{n}: this model has {n} chains")
         return chains
 

@@ -169,6 +169,10 @@ def test_bad_generation_input_is_a_clear_error():
         generate(model, [3] * 65)
     with pytest.raises(ColmError, match=f"outside 1..{n}"):
         generate(model, PROMPT, chains=n + 1)
+    with pytest.raises(ColmError, match=f"chains 0 is outside 1..{n}"):  # None, not 0, means all chains
+        generate(model, PROMPT, chains=0)
+    with pytest.raises(ColmError, match=f"prefill chains 0 is outside 1..{n}"):
+        generate(model, PROMPT, prefill_chains=0)
     with pytest.raises(ColmError, match="not increasing"):
         make_schedule(n, 2, [(8, 1), (4, 3)])
     with pytest.raises(ColmError, match="not increasing"):
@@ -208,3 +212,6 @@ def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
                           "prompt is empty")
     assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2,
                           "not increasing")
+    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0")
+    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"), 2,
+                          "prefill chains 0")
