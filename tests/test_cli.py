@@ -73,3 +73,24 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path):
     assert_one_line_error(run_cli("eval", tmp_path / "m", "--bogus"), 2, "No such option")
     assert_one_line_error(run_cli("inspect", input=""), 2, "stdin was empty")
     assert not (tmp_path / "x").exists()
+
+
+def test_data_directory_skips_hidden_and_binary_files(tmp_path):
+    """--data DIR reads the text files only: not .git/ objects, not hidden files, not binary files."""
+    run_cli("init", "-o", tmp_path / "m", "--layers", "1", check=True)
+    data = tmp_path / "data"
+    (data / ".git" / "objects").mkdir(parents=True)
+    (data / "sub").mkdir()
+    (data / "a.txt").write_text("plain text. " * 10)
+    (data / "sub" / "b.md").write_text("more text")
+    (data / ".git" / "objects" / "ab12").write_bytes(b"x\x9c\xcbH\xcd\xc9\xc9\x07\x00")
+    (data / ".notes").write_text("hidden")
+    (data / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    proc = run_cli("eval", tmp_path / "m", "--data", data, "--seq-len", "32", check=True)
+    # a.txt and b.md only: every byte plus one EOS per document is a target, less the very first BOS
+    assert json.loads(proc.stdout)["tokens"] == len("plain text. " * 10) + len("more text") + 2 + 1
+    assert "skipped 1 file(s)" in proc.stderr and "image.png" in proc.stderr
+    (data / "a.txt").unlink()
+    (data / "sub" / "b.md").unlink()
+    assert_one_line_error(run_cli("eval", tmp_path / "m", "--data", data), 2, "no text files found")
+
