@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from colm_core.errors import ColmError
+from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, TOP_P, check_range
 
 Schedule = list[tuple[int, int]]  # (first generated position, chains), positions strictly increasing from 0
 
@@ -83,12 +84,17 @@ class Sampling:
     seed: int = 0
 
     def validate(self) -> "Sampling":
-        if self.temperature < 0:
-            raise ColmError(f"temperature {self.temperature} is negative; use 0 for greedy decoding")
-        if self.top_k is not None and self.top_k < 1:
-            raise ColmError(f"top-k {self.top_k}: must be at least 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ColmError(f"top-p {self.top_p}: must be in (0, 1]")
+        check_range("--temperature", self.temperature, NON_NEGATIVE, "0 is greedy")
+        check_range("--seed", self.seed, NON_NEGATIVE, "seed of the sampler")
+        if self.top_k is not None:
+            check_range("--top-k", self.top_k, AT_LEAST_ONE, "sample among the k most likely tokens")
+        if self.top_p is not None:
+            check_range("--top-p", self.top_p, TOP_P, "sample among the most likely tokens of mass p")
+        restricted = [f"--top-{name} {value:g}" for name, value in (("k", self.top_k), ("p", self.top_p))
+                      if value is not None]
+        if restricted and self.temperature == 0:
+            raise ColmError(f"{' and '.join(restricted)} has no effect at temperature 0 (greedy decoding); "
+                            "give --temperature above 0 to sample, or leave it out")
         return self
 
     def pick(self, logits: torch.Tensor, generator: torch.Generator) -> int:

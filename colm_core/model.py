@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from colm_core.config import ColmConfig
+from colm_core.config import INIT_STD, ColmConfig
 from colm_core.errors import ColmError
 from kernels.chain_linear import chain_linear
 from kernels.chain_rmsnorm import chain_rms_norm
@@ -227,7 +227,7 @@ class CoLM(nn.Module):
         return chains
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02, seed: int = 0) -> "CoLM":
+    def init_weights(self, std: float = INIT_STD, seed: int = 0) -> "CoLM":
         g = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
             p.copy_(initial_value(name, p.shape, std, self.config.n_layers, g))

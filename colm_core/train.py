@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,12 +31,12 @@ from safetensors.torch import load_file, save_file
 
 from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, ColmRuntimeError
+from colm_core.options import TrainOptions
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 METRICS_FILE = "metrics.jsonl"
-SCHEDULES = ("cosine", "linear", "constant")
 
 
 class TrainingInterrupted(ColmRuntimeError):
@@ -48,92 +47,20 @@ class NonFiniteLoss(ColmRuntimeError):
     pass
 
 
-@dataclass
-class TrainOptions:
-    data: list[str] | None = None  # text files, directories, globs; None: the embedded corpus
-    steps: int = 200
-    batch_size: int = 8  # sequences per optimizer step, over all processes and micro-steps
-    grad_accum: int = 1
-    seq_len: int = 256
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
-    warmup_steps: int = 20
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    chain_loss: str = "all"  # all: every scale; full: the last scale only
-    chain_weights: list[float] | None = None
-    freeze_chains: int = 0
-    seed: int = 0
-    dtype: str = "auto"  # float32 on CPU; bfloat16 autocast on CUDA
-    device: str | None = None
-    compile: bool = False
-    log_every: int = 10
-    eval_every: int = 50  # 0: validate only at the end
-    eval_windows: int = 16
-    val_fraction: float = 0.05
-    save_every: int = 0  # 0: step checkpoints only on interruption
-    keep_checkpoints: int = 2
-    strategy: str = "ddp"
-
-    @classmethod
-    def from_sources(cls, config_file: Path | None, overrides: dict) -> "TrainOptions":
-        """Defaults, then a --config file (JSON or TOML, keys as the flags), then the flags given."""
-        values = {}
-        if config_file is not None:
-            try:
-                text = Path(config_file).read_text()
-                values = tomllib.loads(text) if str(config_file).endswith(".toml") else json.loads(text)
-            except (OSError, ValueError) as e:
-                raise ColmError(f"--config {config_file}: cannot read it ({e}); give a JSON or TOML file") from None
-            values = {k.replace("-", "_"): v for k, v in values.items()}
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(values) - known)
-            if unknown:
-                raise ColmError(f"--config {config_file}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def check(self, cfg) -> None:
-        n = cfg.n_chains
-        positive = ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_windows", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ColmError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.seq_len > cfg.max_seq_len:
-            raise ColmError(f"--seq-len {self.seq_len} is above the model's maximum of {cfg.max_seq_len} tokens")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0:
-            raise ColmError("--lr must be positive; --warmup-steps, --save-every, --eval-every non-negative")
-        if not 0 < self.val_fraction < 1:
-            raise ColmError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
-        if self.schedule not in SCHEDULES:
-            raise ColmError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
-        if self.chain_loss not in ("all", "full"):
-            raise ColmError(f"--chain-loss {self.chain_loss}: choose all (every scale) or full (last scale)")
-        if not 0 <= self.freeze_chains < n:
-            raise ColmError(f"--freeze-chains {self.freeze_chains}: this model has {n} chains, so at most "
-                            f"{n - 1} can be frozen (at least one must train)")
-        if self.chain_weights is not None and len(self.chain_weights) != len(self.scales(n)):
-            raise ColmError(f"--chain-weights has {len(self.chain_weights)} values for the "
-                            f"{len(self.scales(n))} trained scales {self.scales(n)}; give one per scale")
-
-    def scales(self, n_chains: int) -> list[int]:
-        """The chain counts whose loss is trained: frozen-only scales have no gradient, so they are left out."""
-        if self.chain_loss == "full":
-            return [n_chains]
-        return list(range(self.freeze_chains + 1, n_chains + 1))
-
-    def learning_rate(self, step: int) -> float:
-        """Linear warmup to lr, then cosine or linear decay to lr * min_lr_ratio at the last step."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return self.lr
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * decay)
+def check_for_model(opts: TrainOptions, cfg) -> None:
+    """The limits that depend on the model (the options' own ranges are checked when they are made)."""
+    n = cfg.n_chains
+    if opts.seq_len > cfg.max_seq_len:
+        raise ColmError(f"--seq-len {opts.seq_len} is above the model's maximum of {cfg.max_seq_len} tokens")
+    if opts.freeze_chains >= n:
+        raise ColmError(f"--freeze-chains {opts.freeze_chains}: this model has {n} chains, so at most "
+                        f"{n - 1} can be frozen (at least one must train)")
+    scales = opts.scales(n)
+    if opts.chain_weights is not None and len(opts.chain_weights) != len(scales):
+        raise ColmError(f"--chain-weights has {len(opts.chain_weights)} values for the "
+                        f"{len(scales)} trained scales {scales}; give one per scale")
+    if opts.chain_weights is not None and not any(opts.chain_weights):
+        raise ColmError("--chain-weights are all 0: nothing would be trained; give at least one positive weight")
 
 
 @dataclass
@@ -215,7 +142,7 @@ class Trainer:
         self.partial = partial_dir(self.out)
         ckpt = open_checkpoint(ckpt_path)
         cfg = ckpt.config
-        opts.check(cfg)
+        check_for_model(opts, cfg)
         self.compute_dtype = torch_dtype_for(opts, runtime.device)
         n_rows = opts.batch_size // (runtime.world_size * opts.grad_accum)
         if n_rows * runtime.world_size * opts.grad_accum != opts.batch_size:

@@ -28,7 +28,7 @@ def test_help_does_not_import_torch():
 def test_init_eval_pipeline(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("It is a truth universally acknowledged. " * 40)
-    init = run_cli("init", "--chains", "2,2", "--layers", "2", cwd=tmp_path, check=True)
+    init = run_cli("init", "--heads", "2,2", "--layers", "2", cwd=tmp_path, check=True)
     path = init.stdout.strip()
     assert init.stdout.count("\n") == 1 and (tmp_path / path / "config.json").is_file()
     ev = run_cli("eval", "--data", data, "--chains", "1,2", "--seq-len", "64", input=init.stdout, cwd=tmp_path,
@@ -51,7 +51,7 @@ def test_init_names_outputs_without_clashing_and_inspect_reads_stdin(tmp_path):
 
 
 def test_init_air_and_flags(tmp_path):
-    proc = run_cli("init", "-o", tmp_path / "m", "--air", "--chains", "4,4", "--kv-heads", "2", "--ffn", "32",
+    proc = run_cli("init", "-o", tmp_path / "m", "--air", "--heads", "4,4", "--kv-heads", "2", "--ffn", "32",
                    "--layers", "1", "--head-dim", "8", "--rope-scaling", "8,1,4,64", "--tie-embeddings", check=True)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["kv_share"] and cfg["kv_heads"] == [2, 0] and cfg["ffn"] == [32, 32]
@@ -64,9 +64,9 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path):
     before = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert_one_line_error(run_cli("init", "-o", tmp_path / "m"), 2, "--force")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--chains", "3,3", "--kv-heads", "2"), 2,
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--heads", "3,3", "--kv-heads", "2"), 2,
                           "chain 1: 3 query heads is not a multiple of 2 KV heads")
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--preset", "huge"), 2, "unknown preset")
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--preset", "huge"), 2, "--preset huge: choose one of tiny")
     assert_one_line_error(run_cli("eval", tmp_path / "m", "--chains", "9"), 2, "outside 1..4")
     assert_one_line_error(run_cli("eval", tmp_path / "nope"), 2, "no such checkpoint")
     assert_one_line_error(run_cli("eval", tmp_path / "m", "--data", tmp_path / "missing.txt"), 2, "no such file")

@@ -177,6 +177,12 @@ def test_bad_generation_input_is_a_clear_error():
         make_schedule(n, 2, [(8, 1), (4, 3)])
     with pytest.raises(ColmError, match="not increasing"):
         make_schedule(n, 2, [(0, 1), (0, 3)])
+    with pytest.raises(ColmError, match="--temperature nan: must be >= 0"):
+        generate(model, PROMPT, temperature=float("nan"))
+    with pytest.raises(ColmError, match="--top-k 5 has no effect at temperature 0"):  # it was silently ignored
+        generate(model, PROMPT, top_k=5)
+    with pytest.raises(ColmError, match="--top-p 0.9 has no effect at temperature 0"):
+        generate(model, PROMPT, top_p=0.9)
 
 
 @pytest.fixture(scope="module")

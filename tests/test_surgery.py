@@ -150,7 +150,7 @@ def test_sizes_that_break_gqa_or_air_rules_are_refused():
 
 
 def test_cli_pipeline_records_provenance(tmp_path):
-    init = run_cli("init", "-o", tmp_path / "m", "--chains", "2,2", "--layers", "1", "--head-dim", "8", "--ffn", "16",
+    init = run_cli("init", "-o", tmp_path / "m", "--heads", "2,2", "--layers", "1", "--head-dim", "8", "--ffn", "16",
                    check=True)
     expand = run_cli("expand", "--add-chains", "2", "--heads", "4", "--kv-heads", "2", "--seed", "7",
                      input=init.stdout, cwd=tmp_path, check=True)

@@ -224,7 +224,7 @@ def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
     (["--data", "missing.txt"], "no such file"),
     (["--data", "empty.txt"], "empty"),
     (["--seq-len", "65"], "above the model's maximum of 64"),
-    (["--strategy", "zero3"], "unknown strategy"),
+    (["--strategy", "zero3"], "--strategy zero3: choose one of ddp, fsdp"),
     (["--freeze-chains", "2"], "--freeze-chains 2"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):
