@@ -99,6 +99,27 @@ def find_resume(resume: str, partial: Path) -> Path | None:
     return found[-1]
 
 
+# Options a resumed run may change: how it runs and reports, not what it computes. --steps may grow.
+CHANGEABLE_ON_RESUME = ("steps", "dtype", "device", "compile", "strategy", "log_every", "eval_every", "eval_windows",
+                        "save_every", "keep_checkpoints")
+
+
+def check_resume(step_dir: Path, opts: TrainOptions) -> None:
+    """A resumed run continues the same run: same data, batches, loss and optimisation, and not past --steps."""
+    saved = json.loads((step_dir / STATE_FILE).read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(opts)))  # lists and None as the saved JSON holds them
+    shown = lambda v: "unset" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    changed = [f"--{name.replace('_', '-')} {shown(saved['options'].get(name))} -> {shown(value)}"
+               for name, value in now.items()
+               if name not in CHANGEABLE_ON_RESUME and saved["options"].get(name) != value]
+    if changed:
+        raise ColmError(f"--resume {step_dir}: that run used other settings ({'; '.join(changed)}); resume with "
+                        "the same ones, or start a new run without --resume")
+    if saved["step"] > opts.steps:
+        raise ColmError(f"--resume {step_dir}: that checkpoint is at step {saved['step']}, beyond --steps "
+                        f"{opts.steps}; give --steps {saved['step']} or more")
+
+
 def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
     if opts.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -151,6 +172,8 @@ class Trainer:
         self.micro_rows = n_rows
 
         self.resume_from = find_resume(resume, self.partial) if resume else None
+        if self.resume_from is not None:
+            check_resume(self.resume_from, opts)
         if self.resume_from is None and self.partial.exists() and not force and resume != "auto":
             raise ColmError(f"{self.partial} holds an unfinished run; continue it with --resume auto, "
                             "or pass --force to start over")
