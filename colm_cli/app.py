@@ -182,7 +182,8 @@ def slice_(
 def eval_(
     ckpt: CkptArg = None,
     data: Annotated[Optional[list[str]], typer.Option(
-        help="Text file, directory or glob (repeat for more); default: the embedded corpus.")] = None,
+        help="Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
+             "`colm train` holds out for validation.")] = None,
     chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
     seq_len: Annotated[int, ranged("Tokens per evaluation window.", AT_LEAST_ONE)] = 256,
     batch_size: Annotated[int, ranged("Windows per forward pass.", AT_LEAST_ONE)] = 8,
@@ -192,8 +193,8 @@ def eval_(
 ):
     """Loss, perplexity and bits per byte of every k-chain sub-model (table on stderr, JSON on stdout)."""
     from colm_core.checkpoint import load
-    from colm_core.data import default_corpus_files, read_texts
-    from colm_core.evaluate import evaluate
+    from colm_core.data import default_validation_tokens, read_texts
+    from colm_core.evaluate import evaluate_tokens, token_stream
     from colm_cli.render import eval_table
 
     path = input_path(ckpt)
@@ -203,8 +204,14 @@ def eval_(
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
         raise ColmError(f"--chains {chains}: {bad[0]} is outside 1..{n} (this model has {n} chains)")
-    texts = read_texts(data or default_corpus_files())
-    report = evaluate(model, texts, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+    if data:
+        ids = token_stream(model.tokenizer, read_texts(data))
+    else:
+        err.print("no --data: evaluating the held-out part of the embedded corpus (the validation split that "
+                  "`colm train` without --data never trains on)", soft_wrap=True)
+        ids = default_validation_tokens(model.tokenizer)
+    report = evaluate_tokens(model, ids, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size,
+                             max_tokens=max_tokens)
     report["checkpoint"] = str(path)
     err.print(eval_table(report))
     emit_json(report)

@@ -125,6 +125,16 @@ def split_tokens(tokens: np.ndarray, seq_len: int, val_fraction: float) -> tuple
     return tokens[:-n_val], tokens[-n_val:]
 
 
+def default_validation_tokens(tokenizer) -> list[int]:
+    """The part of the embedded corpus that `colm train` without --data holds out: its validation split."""
+    from colm_core.options import TrainOptions
+
+    defaults = TrainOptions()
+    _, held_out = split_tokens(token_cache(default_corpus_files(), tokenizer), defaults.seq_len,
+                               defaults.val_fraction)
+    return held_out.tolist()
+
+
 def sample_windows(tokens: np.ndarray, seq_len: int, count: int, seed: int, step: int) -> torch.Tensor:
     """`count` random windows of seq_len + 1 tokens for one optimizer step, (count, seq_len + 1) int64.
 

@@ -94,3 +94,21 @@ def test_data_directory_skips_hidden_and_binary_files(tmp_path):
     (data / "sub" / "b.md").unlink()
     assert_one_line_error(run_cli("eval", tmp_path / "m", "--data", data), 2, "no text files found")
 
+
+def test_eval_without_data_scores_the_held_out_part_of_the_default_corpus(tmp_path):
+    """Training without --data holds out the corpus's last 5%; eval without --data scores that part, not the start."""
+    from colm_core.checkpoint import load
+    from colm_core.data import default_corpus_files
+    from colm_core.evaluate import evaluate_tokens, token_stream
+
+    run_cli("init", "-o", tmp_path / "m", "--layers", "1", "--heads", "2", check=True)
+    proc = run_cli("eval", tmp_path / "m", "--max-tokens", "64", "--seq-len", "64",
+                   env={"COLM_CACHE_DIR": str(tmp_path / "cache")}, check=True)
+    assert "held-out part of the embedded corpus" in proc.stderr
+    model = load(tmp_path / "m")
+    stream = token_stream(model.tokenizer, [p.read_text() for p in default_corpus_files()])
+    held_out = stream[len(stream) - int(len(stream) * 0.05):]
+    loss = json.loads(proc.stdout)["results"][0]["loss"]
+    assert loss == evaluate_tokens(model, held_out[:65], [1], seq_len=64)["results"][0]["loss"]
+    assert loss != evaluate_tokens(model, stream[:65], [1], seq_len=64)["results"][0]["loss"]
+
