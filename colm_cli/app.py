@@ -93,7 +93,7 @@ def train(
         help="JSON or TOML file with any of these options (keys as the flags); flags given win.")] = None,
     resume: Annotated[Optional[str], typer.Option(
         help="auto (newest complete step checkpoint of this output's run) or a step/run directory.")] = None,
-    nproc: Annotated[Optional[int], typer.Option(help="Launch this many processes with torchrun.")] = None,
+    nproc: Annotated[Optional[int], ranged("Launch this many processes with torchrun.", AT_LEAST_ONE)] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
     **options,

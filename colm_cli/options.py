@@ -13,7 +13,7 @@ from colm_core.options import Range, check_range, flag_name, value_type
 
 
 def option_help(f: dataclasses.Field) -> str:
-    """The field's help, then its valid range or choices and its default, e.g. "Optimizer steps. (>= 1, default: 200)"."""
+    """The field's help, then its range or choices and its default: "Optimizer steps. (>= 1; default: 200)"."""
     notes = []
     if f.metadata.get("range") is not None:
         notes.append(str(f.metadata["range"]))

@@ -66,7 +66,8 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path):
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
     assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--heads", "3,3", "--kv-heads", "2"), 2,
                           "chain 1: 3 query heads is not a multiple of 2 KV heads")
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--preset", "huge"), 2, "--preset huge: choose one of tiny")
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--preset", "huge"), 2,
+                          "--preset huge: choose one of tiny")
     assert_one_line_error(run_cli("eval", tmp_path / "m", "--chains", "9"), 2, "outside 1..4")
     assert_one_line_error(run_cli("eval", tmp_path / "nope"), 2, "no such checkpoint")
     assert_one_line_error(run_cli("eval", tmp_path / "m", "--data", tmp_path / "missing.txt"), 2, "no such file")

@@ -115,10 +115,11 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     step4 = straight / "steps" / "step-0000004"
     other_data = tmp_path / "other.txt"
     other_data.write_text("other text " * 2000)
-    for changed, message in [({"--data": other_data}, f"--data {train_dir} -> {other_data}"),
-                             ({"--seq-len": "16", "--batch-size": "2"}, "--batch-size 4 -> 2; --seq-len 32 -> 16"),
-                             ({"--steps": "3"}, "at step 4, beyond --steps 3")]:
-        changed_args = [str(changed.get(prev, a)) if prev in changed else a for prev, a in zip([""] + args, args)]
+    changes = [({"--data": other_data}, f"--data {train_dir} -> {other_data}"),
+               ({"--seq-len": "16", "--batch-size": "2"}, "--batch-size 4 -> 2; --seq-len 32 -> 16"),
+               ({"--steps": "3"}, "at step 4, beyond --steps 3")]
+    for changed, message in changes:  # each flag's value replaced in args
+        changed_args = [str(changed[prev]) if prev in changed else a for prev, a in zip([""] + args, args)]
         proc = run_cli(*changed_args, "-o", tmp_path / "other", "--resume", step4, env=env)
         assert_one_line_error(proc, 2, message)
         assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
