@@ -68,8 +68,6 @@ def option(default, help: str, *, range: Range | None = None, choices: tuple[str
     replaced by that text).
     """
     meta = {"help": help, "range": range, "choices": choices, "flag": flag, "example": example, "hint": hint}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -168,10 +166,10 @@ def from_sources(cls, config_file: Path | None, flags: dict):
                 raise ColmError(f"--config {config_file}: unknown key {key!r}; valid keys: {', '.join(fields)}")
             values[name] = from_config_value(cls, fields[name], value, str(config_file))
     for name, value in flags.items():
+        if isinstance(value, str) and value_type(cls, fields[name])[0] is not str:
+            value = parse_text(cls, fields[name], value)  # "4,4,4,4", or a number given as text
         if value is not None:
-            kind, is_list = value_type(cls, fields[name])
-            values[name] = parse_text(cls, fields[name], value) if isinstance(value, str) and kind is not str \
-                else value
+            values[name] = value
     return cls(**values)
 
 

@@ -220,4 +220,4 @@ def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
                           "not increasing")
     assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0")
     assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"), 2,
-                          "prefill chains 0")
+                          "--prefill-chains 0: must be >= 1")
