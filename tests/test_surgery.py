@@ -180,8 +180,8 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "out"
     assert_one_line_error(run_cli("slice", tmp_path / "junk", "--chains", "1", "-o", out), 2, "not a colm checkpoint")
-    assert_one_line_error(run_cli("slice", src, "--chains", "0", "-o", out), 2, "--chains 0 is outside 1..3")
-    assert_one_line_error(run_cli("expand", src, "--add-chains", "0", "-o", out), 2, "add at least 1 chain")
+    assert_one_line_error(run_cli("slice", src, "--chains", "0", "-o", out), 2, "--chains 0: must be >= 1")
+    assert_one_line_error(run_cli("expand", src, "--add-chains", "0", "-o", out), 2, "--add-chains 0: must be >= 1")
     assert_one_line_error(run_cli("expand", src, "--heads", "3", "--kv-heads", "2", "-o", out), 2,
                           "multiple of its KV heads")
     assert_one_line_error(run_cli("expand", src, "-o", src / "inner"), 2, "inside the input")
