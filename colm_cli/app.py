@@ -14,7 +14,12 @@ import typer
 from typer.exceptions import TyperException
 
 from colm_cli.common import emit_json, emit_path, err, input_path, number_list, output_path
+from colm_cli.options import ranged, with_options
+from colm_core.config import INIT_STD
 from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted
+from colm_core.init import InitOptions
+from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, TrainOptions
+from colm_core.options import from_sources as options_from
 
 app = typer.Typer(
     name="colm",
@@ -72,47 +77,19 @@ def torch_device(name: str | None) -> str:
 
 
 @app.command()
+@with_options(InitOptions)
 def init(
-    preset: Annotated[str, typer.Option(help="Starting shape: tiny (trains in minutes on 2 CPU cores), "
-                                             "small, or llama-1b (Llama-3.2-1B's shape in 4 chains).")] = "tiny",
-    chains: Annotated[Optional[str], typer.Option(help="Query heads per chain, e.g. 4,4,4,4.")] = None,
-    kv_heads: Annotated[Optional[str], typer.Option(help="KV heads per chain (one number for all).")] = None,
-    ffn: Annotated[Optional[str], typer.Option(help="FFN units per chain (one number for all).")] = None,
-    layers: Annotated[Optional[int], typer.Option(help="Number of layers.")] = None,
-    head_dim: Annotated[Optional[int], typer.Option(help="Width of every attention head.")] = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size (default: the tokenizer's).")] = None,
-    air: Annotated[bool, typer.Option("--air", help="CoLM-Air: keys/values from chain 1, shared by all.")] = False,
-    rope_theta: Annotated[Optional[float], typer.Option(help="RoPE base.")] = None,
-    rope_scaling: Annotated[Optional[str], typer.Option(
-        help="Llama-3 RoPE scaling as FACTOR,LOW_FREQ_FACTOR,HIGH_FREQ_FACTOR,ORIGINAL_MAX_POSITIONS.")] = None,
-    norm_eps: Annotated[Optional[float], typer.Option(help="RMSNorm epsilon.")] = None,
-    tie_embeddings: Annotated[Optional[bool], typer.Option(
-        "--tie-embeddings/--no-tie-embeddings", help="Share embedding and LM-head blocks.")] = None,
-    max_seq_len: Annotated[Optional[int], typer.Option(help="Longest sequence the model accepts.")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(
-        help="A Hugging Face tokenizer.json to store in the model (default: built-in bytes).")] = None,
-    bos_token_id: Annotated[Optional[int], typer.Option(help="Beginning-of-sequence token id.")] = None,
-    eos_token_id: Annotated[Optional[int], typer.Option(help="End-of-sequence token id.")] = None,
-    pad_token_id: Annotated[Optional[int], typer.Option(help="Padding token id.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
-    init_std: Annotated[float, typer.Option(help="Standard deviation of the initial weights.")] = 0.02,
     dtype: Annotated[str, typer.Option(help="Stored dtype: float32, bfloat16 or float16.")] = "float32",
     output: OutputOpt = None,
     force: ForceOpt = False,
+    **options,
 ):
     """Create a new, randomly initialised CoLM checkpoint."""
     from colm_core.checkpoint import history_entry, save
-    from colm_core.init import InitOptions, init_model
+    from colm_core.init import init_model
 
-    opts = InitOptions(
-        preset=preset, heads=number_list(chains, "--chains"), kv_heads=number_list(kv_heads, "--kv-heads"),
-        ffn=number_list(ffn, "--ffn"), n_layers=layers, head_dim=head_dim, vocab_size=vocab_size, air=air,
-        rope_theta=rope_theta, rope_scaling=number_list(rope_scaling, "--rope-scaling", float, "32,1,4,8192"),
-        norm_eps=norm_eps,
-        tie_embeddings=tie_embeddings, max_seq_len=max_seq_len, tokenizer=tokenizer,
-        bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-        seed=seed, init_std=init_std)
-    out = output_path(output, Path.cwd() / "colm", preset, force)
+    opts = options_from(InitOptions, None, options)
+    out = output_path(output, Path.cwd() / "colm", opts.preset, force)
     model = init_model(opts)
     model.to(torch_dtype(dtype))
     save(model, out, force=force, history=[history_entry("init", opts.as_record())])
@@ -133,48 +110,17 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 @app.command()
+@with_options(TrainOptions, after=1)
 def train(
     ckpt: CkptArg = None,
-    data: Annotated[Optional[list[str]], typer.Option(
-        help="Text file, directory or glob (repeat for more); default: the embedded corpus.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps. (default: 200)")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(
-        help="Sequences per optimizer step, over all processes. (default: 8)")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-steps per optimizer step. (default: 1)")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Tokens per training sequence. (default: 256)")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate. (default: 2e-3)")] = None,
-    min_lr_ratio: Annotated[Optional[float], typer.Option(help="Final lr as a fraction of --lr. (default: 0.1)")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warmup steps. (default: 20)")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="cosine, linear or constant. (default: cosine)")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay of matrices. (default: 0.1)")] = None,
-    beta1: Annotated[Optional[float], typer.Option(help="AdamW beta1. (default: 0.9)")] = None,
-    beta2: Annotated[Optional[float], typer.Option(help="AdamW beta2. (default: 0.95)")] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Gradient norm clip, 0 for none. (default: 1.0)")] = None,
-    chain_loss: Annotated[Optional[str], typer.Option(
-        help="all: train every scale in one forward; full: the last scale only. (default: all)")] = None,
-    chain_weights: Annotated[Optional[str], typer.Option(help="Loss weight per trained scale, e.g. 1,1,1,2.")] = None,
-    freeze_chains: Annotated[Optional[int], typer.Option(
-        help="Freeze chains 1..K and train only the later ones (chain tuning). (default: 0)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the batch sampling. (default: 0)")] = None,
-    dtype: Annotated[Optional[str], typer.Option(
-        help="auto (float32 on CPU, bfloat16 autocast on GPU), float32, bfloat16, float16. (default: auto)")] = None,
-    device: DeviceOpt = None,
-    compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
-    log_every: Annotated[Optional[int], typer.Option(help="Steps between logged losses. (default: 10)")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(
-        help="Steps between validation runs, 0 for the end only. (default: 50)")] = None,
-    eval_windows: Annotated[Optional[int], typer.Option(help="Held-out windows per validation. (default: 16)")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the tokens held out. (default: 0.05)")] = None,
-    save_every: Annotated[Optional[int], typer.Option(
-        help="Steps between step checkpoints, 0 for none (SIGINT/SIGTERM always save). (default: 0)")] = None,
-    keep_checkpoints: Annotated[Optional[int], typer.Option(help="Step checkpoints kept. (default: 2)")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="ddp or fsdp, under torchrun. (default: ddp)")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="JSON or TOML file with any of these options.")] = None,
+    config: Annotated[Optional[Path], typer.Option(
+        help="JSON or TOML file with any of these options (keys as the flags); flags given win.")] = None,
     resume: Annotated[Optional[str], typer.Option(
         help="auto (newest complete step checkpoint of this output's run) or a step/run directory.")] = None,
-    nproc: Annotated[Optional[int], typer.Option(help="Launch this many processes with torchrun.")] = None,
+    nproc: Annotated[Optional[int], ranged("Launch this many processes with torchrun.", AT_LEAST_ONE)] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
+    **options,
 ):
     """Train a checkpoint into a new one (progress on stderr, the new checkpoint's path on stdout)."""
     if nproc is not None and "LOCAL_RANK" not in os.environ:  # not yet under torchrun
@@ -182,17 +128,10 @@ def train(
 
         stdin_input = [] if ckpt else [str(input_path(None))]  # the workers do not share our stdin
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:]) + stdin_input))
-    from colm_core.train import TrainOptions, train as run_training
+    from colm_core.train import train as run_training
     from colm_cli.render import TrainProgress
 
-    weights = number_list(chain_weights, "--chain-weights", float, "1,1,2")
-    flags = dict(data=data, steps=steps, batch_size=batch_size, grad_accum=grad_accum, seq_len=seq_len, lr=lr,
-                 min_lr_ratio=min_lr_ratio, warmup_steps=warmup_steps, schedule=schedule, weight_decay=weight_decay,
-                 beta1=beta1, beta2=beta2, grad_clip=grad_clip, chain_loss=chain_loss, chain_weights=weights,
-                 freeze_chains=freeze_chains, seed=seed, dtype=dtype, device=device, compile=compile,
-                 log_every=log_every, eval_every=eval_every, eval_windows=eval_windows, val_fraction=val_fraction,
-                 save_every=save_every, keep_checkpoints=keep_checkpoints, strategy=strategy)
-    opts = TrainOptions.from_sources(config, flags)
+    opts = options_from(TrainOptions, config, options)
     path = input_path(ckpt)
     out = output_path(output, path, "train", force, inputs=[path])
     progress = TrainProgress(err)
@@ -217,15 +156,17 @@ def report_verification(report: dict) -> None:
 @app.command()
 def expand(
     ckpt: CkptArg = None,
-    add_chains: Annotated[int, typer.Option(help="Number of chains to append.")] = 1,
-    heads: Annotated[Optional[int], typer.Option(help="Query heads of each new chain (default: the last chain's).")] = None,
-    kv_heads: Annotated[Optional[int], typer.Option(help="KV heads of each new chain (default: the last chain's; "
-                                                         "CoLM-Air: none, chain 1's are shared).")] = None,
-    ffn: Annotated[Optional[int], typer.Option(help="FFN units of each new chain (default: the last chain's).")] = None,
+    add_chains: Annotated[int, ranged("Number of chains to append.", AT_LEAST_ONE)] = 1,
+    heads: Annotated[Optional[int], ranged("Query heads of each new chain (default: the last chain's).",
+                                           AT_LEAST_ONE)] = None,
+    kv_heads: Annotated[Optional[int], ranged("KV heads of each new chain (default: the last chain's; "
+                                              "CoLM-Air: none, chain 1's are shared).", NON_NEGATIVE)] = None,
+    ffn: Annotated[Optional[int], ranged("FFN units of each new chain (default: the last chain's).",
+                                         AT_LEAST_ONE)] = None,
     air: Annotated[bool, typer.Option("--air", help="Make a 1-chain model CoLM-Air: new chains read chain 1's "
                                                     "keys and values.")] = False,
-    init_std: Annotated[float, typer.Option(help="Standard deviation of the new chains' random blocks.")] = 0.02,
-    seed: Annotated[int, typer.Option(help="Seed of the new chains' random blocks.")] = 0,
+    init_std: Annotated[float, ranged("Standard deviation of the new chains' random blocks.", POSITIVE)] = INIT_STD,
+    seed: Annotated[int, ranged("Seed of the new chains' random blocks.", NON_NEGATIVE)] = 0,
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -244,7 +185,7 @@ def expand(
 @app.command(name="slice")
 def slice_(
     ckpt: CkptArg = None,
-    chains: Annotated[int, typer.Option(help="Keep chains 1..K: the K-chain sub-model.")] = ...,
+    chains: Annotated[int, ranged("Keep chains 1..K: the K-chain sub-model.", AT_LEAST_ONE)] = ...,
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -267,18 +208,19 @@ def slice_(
 def eval_(
     ckpt: CkptArg = None,
     data: Annotated[Optional[list[str]], typer.Option(
-        help="Text file, directory or glob (repeat for more); default: the embedded corpus.")] = None,
+        help="Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
+             "`colm train` holds out for validation.")] = None,
     chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
-    seq_len: Annotated[int, typer.Option(help="Tokens per evaluation window.")] = 256,
-    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 8,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Evaluate at most this many tokens.")] = None,
+    seq_len: Annotated[int, ranged("Tokens per evaluation window.", AT_LEAST_ONE)] = 256,
+    batch_size: Annotated[int, ranged("Windows per forward pass.", AT_LEAST_ONE)] = 8,
+    max_tokens: Annotated[Optional[int], ranged("Evaluate at most this many tokens.", AT_LEAST_ONE)] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ):
     """Loss, perplexity and bits per byte of every k-chain sub-model (table on stderr, JSON on stdout)."""
     from colm_core.checkpoint import load
-    from colm_core.data import default_corpus_files, read_texts
-    from colm_core.evaluate import evaluate
+    from colm_core.data import default_validation_tokens, read_texts
+    from colm_core.evaluate import evaluate_tokens, token_stream
     from colm_cli.render import eval_table
 
     path = input_path(ckpt)
@@ -288,10 +230,14 @@ def eval_(
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
         raise ColmError(f"--chains {chains}: {bad[0]} is outside 1..{n} (this model has {n} chains)")
-    if seq_len < 1 or batch_size < 1:
-        raise ColmError("--seq-len and --batch-size must be positive")
-    texts = read_texts(data or default_corpus_files())
-    report = evaluate(model, texts, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size, max_tokens=max_tokens)
+    if data:
+        ids = token_stream(model.tokenizer, read_texts(data))
+    else:
+        err.print("no --data: evaluating the held-out part of the embedded corpus (the validation split that "
+                  "`colm train` without --data never trains on)", soft_wrap=True)
+        ids = default_validation_tokens(model.tokenizer)
+    report = evaluate_tokens(model, ids, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size,
+                             max_tokens=max_tokens)
     report["checkpoint"] = str(path)
     err.print(eval_table(report))
     emit_json(report)
@@ -305,24 +251,29 @@ def generate(
     prompts: Annotated[Optional[Path], typer.Option(
         help='Generate for many prompts in one batch: a JSON-lines file, one {"prompt": TEXT} per line; '
              "prints one JSON line per prompt, in order.")] = None,
-    chains: Annotated[Optional[int], typer.Option(help="Chains of the sub-model that generates (default: all).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(help="Generate at most this many tokens.")] = 128,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
-    top_k: Annotated[Optional[int], typer.Option(help="Sample among the k most likely tokens.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Sample among the most likely tokens of mass p.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the sampler.")] = 0,
+    chains: Annotated[Optional[int], ranged("Chains of the sub-model that generates (default: all).",
+                                            AT_LEAST_ONE)] = None,
+    max_new_tokens: Annotated[int, ranged("Generate at most this many tokens.", AT_LEAST_ONE)] = 128,
+    temperature: Annotated[float, ranged("Sampling temperature; 0 is greedy.", NON_NEGATIVE)] = 0.0,
+    top_k: Annotated[Optional[int], ranged("Sample among the k most likely tokens (needs --temperature > 0).",
+                                           AT_LEAST_ONE)] = None,
+    top_p: Annotated[Optional[float], ranged("Sample among the most likely tokens of mass p "
+                                             "(needs --temperature > 0).", TOP_P)] = None,
+    seed: Annotated[int, ranged("Seed of the sampler.", NON_NEGATIVE)] = 0,
     stop: Annotated[Optional[list[str]], typer.Option(help="Stop when the text contains this (repeatable).")] = None,
     switch: Annotated[Optional[str], typer.Option(
         help="Change the chain count at generated positions, e.g. 0:4,32:1,64:2.")] = None,
-    prefill_chains: Annotated[Optional[int], typer.Option(
-        help="Chains that build the prompt's KV cache (default: 1 for CoLM-Air, else --chains).")] = None,
+    prefill_chains: Annotated[Optional[int], ranged(
+        "Chains that build the prompt's KV cache (default: 1 for CoLM-Air, else --chains).", AT_LEAST_ONE)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
 ):
     """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
     from colm_core.checkpoint import load
-    from colm_core.generation import generate_batch, parse_switch
+    from colm_core.generation import Sampling, generate_batch, parse_switch
+
+    Sampling(temperature, top_k, top_p, seed).validate()  # before the model loads: a bad flag fails at once
 
     if sum(source is not None for source in (prompt, prompt_file, prompts)) != 1:
         raise ColmError("give the prompt with exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import os
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -18,7 +20,11 @@ DEFAULT_CORPUS_BYTES = 4 * 2**20
 
 
 def resolve_text_files(specs: list[str | Path]) -> list[Path]:
-    """Expand files, directories (every file below, sorted) and glob patterns into a file list."""
+    """Expand files, directories and glob patterns into a list of text files.
+
+    A directory gives every file below it, sorted, except hidden ones and those inside hidden
+    directories (.git, .cache, ...). Files that are not UTF-8 text are left out with one note on stderr.
+    """
     files: list[Path] = []
     for spec in specs:
         spec = str(spec)
@@ -27,14 +33,33 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
             raise ColmError(f"--data {spec}: the pattern matches no file; check the path")
         for m in map(Path, matches):
             if m.is_dir():
-                files += sorted(p for p in m.rglob("*") if p.is_file() and not p.name.startswith("."))
+                files += sorted(p for p in m.rglob("*") if p.is_file()
+                                and not any(part.startswith(".") for part in p.relative_to(m).parts))
             elif m.is_file():
                 files.append(m)
             else:
                 raise ColmError(f"--data {m}: no such file or directory; check the path")
-    if not files:
-        raise ColmError(f"--data {' '.join(map(str, specs))}: no files found; point it at text files")
-    return files
+    text, binary = [], []
+    for p in files:
+        (text if is_text_file(p) else binary).append(p)
+    skipped = f"{len(binary)} file(s) that are not UTF-8 text, e.g. {binary[0]}" if binary else ""
+    if not text:
+        raise ColmError(f"--data {' '.join(map(str, specs))}: no text files found"
+                        + (f" (skipped {skipped})" if binary else "") + "; point it at UTF-8 text files")
+    if binary:
+        print(f"--data: skipped {skipped}", file=sys.stderr)
+    return text
+
+
+def is_text_file(path: Path, probe_bytes: int = 1 << 16) -> bool:
+    """Whether the file's first bytes are UTF-8 without NUL bytes (which no text file holds)."""
+    with open(path, "rb") as f:
+        head = f.read(probe_bytes)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)  # a character cut at the end is fine
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
 
 
 def read_texts(specs: list[str | Path]) -> list[str]:
@@ -100,6 +125,16 @@ def split_tokens(tokens: np.ndarray, seq_len: int, val_fraction: float) -> tuple
         raise ColmError(f"--data has {len(tokens):,} tokens: too few for training and validation windows of "
                         f"{seq_len + 1} tokens; give more text or lower --seq-len")
     return tokens[:-n_val], tokens[-n_val:]
+
+
+def default_validation_tokens(tokenizer) -> list[int]:
+    """The part of the embedded corpus that `colm train` without --data holds out: its validation split."""
+    from colm_core.options import TrainOptions
+
+    defaults = TrainOptions()
+    _, held_out = split_tokens(token_cache(default_corpus_files(), tokenizer), defaults.seq_len,
+                               defaults.val_fraction)
+    return held_out.tolist()
 
 
 def sample_windows(tokens: np.ndarray, seq_len: int, count: int, seed: int, step: int) -> torch.Tensor:

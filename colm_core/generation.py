@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from colm_core.errors import ColmError
+from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, TOP_P, check_range
 
 Schedule = list[tuple[int, int]]  # (first generated position, chains), positions strictly increasing from 0
 
@@ -127,12 +128,17 @@ class Sampling:
     seed: int = 0
 
     def validate(self) -> "Sampling":
-        if self.temperature < 0:
-            raise ColmError(f"temperature {self.temperature} is negative; use 0 for greedy decoding")
-        if self.top_k is not None and self.top_k < 1:
-            raise ColmError(f"top-k {self.top_k}: must be at least 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ColmError(f"top-p {self.top_p}: must be in (0, 1]")
+        check_range("--temperature", self.temperature, NON_NEGATIVE, "0 is greedy")
+        check_range("--seed", self.seed, NON_NEGATIVE, "seed of the sampler")
+        if self.top_k is not None:
+            check_range("--top-k", self.top_k, AT_LEAST_ONE, "sample among the k most likely tokens")
+        if self.top_p is not None:
+            check_range("--top-p", self.top_p, TOP_P, "sample among the most likely tokens of mass p")
+        restricted = [f"--top-{name} {value:g}" for name, value in (("k", self.top_k), ("p", self.top_p))
+                      if value is not None]
+        if restricted and self.temperature == 0:
+            raise ColmError(f"{' and '.join(restricted)} has no effect at temperature 0 (greedy decoding); "
+                            "give --temperature above 0 to sample, or leave it out")
         return self
 
     def pick(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -171,7 +177,7 @@ def parse_switch(text: str) -> Schedule:
 def make_schedule(n_chains: int, chains: int | None = None, switch: Schedule = ()) -> Schedule:
     """The schedule from a starting chain count (default: all) and switch points; checked."""
     switch = list(switch)
-    schedule = switch if switch and switch[0][0] == 0 else [(0, chains or n_chains)] + switch
+    schedule = switch if switch and switch[0][0] == 0 else [(0, n_chains if chains is None else chains)] + switch
     for i, (position, k) in enumerate(schedule):
         if not 1 <= k <= n_chains:
             raise ColmError(f"chains {k} is outside 1..{n_chains}: this model has {n_chains} chains")
@@ -228,7 +234,7 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
         raise ColmError("no prompts; give at least one")
     for prompt_ids in prompts:
         check_prompt(cfg, prompt_ids)
-    prefill_chains = prefill_chains or default_prefill_chains(cfg, schedule)
+    prefill_chains = default_prefill_chains(cfg, schedule) if prefill_chains is None else prefill_chains
     if not 1 <= prefill_chains <= cfg.n_chains:
         raise ColmError(f"prefill chains {prefill_chains} is outside 1..{cfg.n_chains}")
     if kv_heads_needed(cfg, prefill_chains) < kv_heads_needed(cfg, schedule[0][1]):
@@ -345,7 +351,7 @@ def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int
     schedule = make_schedule(cfg.n_chains, chains, switch)
     sampling = Sampling(temperature, top_k, top_p, seed).validate()
     eos_id = cfg.eos_token_id if eos_id is None else eos_id
-    prefill_chains = prefill_chains or default_prefill_chains(cfg, schedule)
+    prefill_chains = default_prefill_chains(cfg, schedule) if prefill_chains is None else prefill_chains
     texts = [TextStream(model.tokenizer, stop) for _ in prompts]
     emit = on_text or (lambda row, piece: None)
     tokens, stop_reasons, report = [[] for _ in prompts], [None] * len(prompts), {}

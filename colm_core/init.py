@@ -6,32 +6,47 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from colm_core.config import PRESETS, ColmConfig
+from colm_core.config import INIT_STD, PRESETS, ColmConfig
 from colm_core.errors import ColmError
+from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check, option
 from colm_core.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer
 
 
 @dataclass
 class InitOptions:
-    preset: str = "tiny"
-    heads: list[int] | None = None
-    kv_heads: list[int] | None = None
-    ffn: list[int] | None = None
-    n_layers: int | None = None
-    head_dim: int | None = None
-    vocab_size: int | None = None
-    air: bool = False
-    rope_theta: float | None = None
-    rope_scaling: list[float] | None = None  # factor, low_freq_factor, high_freq_factor, original max positions
-    norm_eps: float | None = None
-    tie_embeddings: bool | None = None
-    max_seq_len: int | None = None
-    tokenizer: Path | None = None
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-    pad_token_id: int | None = None
-    seed: int = 0
-    init_std: float = 0.02
+    """`colm init`'s options: each field is a flag (colm_cli builds them); unset ones come from the preset."""
+
+    preset: str = option("tiny", "Starting shape: tiny (trains in minutes on 2 CPU cores), small, or llama-1b "
+                                 "(Llama-3.2-1B's shape in 4 chains).", choices=tuple(PRESETS))
+    chains: int | None = option(None, "Number of chains, each with the preset's query heads per chain.",
+                                range=AT_LEAST_ONE, hint="query heads per chain are given with --heads {value}")
+    heads: list[int] | None = option(None, "Query heads per chain, e.g. 4,4,4,4 for 4 chains of 4 heads.",
+                                     range=AT_LEAST_ONE, example="4,4,4,4")
+    kv_heads: list[int] | None = option(None, "KV heads per chain (one number for all).", range=NON_NEGATIVE,
+                                        example="2,2,2,2")
+    ffn: list[int] | None = option(None, "FFN units per chain (one number for all).", range=AT_LEAST_ONE,
+                                   example="512,512")
+    n_layers: int | None = option(None, "Number of layers.", range=AT_LEAST_ONE, flag="layers")
+    head_dim: int | None = option(None, "Width of every attention head.", range=AT_LEAST_ONE)
+    vocab_size: int | None = option(None, "Vocabulary size (default: the tokenizer's).", range=AT_LEAST_ONE)
+    air: bool = option(False, "CoLM-Air: keys/values from chain 1, shared by all.")
+    rope_theta: float | None = option(None, "RoPE base.", range=POSITIVE)
+    rope_scaling: list[float] | None = option(
+        None, "Llama-3 RoPE scaling as FACTOR,LOW_FREQ_FACTOR,HIGH_FREQ_FACTOR,ORIGINAL_MAX_POSITIONS.",
+        range=POSITIVE, example="32,1,4,8192")
+    norm_eps: float | None = option(None, "RMSNorm epsilon.", range=POSITIVE)
+    tie_embeddings: bool | None = option(None, "Share embedding and LM-head blocks.")
+    max_seq_len: int | None = option(None, "Longest sequence the model accepts.", range=AT_LEAST_ONE)
+    tokenizer: Path | None = option(None, "A Hugging Face tokenizer.json to store in the model "
+                                          "(default: built-in bytes).")
+    bos_token_id: int | None = option(None, "Beginning-of-sequence token id.", range=NON_NEGATIVE)
+    eos_token_id: int | None = option(None, "End-of-sequence token id.", range=NON_NEGATIVE)
+    pad_token_id: int | None = option(None, "Padding token id.", range=NON_NEGATIVE)
+    seed: int = option(0, "Seed of the random initialisation.", range=NON_NEGATIVE)
+    init_std: float = option(INIT_STD, "Standard deviation of the initial weights.", range=POSITIVE)
+
+    def __post_init__(self):
+        check(self)
 
     def as_record(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -49,10 +64,13 @@ def _per_chain(values: list[int] | None, n: int, default: list[int], name: str) 
 
 def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
     """The config and tokenizer that the options describe; defaults come from the preset."""
-    if o.preset not in PRESETS:
-        raise ColmError(f"--preset {o.preset}: unknown preset; choose one of {', '.join(PRESETS)}")
     base = PRESETS[o.preset]
     heads = o.heads or base.heads
+    if o.chains is not None:  # N chains of the given heads (one number) or of the preset's per-chain heads
+        if o.heads is not None and len(o.heads) not in (1, o.chains):
+            raise ColmError(f"--chains {o.chains} and --heads {','.join(map(str, o.heads))} disagree; give one "
+                            f"number of heads per chain ({o.chains}), a single number, or leave out --chains")
+        heads = (heads[:1] * o.chains) if len(heads) != o.chains else heads
     n = len(heads)
     # Defaults scale with each chain's heads, keeping the preset's KV grouping and FFN/head ratio.
     def default_kv(h: int) -> int:
@@ -98,8 +116,6 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
 def init_model(o: InitOptions):
     from colm_core.model import CoLM
 
-    if o.init_std <= 0:
-        raise ColmError(f"--init-std must be positive, got {o.init_std}")
     cfg, tokenizer = build_config(o)
     model = CoLM(cfg).init_weights(std=o.init_std, seed=o.seed)
     model.tokenizer = tokenizer

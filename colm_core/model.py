@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from colm_core.config import ColmConfig
+from colm_core.config import INIT_STD, ColmConfig
+from colm_core.errors import ColmError
 from kernels.chain_linear import chain_linear
 from kernels.chain_rmsnorm import chain_rms_norm
 
@@ -211,6 +212,11 @@ class CoLM(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, chains: int | None = None, cache=None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains."""
         k = self._chains(chains)
+        start = cache.length if cache is not None else 0
+        end = start + input_ids.shape[1]
+        if end > self.config.max_seq_len:  # RoPE would go on silently past the positions it was trained for
+            raise ColmError(f"{end} tokens is longer than the model's context (max_seq_len {self.config.max_seq_len}); "
+                            "shorten the input")
         x = torch.cat([F.embedding(input_ids, w) for w in list(self.embed.parameters())[:k]], dim=-1)
         if cache is None:
             cos, sin = self.rope(torch.arange(input_ids.shape[1], device=input_ids.device), x.dtype)
@@ -241,12 +247,11 @@ class CoLM(nn.Module):
         if chains is None:
             return n
         if not 1 <= chains <= n:
-            from colm_core.errors import ColmError
             raise ColmError(f"chains={chains} is outside 1..{n}: this model has {n} chains")
         return chains
 
     @torch.no_grad()
-    def init_weights(self, std: float = 0.02, seed: int = 0) -> "CoLM":
+    def init_weights(self, std: float = INIT_STD, seed: int = 0) -> "CoLM":
         g = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
             p.copy_(initial_value(name, p.shape, std, self.config.n_layers, g))

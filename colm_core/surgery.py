@@ -22,12 +22,9 @@ import torch
 
 from colm_core.checkpoint import (Checkpoint, atomic_directory, check_output, expected_shapes, history_entry,
                                   open_checkpoint, write_checkpoint)
-from colm_core.config import ColmConfig
+from colm_core.config import INIT_STD, ColmConfig
 from colm_core.errors import ColmError
 from colm_core.model import chain_of, initial_value
-
-DEFAULT_INIT_STD = 0.02  # Llama's initializer_range; the paper does not give its value
-
 
 # --- configs -------------------------------------------------------------------------------
 
@@ -99,7 +96,7 @@ def sliced_tensors(ckpt: Checkpoint, chains: int) -> Iterator[tuple[str, torch.T
 
 
 def expand(path: Path, out: Path, *, add_chains: int, heads: int | None = None, kv_heads: int | None = None,
-           ffn: int | None = None, air: bool = False, init_std: float = DEFAULT_INIT_STD, seed: int = 0,
+           ffn: int | None = None, air: bool = False, init_std: float = INIT_STD, seed: int = 0,
            verify: bool = True, force: bool = False) -> dict:
     """Write `path` with `add_chains` new chains to `out`; returns the verification report (or {})."""
     from colm_core.verify import verify_expand

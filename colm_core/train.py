@@ -23,7 +23,6 @@ import os
 import shutil
 import signal
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,12 +33,12 @@ from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, ColmRuntimeError, Interrupted
 from colm_core.strict_json import finite_json
 from kernels._dispatch import selected as kernels_backend
+from colm_core.options import TrainOptions
 
 MARKER = "COMPLETE"
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 METRICS_FILE = "metrics.jsonl"
-SCHEDULES = ("cosine", "linear", "constant")
 
 
 class TrainingInterrupted(Interrupted):
@@ -50,92 +49,20 @@ class NonFiniteLoss(ColmRuntimeError):
     pass
 
 
-@dataclass
-class TrainOptions:
-    data: list[str] | None = None  # text files, directories, globs; None: the embedded corpus
-    steps: int = 200
-    batch_size: int = 8  # sequences per optimizer step, over all processes and micro-steps
-    grad_accum: int = 1
-    seq_len: int = 256
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.1  # the schedule decays to lr * min_lr_ratio
-    warmup_steps: int = 20
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
-    chain_loss: str = "all"  # all: every scale; full: the last scale only
-    chain_weights: list[float] | None = None
-    freeze_chains: int = 0
-    seed: int = 0
-    dtype: str = "auto"  # float32 on CPU; bfloat16 autocast on CUDA
-    device: str | None = None
-    compile: bool = False
-    log_every: int = 10
-    eval_every: int = 50  # 0: validate only at the end
-    eval_windows: int = 16
-    val_fraction: float = 0.05
-    save_every: int = 0  # 0: step checkpoints only on interruption
-    keep_checkpoints: int = 2
-    strategy: str = "ddp"
-
-    @classmethod
-    def from_sources(cls, config_file: Path | None, overrides: dict) -> "TrainOptions":
-        """Defaults, then a --config file (JSON or TOML, keys as the flags), then the flags given."""
-        values = {}
-        if config_file is not None:
-            try:
-                text = Path(config_file).read_text()
-                values = tomllib.loads(text) if str(config_file).endswith(".toml") else json.loads(text)
-            except (OSError, ValueError) as e:
-                raise ColmError(f"--config {config_file}: cannot read it ({e}); give a JSON or TOML file") from None
-            values = {k.replace("-", "_"): v for k, v in values.items()}
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(values) - known)
-            if unknown:
-                raise ColmError(f"--config {config_file}: unknown key {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
-
-    def check(self, cfg) -> None:
-        n = cfg.n_chains
-        positive = ("steps", "batch_size", "grad_accum", "seq_len", "log_every", "eval_windows", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ColmError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.seq_len > cfg.max_seq_len:
-            raise ColmError(f"--seq-len {self.seq_len} is above the model's maximum of {cfg.max_seq_len} tokens")
-        if self.lr <= 0 or self.warmup_steps < 0 or self.save_every < 0 or self.eval_every < 0:
-            raise ColmError("--lr must be positive; --warmup-steps, --save-every, --eval-every non-negative")
-        if not 0 < self.val_fraction < 1:
-            raise ColmError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
-        if self.schedule not in SCHEDULES:
-            raise ColmError(f"--schedule {self.schedule}: choose one of {', '.join(SCHEDULES)}")
-        if self.chain_loss not in ("all", "full"):
-            raise ColmError(f"--chain-loss {self.chain_loss}: choose all (every scale) or full (last scale)")
-        if not 0 <= self.freeze_chains < n:
-            raise ColmError(f"--freeze-chains {self.freeze_chains}: this model has {n} chains, so at most "
-                            f"{n - 1} can be frozen (at least one must train)")
-        if self.chain_weights is not None and len(self.chain_weights) != len(self.scales(n)):
-            raise ColmError(f"--chain-weights has {len(self.chain_weights)} values for the "
-                            f"{len(self.scales(n))} trained scales {self.scales(n)}; give one per scale")
-
-    def scales(self, n_chains: int) -> list[int]:
-        """The chain counts whose loss is trained: frozen-only scales have no gradient, so they are left out."""
-        if self.chain_loss == "full":
-            return [n_chains]
-        return list(range(self.freeze_chains + 1, n_chains + 1))
-
-    def learning_rate(self, step: int) -> float:
-        """Linear warmup to lr, then cosine or linear decay to lr * min_lr_ratio at the last step."""
-        if step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        if self.schedule == "constant":
-            return self.lr
-        progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * decay)
+def check_for_model(opts: TrainOptions, cfg) -> None:
+    """The limits that depend on the model (the options' own ranges are checked when they are made)."""
+    n = cfg.n_chains
+    if opts.seq_len > cfg.max_seq_len:
+        raise ColmError(f"--seq-len {opts.seq_len} is above the model's maximum of {cfg.max_seq_len} tokens")
+    if opts.freeze_chains >= n:
+        raise ColmError(f"--freeze-chains {opts.freeze_chains}: this model has {n} chains, so at most "
+                        f"{n - 1} can be frozen (at least one must train)")
+    scales = opts.scales(n)
+    if opts.chain_weights is not None and len(opts.chain_weights) != len(scales):
+        raise ColmError(f"--chain-weights has {len(opts.chain_weights)} values for the "
+                        f"{len(scales)} trained scales {scales}; give one per scale")
+    if opts.chain_weights is not None and not any(opts.chain_weights):
+        raise ColmError("--chain-weights are all 0: nothing would be trained; give at least one positive weight")
 
 
 @dataclass
@@ -172,6 +99,27 @@ def find_resume(resume: str, partial: Path) -> Path | None:
         raise ColmError(f"--resume {resume}: no complete step checkpoint there; give a steps/step-N directory "
                         "or a run directory holding one")
     return found[-1]
+
+
+# Options a resumed run may change: how it runs and reports, not what it computes. --steps may grow.
+CHANGEABLE_ON_RESUME = ("steps", "dtype", "device", "compile", "strategy", "log_every", "eval_every", "eval_windows",
+                        "save_every", "keep_checkpoints")
+
+
+def check_resume(step_dir: Path, opts: TrainOptions) -> None:
+    """A resumed run continues the same run: same data, batches, loss and optimisation, and not past --steps."""
+    saved = json.loads((step_dir / STATE_FILE).read_text())
+    now = json.loads(json.dumps(dataclasses.asdict(opts)))  # lists and None as the saved JSON holds them
+    shown = lambda v: "unset" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    changed = [f"--{name.replace('_', '-')} {shown(saved['options'].get(name))} -> {shown(value)}"
+               for name, value in now.items()
+               if name not in CHANGEABLE_ON_RESUME and saved["options"].get(name) != value]
+    if changed:
+        raise ColmError(f"--resume {step_dir}: that run used other settings ({'; '.join(changed)}); resume with "
+                        "the same ones, or start a new run without --resume")
+    if saved["step"] > opts.steps:
+        raise ColmError(f"--resume {step_dir}: that checkpoint is at step {saved['step']}, beyond --steps "
+                        f"{opts.steps}; give --steps {saved['step']} or more")
 
 
 def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
@@ -217,7 +165,7 @@ class Trainer:
         self.partial = partial_dir(self.out)
         ckpt = open_checkpoint(ckpt_path)
         cfg = ckpt.config
-        opts.check(cfg)
+        check_for_model(opts, cfg)
         self.compute_dtype = torch_dtype_for(opts, runtime.device)
         try:
             self.kernels = kernels_backend(runtime.device)  # COLM_KERNELS, recorded in the history
@@ -230,6 +178,8 @@ class Trainer:
         self.micro_rows = n_rows
 
         self.resume_from = find_resume(resume, self.partial) if resume else None
+        if self.resume_from is not None:
+            check_resume(self.resume_from, opts)
         if self.resume_from is None and self.partial.exists() and not force and resume != "auto":
             raise ColmError(f"{self.partial} holds an unfinished run; continue it with --resume auto, "
                             "or pass --force to start over")

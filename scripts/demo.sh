@@ -11,9 +11,9 @@ mkdir -p "$work"
 echo "checkpoints go to $work" >&2
 steps=${COLM_DEMO_STEPS:-300}
 
-# A 1-chain CoLM-Air model (--chains lists query heads per chain), trained, then grown by two
+# A 1-chain CoLM-Air model (the tiny preset's 2 query heads per chain), trained, then grown by two
 # chains that are trained with chain 1 frozen, then cut back to its first two chains.
-colm init --preset tiny --chains 2 --air -o "$work/base" \
+colm init --preset tiny --chains 1 --air -o "$work/base" \
   | colm train --steps "$steps" --seq-len 128 -o "$work/trained" \
   | colm expand --add-chains 2 -o "$work/grown" \
   | colm train --freeze-chains 1 --steps "$steps" --seq-len 128 -o "$work/tuned" \

@@ -250,10 +250,20 @@ def test_bad_generation_input_is_a_clear_error():
         generate(model, [3] * 65)
     with pytest.raises(ColmError, match=f"outside 1..{n}"):
         generate(model, PROMPT, chains=n + 1)
+    with pytest.raises(ColmError, match=f"chains 0 is outside 1..{n}"):  # None, not 0, means all chains
+        generate(model, PROMPT, chains=0)
+    with pytest.raises(ColmError, match=f"prefill chains 0 is outside 1..{n}"):
+        generate(model, PROMPT, prefill_chains=0)
     with pytest.raises(ColmError, match="not increasing"):
         make_schedule(n, 2, [(8, 1), (4, 3)])
     with pytest.raises(ColmError, match="not increasing"):
         make_schedule(n, 2, [(0, 1), (0, 3)])
+    with pytest.raises(ColmError, match="--temperature nan: must be >= 0"):
+        generate(model, PROMPT, temperature=float("nan"))
+    with pytest.raises(ColmError, match="--top-k 5 has no effect at temperature 0"):  # it was silently ignored
+        generate(model, PROMPT, top_k=5)
+    with pytest.raises(ColmError, match="--top-p 0.9 has no effect at temperature 0"):
+        generate(model, PROMPT, top_p=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -289,6 +299,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
                           "prompt is empty")
     assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2,
                           "not increasing")
+    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0")
+    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"), 2,
+                          "--prefill-chains 0: must be >= 1")
 
 
 def test_cli_prompts_file_prints_one_json_line_per_prompt_equal_to_single_calls(byte_checkpoint, tmp_path):

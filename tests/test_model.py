@@ -106,3 +106,14 @@ def test_chains_out_of_range_is_a_clear_error():
     model = tiny_model()
     with pytest.raises(ColmError, match="outside 1..3"):
         model(torch.zeros(1, 2, dtype=torch.long), chains=4)
+    with pytest.raises(ColmError, match="outside 1..3"):
+        model(torch.zeros(1, 2, dtype=torch.long), chains=0)
+
+
+def test_input_longer_than_the_context_is_a_clear_error():
+    from colm_core.errors import ColmError
+
+    model = tiny_model()  # max_seq_len 64
+    assert model(torch.zeros(1, 64, dtype=torch.long)).shape == (1, 64, 97)
+    with pytest.raises(ColmError, match="65 tokens is longer than the model's context \\(max_seq_len 64\\)"):
+        model(torch.zeros(1, 65, dtype=torch.long))

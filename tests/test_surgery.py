@@ -150,7 +150,7 @@ def test_sizes_that_break_gqa_or_air_rules_are_refused():
 
 
 def test_cli_pipeline_records_provenance(tmp_path):
-    init = run_cli("init", "-o", tmp_path / "m", "--chains", "2,2", "--layers", "1", "--head-dim", "8", "--ffn", "16",
+    init = run_cli("init", "-o", tmp_path / "m", "--heads", "2,2", "--layers", "1", "--head-dim", "8", "--ffn", "16",
                    check=True)
     expand = run_cli("expand", "--add-chains", "2", "--heads", "4", "--kv-heads", "2", "--seed", "7",
                      input=init.stdout, cwd=tmp_path, check=True)
@@ -180,8 +180,8 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "out"
     assert_one_line_error(run_cli("slice", tmp_path / "junk", "--chains", "1", "-o", out), 2, "not a colm checkpoint")
-    assert_one_line_error(run_cli("slice", src, "--chains", "0", "-o", out), 2, "--chains 0 is outside 1..3")
-    assert_one_line_error(run_cli("expand", src, "--add-chains", "0", "-o", out), 2, "add at least 1 chain")
+    assert_one_line_error(run_cli("slice", src, "--chains", "0", "-o", out), 2, "--chains 0: must be >= 1")
+    assert_one_line_error(run_cli("expand", src, "--add-chains", "0", "-o", out), 2, "--add-chains 0: must be >= 1")
     assert_one_line_error(run_cli("expand", src, "--heads", "3", "--kv-heads", "2", "-o", out), 2,
                           "multiple of its KV heads")
     assert_one_line_error(run_cli("expand", src, "-o", src / "inner"), 2, "inside the input")

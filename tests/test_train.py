@@ -125,6 +125,20 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     assert logged[:4] == [5, 6, 7, 8]
 
 
+    # Resuming with other data, sequence length or batch size is another run: refused, naming the change.
+    step4 = straight / "steps" / "step-0000004"
+    other_data = tmp_path / "other.txt"
+    other_data.write_text("other text " * 2000)
+    changes = [({"--data": other_data}, f"--data {train_dir} -> {other_data}"),
+               ({"--seq-len": "16", "--batch-size": "2"}, "--batch-size 4 -> 2; --seq-len 32 -> 16"),
+               ({"--steps": "3"}, "at step 4, beyond --steps 3")]
+    for changed, message in changes:  # each flag's value replaced in args
+        changed_args = [str(changed[prev]) if prev in changed else a for prev, a in zip([""] + args, args)]
+        proc = run_cli(*changed_args, "-o", tmp_path / "other", "--resume", step4, env=env)
+        assert_one_line_error(proc, 2, message)
+        assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
+
+
 def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, base):
     train_dir, _ = corpus
     out = tmp_path / "run"
@@ -210,6 +224,29 @@ def test_all_scales_loss_is_the_sum_of_separate_losses(monkeypatch):
             torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)  # float32 rounding of a different summation order
 
 
+@pytest.mark.parametrize("logits_per_chunk, loss_calls", [(losses.LOGITS_PER_CHUNK, 2), (97 * 50, 3)])
+def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, logits_per_chunk, loss_calls):
+    """colm eval goes through training's chunked multi-scale loss and still gives each k-chain model's CE."""
+    from colm_core.evaluate import evaluate_tokens
+
+    # 97 * 50: chunks of 50 rows, so the batch of two 32-token windows takes two calls, the last window one
+    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", logits_per_chunk)
+    calls = []
+    monkeypatch.setattr(losses, "chain_cross_entropy",
+                        lambda *a, _f=losses.chain_cross_entropy: calls.append(1) or _f(*a))
+    model = tiny_model(seed=2)
+    ids = torch.randint(0, 97, (3 * 32 + 1,), generator=torch.Generator().manual_seed(0)).tolist()
+    report = evaluate_tokens(model, ids, [3, 1], seq_len=32, batch_size=2)
+    windows = torch.tensor([ids[i : i + 33] for i in range(0, 96, 32)])
+    with torch.no_grad():
+        for r in report["results"]:
+            direct = F.cross_entropy(model(windows[:, :-1], chains=r["chains"]).flatten(0, 1),
+                                     windows[:, 1:].flatten())
+            assert r["loss"] == pytest.approx(direct.item(), rel=1e-6)
+    assert [r["chains"] for r in report["results"]] == [1, 3] and report["tokens"] == 96
+    assert len(calls) == loss_calls
+
+
 def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
     """Training every scale with a large vocabulary keeps no full logits tensor per scale for backward."""
     monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", 2**16)
@@ -238,7 +275,7 @@ def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
     (["--data", "missing.txt"], "no such file"),
     (["--data", "empty.txt"], "empty"),
     (["--seq-len", "65"], "above the model's maximum of 64"),
-    (["--strategy", "zero3"], "unknown strategy"),
+    (["--strategy", "zero3"], "--strategy zero3: choose one of ddp, fsdp"),
     (["--freeze-chains", "2"], "--freeze-chains 2"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):

@@ -1,0 +1,123 @@
+"""Command options: one definition per option (flags, help, defaults, --config), every value checked."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+
+import pytest
+import typer.main
+
+from colm_cli.app import app
+from colm_core.errors import ColmError
+from colm_core.init import InitOptions
+from colm_core.options import TrainOptions, from_sources, value_type
+from tests.conftest import assert_one_line_error, run_cli
+
+
+def click_command(name: str):
+    return typer.main.get_command(app).commands[name]
+
+
+@pytest.mark.parametrize("cls, command", [(TrainOptions, "train"), (InitOptions, "init")])
+def test_flags_are_built_from_the_options_dataclass(cls, command):
+    """Each field is one flag with the field's help and default; the command has no other copy of them."""
+    params = {p.name: p for p in click_command(command).params}
+    for f in dataclasses.fields(cls):
+        param = params[f.name]
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        assert flag in param.opts, (f.name, param.opts)
+        assert param.help.startswith(f.metadata["help"])
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default is not None:
+            assert f"default: {default})" in param.help
+        if f.metadata.get("range") is not None:
+            assert str(f.metadata["range"]) in param.help
+        assert param.default is None  # "not given": a --config value or the dataclass default applies
+
+
+def out_of_range(valid) -> list[float]:
+    """Values a range must refuse: NaN, infinity and a value just beyond each bound."""
+    bad = [math.nan, math.inf, -math.inf]
+    if valid.low is not None:
+        bad.append(valid.low if valid.low_open else valid.low - 1)
+    if valid.high is not None:
+        bad.append(valid.high if valid.high_open else valid.high + 1)
+    return bad
+
+
+RANGED = [(cls, f) for cls in (TrainOptions, InitOptions) for f in dataclasses.fields(cls)
+          if f.metadata.get("range") is not None]
+
+
+@pytest.mark.parametrize("cls, f", RANGED, ids=[f"{c.__name__}.{f.name}" for c, f in RANGED])
+def test_every_numeric_option_refuses_values_outside_its_range(cls, f):
+    kind, is_list = value_type(cls, f)
+    valid = f.metadata["range"]
+    for bad in out_of_range(valid):
+        if kind is int and not math.isfinite(bad):
+            continue  # an int flag cannot hold NaN or infinity
+        value = kind(bad) if math.isfinite(bad) else bad
+        flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+        with pytest.raises(ColmError, match=f"^{flag} .*must be {re.escape(str(valid))}"):
+            cls(**{f.name: [value] if is_list else value})
+
+
+def test_config_values_are_type_checked(tmp_path):
+    config = tmp_path / "run.toml"
+
+    def read(text: str) -> TrainOptions:
+        config.write_text(text)
+        return TrainOptions.from_sources(config, {})
+
+    # A string for a list option is a one-element list, not its characters; an integer for a float is fine.
+    assert read('data = "/abs/file.txt"\nlr = 1').data == ["/abs/file.txt"] and read("lr = 1").lr == 1.0
+    assert read('chain_weights = "1,2"').chain_weights == [1.0, 2.0]
+    assert read("chain_weights = [1, 2.5]").chain_weights == [1.0, 2.5]
+    for text, message in [("steps = 2.7", "steps = 2.7 is not an integer"),
+                          ('steps = "abc"', "steps = 'abc' is not an integer"),
+                          ("steps = true", "steps = True is not an integer"),
+                          ("data = [1]", "data = [1] is not a list of str values"),
+                          ('compile = "yes"', "compile = 'yes' is not true or false"),
+                          ("min_lr_ratio = 5", "--min-lr-ratio 5: must be in [0, 1]")]:
+        with pytest.raises(ColmError, match=re.escape(message)):
+            read(text)
+    with pytest.raises(ColmError, match="unknown key 'stepz'; valid keys: data, steps, batch_size, "):
+        read("stepz = 3")
+
+
+def test_init_chains_is_a_chain_count_and_heads_lists_heads_per_chain():
+    from colm_core.init import build_config
+
+    assert build_config(InitOptions(chains=3))[0].heads == [2, 2, 2]  # tiny: 2 query heads per chain
+    assert build_config(InitOptions(heads=[4, 2]))[0].heads == [4, 2]
+    assert build_config(InitOptions(chains=2, heads=[4]))[0].heads == [4, 4]
+    with pytest.raises(ColmError, match="--chains 3 and --heads 4,4 disagree"):
+        build_config(InitOptions(chains=3, heads=[4, 4]))
+    init = from_sources(InitOptions, None, {"chains": "2", "heads": "4,4"})
+    assert (init.chains, init.heads) == (2, [4, 4])
+
+
+def test_cli_refuses_bad_numbers_and_old_style_init_chains(tmp_path):
+    """The real CLI: one error line naming the flag and its range, exit 2, nothing written."""
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "m", "--chains", "2,2"), 2,
+                          "--chains '2,2': expected an integer; query heads per chain are given with --heads 2,2")
+    assert_one_line_error(run_cli("init", "-o", tmp_path / "m", "--init-std", "nan"), 2,
+                          "--init-std nan: must be > 0")
+    (tmp_path / "run.toml").write_text("steps = 2.7\n")
+    for args, message in [(["--min-lr-ratio", "-1", "--warmup-steps", "0"], "--min-lr-ratio -1: must be in [0, 1]"),
+                          (["--weight-decay", "-1"], "--weight-decay -1: must be >= 0"),
+                          (["--chain-weights", "1,-1"], "--chain-weights 1,-1: each value must be >= 0"),
+                          (["--beta1", "2"], "--beta1 2: must be in [0, 1)"),
+                          (["--lr", "nan"], "--lr nan: must be > 0"),
+                          (["--config", tmp_path / "run.toml"], "steps = 2.7 is not an integer")]:
+        assert_one_line_error(run_cli("train", tmp_path / "m", *args, "-o", tmp_path / "t"), 2, message)
+    for args, message in [(["eval", tmp_path / "m", "--max-tokens", "-5"], "--max-tokens -5: must be >= 1"),
+                          (["generate", tmp_path / "m", "--prompt", "a", "--temperature", "nan"],
+                           "--temperature nan: must be >= 0"),
+                          (["generate", tmp_path / "m", "--prompt", "a", "--top-k", "3"],
+                           "--top-k 3 has no effect at temperature 0"),
+                          (["expand", tmp_path / "m", "--init-std", "inf"], "--init-std inf: must be > 0")]:
+        assert_one_line_error(run_cli(*args), 2, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]
