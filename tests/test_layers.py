@@ -9,9 +9,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Bottom first. A module may import the modules of lower layers only (never its own layer's).
 LAYERS = (
     ("errors", "cache", "strict_json"),
-    ("config", "references"),
+    ("config", "references", "options"),
     ("tokenizer",),
-    ("model", "losses", "evaluate", "generation", "parallel"),
+    ("model", "losses"),
+    ("evaluate", "generation", "parallel"),
     ("card", "data", "init"),
     ("checkpoint",),
     ("verify",),
