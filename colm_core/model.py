@@ -212,11 +212,12 @@ class CoLM(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, chains: int | None = None, cache=None) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains."""
         k = self._chains(chains)
-        start = cache.length if cache is not None else 0
-        end = start + input_ids.shape[1]
-        if end > self.config.max_seq_len:  # RoPE would go on silently past the positions it was trained for
-            raise ColmError(f"{end} tokens is longer than the model's context (max_seq_len {self.config.max_seq_len}); "
-                            "shorten the input")
+        # RoPE would go on silently past the positions the model was trained for. With a cache, generation
+        # stops each row at its own context; rows of a batch that already stopped are still fed (and
+        # discarded) while the others run, so the cache's columns may pass max_seq_len.
+        if cache is None and input_ids.shape[1] > self.config.max_seq_len:
+            raise ColmError(f"{input_ids.shape[1]} tokens is longer than the model's context "
+                            f"(max_seq_len {self.config.max_seq_len}); shorten the input")
         x = torch.cat([F.embedding(input_ids, w) for w in list(self.embed.parameters())[:k]], dim=-1)
         if cache is None:
             cos, sin = self.rope(torch.arange(input_ids.shape[1], device=input_ids.device), x.dtype)

@@ -1,19 +1,14 @@
 """The real `colm` command line, in subprocesses, as a user types it."""
 
 import json
-import time
 
 from tests.conftest import REPO, assert_one_line_error, run_cli
 
 
-def test_help_is_fast_and_lists_commands():
-    start = time.perf_counter()
+def test_help_lists_commands():
     proc = run_cli("--help", check=True)
-    elapsed = time.perf_counter() - start
-    for command in ("init", "inspect", "eval"):
+    for command in ("init", "train", "expand", "slice", "eval", "generate", "inspect", "import", "export"):
         assert command in proc.stdout
-    # No torch import at start-up: the whole process, interpreter included, stays well under a second.
-    assert elapsed < 2.0, elapsed
 
 
 def test_help_does_not_import_torch():

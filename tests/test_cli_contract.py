@@ -24,7 +24,7 @@ def strict_json(text: str):
 
 
 def small_checkpoint(tmp_path, name="m"):
-    run_cli("init", "-o", tmp_path / name, "--layers", "1", "--chains", "2,2", "--head-dim", "8", "--ffn", "32",
+    run_cli("init", "-o", tmp_path / name, "--layers", "1", "--heads", "2,2", "--head-dim", "8", "--ffn", "32",
             check=True)
     return tmp_path / name
 
