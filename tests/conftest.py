@@ -47,6 +47,15 @@ def run_cli(*args, input: str | None = None, cwd: Path | None = None, check: boo
     return proc
 
 
+def select_kernels(monkeypatch, backend: str | None) -> None:
+    """COLM_KERNELS=backend for the rest of the test (None: unset, the default), undoing earlier patches."""
+    monkeypatch.undo()
+    if backend:
+        monkeypatch.setenv("COLM_KERNELS", backend)
+    else:
+        monkeypatch.delenv("COLM_KERNELS", raising=False)
+
+
 def assert_one_line_error(proc: subprocess.CompletedProcess, code: int = 2, contains: str = "") -> None:
     """The CLI's contract for bad input: exit code, a single `colm: error:` line, no traceback."""
     assert proc.returncode == code, (proc.returncode, proc.stderr)

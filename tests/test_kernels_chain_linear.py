@@ -16,6 +16,7 @@ import triton.language as tl  # noqa: E402
 
 from kernels.chain_linear import chain_linear, op, pytorch, reference  # noqa: E402
 from kernels.chain_linear import triton as triton_impl  # noqa: E402
+from tests.conftest import select_kernels  # noqa: E402
 
 # (input chain widths, output chain widths): 1-4 chains, equal and unequal, and widths that
 # are not multiples of the Triton tiles, so tiles straddle chain boundaries.
@@ -151,11 +152,7 @@ def test_dispatch(monkeypatch, grad):
     expected = reference.chain_linear(x, weights)
     calls = {"torch": pytorch, "triton": triton_impl}
     for chosen in ["torch", "triton", "reference", None]:
-        monkeypatch.undo()
-        if chosen:
-            monkeypatch.setenv("COLM_KERNELS", chosen)
-        else:
-            monkeypatch.delenv("COLM_KERNELS", raising=False)
+        select_kernels(monkeypatch, chosen)
         for name, module in calls.items():
             if name != (chosen or "torch"):
                 monkeypatch.setattr(module, "forward", fail)

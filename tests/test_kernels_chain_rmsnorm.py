@@ -13,6 +13,7 @@ import torch  # noqa: E402
 
 from kernels.chain_rmsnorm import chain_rms_norm, pytorch, reference  # noqa: E402
 from kernels.chain_rmsnorm import triton as triton_impl  # noqa: E402
+from tests.conftest import select_kernels  # noqa: E402
 
 EPS = 1e-6
 # 1-4 chains; widths that are not powers of two leave masked lanes in the Triton block.
@@ -105,11 +106,7 @@ def test_dispatch(monkeypatch):
     expected = reference.chain_rms_norm(x, weights, EPS)
     modules = {"torch": pytorch, "triton": triton_impl, "reference": reference}
     for chosen in ["torch", "triton", "reference", None]:
-        monkeypatch.undo()
-        if chosen:
-            monkeypatch.setenv("COLM_KERNELS", chosen)
-        else:
-            monkeypatch.delenv("COLM_KERNELS", raising=False)
+        select_kernels(monkeypatch, chosen)
         for name, module in modules.items():
             if name != (chosen or "torch"):
                 monkeypatch.setattr(module, "chain_rms_norm", fail)
