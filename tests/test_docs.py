@@ -37,3 +37,24 @@ def test_documented_shard_size_is_the_writers():
     for doc in ("checkpoint-format.md", "surgery.md"):
         sizes = re.findall(r"(?:sharded at|above)\s+(\d+ [MG]iB)", (REPO / "docs" / doc).read_text())
         assert sizes and set(sizes) == {size}, (doc, sizes)
+
+
+def test_training_guide_shows_the_options_real_defaults():
+    """docs/training.md's flag table is prose beside the one definition (colm_core.options): same defaults."""
+    import dataclasses
+
+    from colm_core.options import TrainOptions
+
+    defaults = {"--" + f.name.replace("_", "-"): f.default for f in dataclasses.fields(TrainOptions)}
+    rows = re.findall(r"(?m)^\| (`--[^|]+) \| ([^|]+) \|", (REPO / "docs" / "training.md").read_text())
+    shown = {name: value.strip() for flags, values in rows
+             for name, value in zip(re.findall(r"`(--[a-z0-9-]+)`", flags), values.split(","))}
+    assert len(shown) >= 15, shown
+    for name, value in shown.items():
+        default = defaults[name]
+        if isinstance(default, bool):
+            assert value == ("on" if default else "off"), name
+        elif isinstance(default, (int, float)):
+            assert float(value) == default, (name, value, default)
+        else:
+            assert value == default, (name, value, default)
