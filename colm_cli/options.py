@@ -58,7 +58,6 @@ def with_options(cls, after: int = 0):
     return decorate
 
 
-
 def ranged(help: str, valid: Range, *decls: str, **kwargs):
     """A Typer option of a command without an options dataclass: its range is shown in --help and checked
     when the flag is read, with the same message as a dataclass field's."""
