@@ -18,6 +18,7 @@ in the history from digests.json instead of reading the whole input again.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import glob
@@ -25,6 +26,7 @@ import hashlib
 import itertools
 import json
 import math
+import mmap
 import os
 import shutil
 import sys
@@ -94,9 +96,37 @@ class Checkpoint:
                     readers[file] = stack.enter_context(SafetensorsReader(self.path / file))
                 yield name, readers[file].get_tensor(name)
 
+    def stored(self, names: Iterable[str]) -> Iterator[tuple[str, "StoredTensor"]]:
+        """Yield (name, where its bytes lie) in the order asked: what write_weights copies without a tensor."""
+        headers: dict[str, tuple[dict, int]] = {}
+        for name in names:
+            file = self.weight_map[name]
+            if file not in headers:
+                with SafetensorsReader(self.path / file) as reader:
+                    headers[file] = reader.header, reader.data_start
+            header, data_start = headers[file]
+            info = header[name]
+            yield name, StoredTensor(self.path / file, data_start + info["data_offsets"][0], tuple(info["shape"]),
+                                     SAFETENSORS_DTYPES[info["dtype"]])
+
     @property
     def files(self) -> list[Path]:
         return [self.path / f for f in sorted(set(self.weight_map.values()))]
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor's bytes where they lie in a safetensors file. Surgery copies most tensors unchanged, and
+    copying their bytes in chunks needs neither a tensor's memory nor its page faults."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 class SafetensorsReader:
@@ -328,15 +358,16 @@ def atomic_directory(path: str | Path, force: bool = False):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], shapes: dict[str, tuple[int, ...]],
+def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor | StoredTensor]], shapes: dict[str, tuple[int, ...]],
                   max_shard_bytes: int) -> dict[str, str]:
     """Write tensors as one safetensors file, or as shards plus an index when they exceed max_shard_bytes;
     return the sha256 of each safetensors file written.
 
     Tensors may come from a generator, one at a time, in the order and with the shapes of `shapes`,
-    all of one dtype. With that layout known up front, each shard's header is written first and every
-    tensor goes straight to its place in the file, hashed on the way: only one tensor is held in
-    memory (surgery on a large checkpoint needs little more than its largest tensor), and no byte
+    all of one dtype; each is a torch.Tensor or a StoredTensor, whose bytes are copied from its file.
+    With that layout known up front, each shard's header is written first and every tensor goes
+    straight to its place in the file, hashed on the way: at most one tensor is held in memory
+    (surgery on a large checkpoint needs little more than its largest new tensor), and no byte
     written is read back to hash it."""
     tensors = iter(tensors)
     first = next(tensors, None)
@@ -375,6 +406,9 @@ def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], 
                     if got != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
                         raise ValueError(f"write_weights expected {name} {list(shape)} {dtype}, "
                                          f"got {got} {list(tensor.shape)} {tensor.dtype}")
+                    if isinstance(tensor, StoredTensor):
+                        copy_hashed(out, digest, tensor, hasher)
+                        continue
                     tensor = tensor.detach().to("cpu").contiguous()
                     write_hashed(out, digest, tensor.reshape(-1).view(torch.uint8).numpy().data, hasher)
                     del tensor  # before the generator makes the next one: one tensor in memory at a time
@@ -396,6 +430,48 @@ def write_hashed(out, digest, data, hasher: ThreadPoolExecutor) -> None:
     hashed = hasher.submit(digest.update, data)
     out.write(data)
     hashed.result()
+
+
+def copy_hashed(out, digest, stored: StoredTensor, hasher: ThreadPoolExecutor) -> None:
+    """Append a stored tensor's bytes to `out` and hash them, side by side: the kernel copies them (as a
+    file copy does) while another thread hashes them from the page cache. Neither makes a tensor, so
+    memory stays at one mapped chunk whatever the tensor's size."""
+    out.flush()  # the copy writes at the file descriptor's position, behind the buffer's back
+    with open(stored.path, "rb") as src:
+        if os.fstat(src.fileno()).st_size < stored.offset + stored.nbytes:
+            raise ColmError(f"{stored.path} is truncated; restore it from the source")
+        hashed = hasher.submit(hash_range, digest, src.fileno(), stored.offset, stored.nbytes)
+        copy_range(src, out, stored.offset, stored.nbytes)
+        hashed.result()
+    out.seek(0, os.SEEK_END)  # and the buffer learns where the file now ends
+
+
+def copy_range(src, out, offset: int, nbytes: int) -> None:
+    """Append src's bytes [offset, offset + nbytes) to out: in the kernel where the system can (Linux's
+    copy_file_range), else by reads and writes."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        with contextlib.suppress(OSError):  # an old kernel across filesystems, or a filesystem without it
+            while done < nbytes and (n := os.copy_file_range(src.fileno(), out.fileno(), nbytes - done,
+                                                             offset + done)):
+                done += n
+    src.seek(offset + done)
+    while done < nbytes:
+        data = src.read(min(1 << 24, nbytes - done))
+        if not data:
+            raise ColmError(f"{src.name} is truncated; restore it from the source")
+        out.write(data)
+        done += len(data)
+
+
+def hash_range(digest, fd: int, offset: int, nbytes: int, chunk: int = 1 << 26) -> None:
+    """digest.update with a file's bytes [offset, offset + nbytes), mapped one chunk at a time: no copy
+    into this process, and only the chunk being hashed is resident."""
+    end = offset + nbytes
+    for base in range(offset - offset % mmap.ALLOCATIONGRANULARITY, end, chunk):  # chunk: a multiple of it
+        with (mmap.mmap(fd, min(chunk, end - base), offset=base, access=mmap.ACCESS_READ) as mapped,
+              memoryview(mapped) as view, view[max(offset - base, 0):] as part):
+            digest.update(part)
 
 
 def file_sha256(path: Path) -> str:

@@ -127,7 +127,8 @@ class Attention(nn.Module):
             self.sdpa_groups.append(sdpa_can_group([read[j] for j in order]))
             self.reorder.append(self.sdpa_groups[k] and order != sorted(order))
             query_orders[k, 0, : len(read)] = torch.tensor(order)
-            query_orders[k, 1, : len(read)] = torch.tensor(order).argsort()
+            # The inverse in Python: argsort on the meta device (expected_shapes) imports sympy, a second.
+            query_orders[k, 1, : len(read)] = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
         self.register_buffer("query_orders", query_orders, persistent=False)
 
     def forward(self, x, chains, cos, sin, cache=None, layer=0, mask=None):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from colm_core.checkpoint import (Checkpoint, atomic_directory, check_output, expected_shapes, history_entry,
+from colm_core.checkpoint import (Checkpoint, StoredTensor, atomic_directory, check_output, expected_shapes, history_entry,
                                   open_checkpoint, write_checkpoint)
 from colm_core.config import INIT_STD, ColmConfig
 from colm_core.errors import ColmError
@@ -79,17 +79,18 @@ def new_block(name: str, shape: tuple[int, ...], cfg: ColmConfig, std: float, se
     return initial_value(name, shape, std, cfg.n_layers, g).to(dtype)
 
 
-def expanded_tensors(ckpt: Checkpoint, cfg: ColmConfig, std: float, seed: int) -> Iterator[tuple[str, torch.Tensor]]:
+def expanded_tensors(ckpt: Checkpoint, cfg: ColmConfig, std: float,
+                     seed: int) -> Iterator[tuple[str, torch.Tensor | StoredTensor]]:
     """Every tensor in the model's order, one at a time: the input's unchanged, the new chains' fresh."""
     shapes = expected_shapes(cfg)
-    old = ckpt.tensors([name for name in shapes if name in ckpt.weight_map])  # in the same order
+    old = ckpt.stored([name for name in shapes if name in ckpt.weight_map])  # in the same order
     for name, shape in shapes.items():
         yield next(old) if name in ckpt.weight_map else (name, new_block(name, shape, cfg, std, seed, ckpt.dtype))
 
 
-def sliced_tensors(ckpt: Checkpoint, chains: int) -> Iterator[tuple[str, torch.Tensor]]:
+def sliced_tensors(ckpt: Checkpoint, chains: int) -> Iterator[tuple[str, StoredTensor]]:
     """The kept chains' tensors in the model's order (the order `save` writes), one at a time."""
-    return ckpt.tensors([name for name in expected_shapes(ckpt.config) if chain_of(name) <= chains])
+    return ckpt.stored([name for name in expected_shapes(ckpt.config) if chain_of(name) <= chains])
 
 
 # --- commands ------------------------------------------------------------------------------

@@ -195,3 +195,46 @@ def test_inspect_verify_rehashes_every_file(tmp_path):
 
     (tmp_path / "m" / "digests.json").unlink()
     assert_one_line_error(run_cli("inspect", "--verify", tmp_path / "m"), 2, "nothing to verify against")
+
+
+@pytest.mark.parametrize("copy_file_range", ["kernel", "missing", "fails part-way"])
+def test_surgery_copies_stored_bytes_exactly_and_records_their_sha256(tmp_path, monkeypatch, copy_file_range):
+    """Slicing copies the kept tensors' bytes file to file (copy_file_range where the system has it, reads
+    where it has not or refuses part-way) and hashes them as it goes: the output's tensors equal the input's
+    and its recorded digests are its files' sha256, with shards that start tensors at unaligned offsets."""
+    import os
+
+    from colm_core.surgery import slice_
+
+    if copy_file_range == "missing":
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    elif copy_file_range == "fails part-way":
+        real = os.copy_file_range
+        calls = []
+
+        def flaky(src, dst, count, offset_src=None, offset_dst=None):
+            calls.append(count)
+            if len(calls) % 2 == 0:
+                raise OSError(18, "Invalid cross-device link")
+            return real(src, dst, min(count, 5), offset_src, offset_dst)  # a short copy, then a failure
+        monkeypatch.setattr(os, "copy_file_range", flaky)
+    model = tiny_model()
+    save(model, tmp_path / "a", max_shard_bytes=20_000)
+    slice_(tmp_path / "a", tmp_path / "b", chains=2, verify=False)
+    sliced, full = load(tmp_path / "b").state_dict(), model.state_dict()
+    assert sliced and all(torch.equal(tensor, full[name]) for name, tensor in sliced.items())
+    recorded = json.loads((tmp_path / "b" / "digests.json").read_text())["sha256"]
+    assert {name: sha256_of(tmp_path / "b" / name) for name in recorded} == recorded
+
+
+def test_hash_range_of_unaligned_spans_over_many_chunks(tmp_path):
+    from colm_core.checkpoint import hash_range
+
+    data = bytes(range(256)) * 100
+    (tmp_path / "f").write_bytes(data)
+    with open(tmp_path / "f", "rb") as f:
+        for offset, nbytes in [(0, len(data)), (4095, 9000), (5000, 1), (4096, 0), (17, len(data) - 17)]:
+            digest = hashlib.sha256()
+            hash_range(digest, f.fileno(), offset, nbytes, chunk=4096)
+            assert digest.hexdigest() == hashlib.sha256(data[offset:offset + nbytes]).hexdigest()
+
