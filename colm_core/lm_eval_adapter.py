@@ -234,16 +234,16 @@ def evaluate_tasks(model, tasks: str | list[str], chains: list[int] | None = Non
 
 
 def results_table(report: dict) -> list[dict]:
-    """One row per task and metric, one value (and standard error) per chain count:
-    [{"task", "metric", "values": {"k": (value, stderr or None)}}]."""
+    """One row per task and metric, one value and standard error (None where lm-eval has none) per chain
+    count: [{"task", "metric", "values": {"k": (value, stderr)}}]. A metric is lm-eval's "name,filter"."""
     rows: dict[tuple[str, str], dict] = {}
     for k, out in report["results"].items():
         for task, metrics in out["results"].items():
             for key, value in metrics.items():
-                metric, _, flt = key.partition(",")
-                if key == "alias" or metric.endswith("_stderr") or not isinstance(value, (int, float)):
-                    continue
-                stderr = metrics.get(f"{metric}_stderr,{flt}")
+                metric, _, where = key.partition(",")
+                if not where or metric.endswith("_stderr") or not isinstance(value, (int, float)):
+                    continue  # "alias", "sample_len", standard errors (paired below), "N/A"
+                stderr = metrics.get(f"{metric}_stderr,{where}")
                 row = rows.setdefault((task, key), {"task": task, "metric": key, "values": {}})
                 row["values"][k] = (value, stderr if isinstance(stderr, (int, float)) else None)
     return list(rows.values())
