@@ -18,6 +18,7 @@ this module until tasks are asked for.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -118,6 +119,10 @@ class ColmLM(TemplateLM):
 
         collator = Collator(requests, sort_fn=longest_first, group_by="contexts",
                             group_fn=lambda request: request[1] + request[2][:-1])
+        longest = max((len(continuation) for _, _, continuation in requests), default=0)
+        if longest > self.max_length:
+            raise ColmError(f"a continuation of {longest} tokens is longer than the model's context of "
+                            f"{self.max_length} tokens; shorten the task's targets")
         results = []
         for chunk in collator.get_batched(n=self.batch_size):
             # The last token is only ever a target; a window longer than the context keeps its end.
@@ -172,8 +177,8 @@ class ColmLM(TemplateLM):
             if room < 1:
                 raise ColmError(f"max_gen_toks {max_gen_toks} leaves no room for a prompt in the model's context "
                                 f"of {self.max_length} tokens; lower it in the task's generation_kwargs")
-            sampling = {"temperature": float(kwargs.get("temperature", 0.0))} if kwargs.get("do_sample") else {}
-            sampling.update({k: kwargs[k] for k in ("top_k", "top_p") if sampling and kwargs.get(k) is not None})
+            sampling = ({"temperature": float(kwargs.get("temperature", 0.0)), "top_k": kwargs.get("top_k"),
+                         "top_p": kwargs.get("top_p")} if kwargs.get("do_sample") else {})  # else greedy
             records = generate_batch(self.model, [self.tok_encode(c)[-room:] for c in contexts],
                                      max_new_tokens=max_gen_toks, chains=self.chains,
                                      stop=[s for s in until if s], **sampling)
@@ -215,8 +220,6 @@ def evaluate_tasks(model, tasks: str | list[str], chains: list[int] | None = Non
     accepts), the same documents and few-shot examples for every chain count.
 
     Returns {"tasks", "chains", "results": {"k": lm-eval's results for k chains}}, JSON-ready."""
-    import json
-
     if isinstance(model, (str, Path)):
         model = load(model, device=device, dtype=dtype)
     names = task_names(tasks) if isinstance(tasks, str) else list(tasks)
