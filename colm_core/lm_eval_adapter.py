@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from colm_core.api import load
+from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError
 from colm_core.generation import generate_batch
 
@@ -57,8 +58,6 @@ class ColmLM(TemplateLM):
                  device: str | None = None, dtype: str | torch.dtype | None = None, max_batch_size=None):
         super().__init__()
         if isinstance(pretrained, (str, Path)):
-            from colm_core.checkpoint import parse_dtype
-
             dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
             pretrained = load(pretrained, device=device, dtype=dtype)
         self.model = pretrained.eval()
