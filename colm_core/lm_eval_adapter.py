@@ -39,7 +39,7 @@ except ImportError as e:
     raise ColmError(f"--tasks runs lm-evaluation-harness, which is not installed ({e.msg}); "
                     "install it with `pip install 'colm[eval]'`") from None
 
-__all__ = ["ColmLM", "evaluate_tasks", "task_names", "task_manager"]
+__all__ = ["ColmLM", "evaluate_tasks", "results_table", "task_manager", "task_names"]
 
 SAMPLING_KWARGS = {"do_sample", "temperature", "top_k", "top_p"}  # what generate_until maps onto colm's Sampling
 
@@ -200,7 +200,8 @@ def task_manager(names: list[str], include_path: str | Path | None = None):
 
     if include_path is not None:
         if not Path(include_path).is_dir():
-            raise ColmError(f"--include-path {include_path}: no such directory; give the directory of your task YAML files")
+            raise ColmError(f"--include-path {include_path}: no such directory; give the directory of your task "
+                            "YAML files")
         local = TaskManager(include_path=str(include_path), include_defaults=False)
         if all(name in local.all_tasks for name in names):
             return local
