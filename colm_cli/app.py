@@ -18,7 +18,7 @@ from colm_cli.options import ranged, with_options
 from colm_core.config import INIT_STD
 from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted
 from colm_core.init import InitOptions
-from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, TrainOptions
+from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, TaskOptions, TrainOptions
 from colm_core.options import from_sources as options_from
 
 app = typer.Typer(
@@ -205,6 +205,7 @@ def slice_(
 
 
 @app.command(name="eval")
+@with_options(TaskOptions, after=6)
 def eval_(
     ckpt: CkptArg = None,
     data: Annotated[Optional[list[str]], typer.Option(
@@ -212,16 +213,29 @@ def eval_(
              "`colm train` holds out for validation.")] = None,
     chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
     seq_len: Annotated[int, ranged("Tokens per evaluation window.", AT_LEAST_ONE)] = 256,
-    batch_size: Annotated[int, ranged("Windows per forward pass.", AT_LEAST_ONE)] = 8,
+    batch_size: Annotated[int, ranged("Windows per forward pass (with --tasks: requests per forward pass).",
+                                      AT_LEAST_ONE)] = 8,
     max_tokens: Annotated[Optional[int], ranged("Evaluate at most this many tokens.", AT_LEAST_ONE)] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    **options,
 ):
-    """Loss, perplexity and bits per byte of every k-chain sub-model (table on stderr, JSON on stdout)."""
+    """Loss, perplexity and bits per byte of every k-chain sub-model, or with --tasks their lm-evaluation-harness
+    scores (table on stderr, JSON on stdout)."""
+    tasks = options_from(TaskOptions, None, options)
+    if tasks.tasks is None:
+        given = [flag for flag, value in options.items() if value is not None]
+        if given:
+            raise ColmError(f"--{given[0].replace('_', '-')} applies to lm-eval tasks; give --tasks too, e.g. "
+                            "--tasks hellaswag")
+    elif data or max_tokens is not None:
+        raise ColmError(f"{'--data' if data else '--max-tokens'} applies to text evaluation, not to --tasks; "
+                        "give one of them")
+    else:
+        from colm_core.lm_eval_adapter import task_names  # without lm-eval: the error that says what to install
+
+        task_names(tasks.tasks)
     from colm_core.checkpoint import load
-    from colm_core.data import default_validation_tokens, read_texts
-    from colm_core.evaluate import evaluate_tokens, token_stream
-    from colm_cli.render import eval_table
 
     path = input_path(ckpt)
     model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
@@ -230,6 +244,13 @@ def eval_(
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
         raise ColmError(f"--chains {chains}: {bad[0]} is outside 1..{n} (this model has {n} chains)")
+    if tasks.tasks is not None:
+        evaluate_on_tasks(model, path, sorted(set(ks)), tasks, batch_size)
+        return
+    from colm_core.data import default_validation_tokens, read_texts
+    from colm_core.evaluate import evaluate_tokens, token_stream
+    from colm_cli.render import eval_table
+
     if data:
         ids = token_stream(model.tokenizer, read_texts(data))
     else:
@@ -240,6 +261,21 @@ def eval_(
                              max_tokens=max_tokens)
     report["checkpoint"] = str(path)
     err.print(eval_table(report))
+    emit_json(report)
+
+
+def evaluate_on_tasks(model, path: Path, chains: list[int], tasks: TaskOptions, batch_size: int) -> None:
+    """`colm eval --tasks`: lm-eval's results per chain count as JSON; whatever lm-eval prints goes to stderr."""
+    from contextlib import redirect_stdout
+
+    from colm_core.lm_eval_adapter import evaluate_tasks
+    from colm_cli.render import tasks_table
+
+    with redirect_stdout(sys.stderr):
+        report = evaluate_tasks(model, tasks.tasks, chains, num_fewshot=tasks.num_fewshot, limit=tasks.limit,
+                                include_path=tasks.include_path, batch_size=batch_size)
+    report = {"checkpoint": str(path), **report}
+    err.print(tasks_table(report))
     emit_json(report)
 
 

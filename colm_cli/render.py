@@ -43,6 +43,27 @@ def eval_table(report: dict) -> Table:
     return t
 
 
+def tasks_table(report: dict) -> Table:
+    """lm-eval tasks x chain counts: one row per task and metric, "value ± standard error" per chain count."""
+    from colm_core.lm_eval_adapter import results_table
+
+    t = Table(title=f"{report['checkpoint']}: lm-evaluation-harness")
+    for col in ("task", "metric", *(f"{k} chains" for k in report["chains"])):
+        t.add_column(col, justify="left" if col in ("task", "metric") else "right")
+    for row in results_table(report):
+        cells = []
+        for k in report["chains"]:
+            value, stderr = row["values"].get(str(k), (None, None))
+            cells.append("-" if value is None else score(value) + ("" if stderr is None else f" ± {score(stderr)}"))
+        metric, _, where = row["metric"].partition(",")
+        t.add_row(row["task"], metric if where == "none" else f"{metric} ({where})", *cells)
+    return t
+
+
+def score(value: float) -> str:
+    return f"{value:.4f}" if abs(value) < 1e5 else f"{value:.4g}"  # perplexities of weak models are huge
+
+
 class TrainProgress:
     """Renders colm_core.train's events, then a summary: on a terminal a progress bar (step, loss per
     scale, tokens/s, ETA); elsewhere (a pipe, a log file) one plain line per logged step."""

@@ -236,3 +236,19 @@ class TrainOptions:
         progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
         decay = 0.5 * (1 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1 - progress
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * decay)
+
+
+@dataclass
+class TaskOptions:
+    """`colm eval --tasks`'s options (colm_core/lm_eval_adapter.py runs them): lm-evaluation-harness tasks."""
+
+    tasks: str | None = option(
+        None, "lm-evaluation-harness tasks, comma-separated, e.g. hellaswag,arc_easy: score every chain count "
+              "on them instead of on text (needs pip install 'colm[eval]').")
+    num_fewshot: int | None = option(None, "Few-shot examples per task (default: each task's own).",
+                                     range=NON_NEGATIVE)
+    limit: int | None = option(None, "Evaluate at most this many documents per task.", range=AT_LEAST_ONE)
+    include_path: Path | None = option(None, "Directory of your own task YAML files (lm-eval's --include_path).")
+
+    def __post_init__(self):
+        check(self)

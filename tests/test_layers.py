@@ -21,6 +21,7 @@ LAYERS = (
     ("hub",),
     ("resolve",),
     ("inspect", "api"),
+    ("lm_eval_adapter",),
 )
 LAYER = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 

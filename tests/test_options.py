@@ -12,7 +12,7 @@ import typer.main
 from colm_cli.app import app
 from colm_core.errors import ColmError
 from colm_core.init import InitOptions
-from colm_core.options import TrainOptions, from_sources, value_type
+from colm_core.options import TaskOptions, TrainOptions, from_sources, value_type
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -20,7 +20,7 @@ def click_command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
-@pytest.mark.parametrize("cls, command", [(TrainOptions, "train"), (InitOptions, "init")])
+@pytest.mark.parametrize("cls, command", [(TrainOptions, "train"), (InitOptions, "init"), (TaskOptions, "eval")])
 def test_flags_are_built_from_the_options_dataclass(cls, command):
     """Each field is one flag with the field's help and default; the command has no other copy of them."""
     params = {p.name: p for p in click_command(command).params}
@@ -47,7 +47,7 @@ def out_of_range(valid) -> list[float]:
     return bad
 
 
-RANGED = [(cls, f) for cls in (TrainOptions, InitOptions) for f in dataclasses.fields(cls)
+RANGED = [(cls, f) for cls in (TrainOptions, InitOptions, TaskOptions) for f in dataclasses.fields(cls)
           if f.metadata.get("range") is not None]
 
 
