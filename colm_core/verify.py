@@ -10,6 +10,8 @@ skipped with --no-verify.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,8 +141,9 @@ def verify_gguf_import(gguf_file: Path, imported: Path) -> dict:
     with torch.no_grad():
         ours = model(ids)
         del model
-        reference = transformers.LlamaForCausalLM.from_pretrained(
-            gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32).eval()
+        with contextlib.redirect_stderr(io.StringIO()):  # transformers' dequantization progress bar (plain tqdm)
+            reference = transformers.LlamaForCausalLM.from_pretrained(
+                gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32).eval()
         theirs = reference(ids).logits
     report = _close({"probe": list(ids.shape)}, "import vs transformers' GGUF loading", ours, theirs)
     theirs_ids = transformers.AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)(
