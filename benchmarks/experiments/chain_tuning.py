@@ -80,6 +80,9 @@ class Experiment:
         self.work.mkdir(parents=True, exist_ok=True)
         self.state_file = work / "state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
+        recorded = self.remember("setting", lambda: {"base": base, **setting.__dict__})
+        if recorded != json.loads(json.dumps({"base": base, **setting.__dict__})):
+            raise SystemExit(f"{work} holds a run with other settings ({recorded}); pass another --work")
 
     def remember(self, key: str, compute):
         """A stage's small result, computed once: a rerun after an interruption reads it back."""
