@@ -392,20 +392,25 @@ def inspect(ckpt: CkptArg = None,
 @app.command(name="import")
 def import_(
     hf_dir: Annotated[str, typer.Argument(
-        metavar="HF_DIR", show_default=False,
+        metavar="SOURCE", show_default=False,
         help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors), a `colm export --format hf` "
-             "directory, or an hf://ORG/NAME reference (@REVISION optional).")],
+             "directory, an hf://ORG/NAME reference (@REVISION optional), or a Llama GGUF file (FILE.gguf; "
+             "quantized weights are dequantized to float32).")],
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
 ):
-    """Convert a Hugging Face Llama directory into a 1-chain CoLM, or read a `--format hf` export back."""
+    """Convert a Hugging Face Llama directory or a Llama GGUF file into a 1-chain CoLM, or read a `--format hf`
+    export back."""
+    from colm_core.gguf import import_gguf, is_gguf_file
     from colm_core.llama import import_hf
     from colm_core.resolve import resolve_input
 
     source = resolve_input(hf_dir)
-    out = output_path(output, Path.cwd() / source.resolve().name, "colm", force, inputs=[source])
-    report_verification(import_hf(source, out, verify=verify, force=force))
+    gguf = is_gguf_file(source)
+    name = source.resolve().stem if gguf else source.resolve().name
+    out = output_path(output, Path.cwd() / name, "colm", force, inputs=[source])
+    report_verification((import_gguf if gguf else import_hf)(source, out, verify=verify, force=force))
     err.print(f"[green]imported[/] {hf_dir} -> {out}")
     emit_path(out)
 

@@ -1,8 +1,8 @@
 """`colm inspect`: what a checkpoint holds, read from its headers (no weights are loaded unless
 `verify` re-hashes the files against the digests recorded when they were written).
 
-A Hugging Face directory (a Llama, or a `colm export --format hf`) is described in place as the
-checkpoint it would import as: nothing is copied into the cache."""
+A Hugging Face directory (a Llama, or a `colm export --format hf`) or a GGUF file is described in
+place as the checkpoint it would import as: nothing is copied into the cache."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from colm_core.card import parameters_per_chain
 from colm_core.checkpoint import open_checkpoint, verify_digests
 from colm_core.errors import ColmError
+from colm_core.gguf import is_gguf_file, open_gguf
 from colm_core.llama import is_hf_model_dir, open_hf_dir, source_names, weights_dtype
 from colm_core.model import expected_shapes
 
@@ -23,6 +24,11 @@ def describe(path: Path, verify: bool = False) -> dict:
         src = open_hf_dir(path)
         source_names(src)  # every tensor the config implies is there, and no other
         cfg, dtype, files, history, digests = src.config, weights_dtype(src), src.files, src.history(), {}
+    elif is_gguf_file(path):
+        if verify:
+            raise ColmError(f"{path} is a GGUF file, which records no digests to verify; omit --verify")
+        src = open_gguf(path)
+        cfg, dtype, files, history, digests = src.config, "float32", src.files, [], {}  # as it imports
     else:
         ckpt = open_checkpoint(path)
         if verify:

@@ -21,12 +21,16 @@ def resolve_input(spec: str | Path) -> Path:
 
 
 def resolve_checkpoint(spec: str | Path) -> Path:
-    """A colm checkpoint directory for a user's input; a Hugging Face directory is imported once into the cache."""
+    """A colm checkpoint directory for a user's input; a Hugging Face directory or a GGUF file is imported
+    once into the cache."""
+    from colm_core.gguf import is_gguf_file
     from colm_core.llama import is_hf_model_dir
 
     path = resolve_input(spec)
     if is_hf_model_dir(path):
         return imported_hf_dir(path)
+    if is_gguf_file(path):
+        return imported_gguf_file(path)
     return path
 
 
@@ -72,4 +76,17 @@ def imported_hf_dir(path: Path) -> Path:
     cache = cache_root() / "imports" / f"{src.path.resolve().name}-{key.hexdigest()[:12]}"
     if not (cache / HF_CONFIG).is_file():
         import_hf(src.path, cache, verify=False, force=True)  # `colm import` verifies; this is its cached twin
+    return cache
+
+
+def imported_gguf_file(path: Path) -> Path:
+    """A GGUF file as a colm checkpoint, imported once into the cache; the key hashes the file's name,
+    size and modification time (hashing gigabytes on every command would cost more than the import)."""
+    from colm_core.gguf import import_gguf
+
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    cache = cache_root() / "imports" / f"{path.stem}-{key}"
+    if not cache.is_dir():
+        import_gguf(path, cache, verify=False, force=True)  # `colm import` verifies; this is its cached twin
     return cache

@@ -10,6 +10,8 @@ skipped with --no-verify.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +119,43 @@ def verify_import(hf_dir: Path, imported: Path) -> dict:
         reference = transformers.LlamaForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
         theirs = reference(ids).logits
     return _close({"probe": list(ids.shape)}, "import vs transformers LlamaForCausalLM", ours, theirs)
+
+
+# Text on which an imported tokenizer must give transformers' ids: words, digits, punctuation, runs of
+# spaces, newlines, accents and characters outside most vocabularies (byte fallback).
+TOKENIZER_SAMPLE = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                    "must be in want of a wife.\n\n  Mr. Bennet's 3 daughters, 1813 -- caf\u00e9 na\u00efve \u00fcber "
+                    "\u65e5\u672c\u8a9e \U0001f600 e=mc^2; x<y>z {braces} [1,2,3]\ttab   end")
+
+
+def verify_gguf_import(gguf_file: Path, imported: Path) -> dict:
+    """The imported CoLM's logits match transformers' own GGUF loading of the file (fp32), and its
+    tokenizer gives the ids transformers' does on TOKENIZER_SAMPLE."""
+    transformers = _transformers()
+    if transformers is None:
+        return dict(SKIPPED)
+    gguf_file = Path(gguf_file)
+    model = load(imported, dtype=torch.float32)
+    ids = probe_batch(model.config.vocab_size, model.config.max_seq_len)
+    ours_ids = model.tokenizer.encode(TOKENIZER_SAMPLE, add_special_tokens=True)
+    with torch.no_grad():
+        ours = model(ids)
+        del model
+        with contextlib.redirect_stderr(io.StringIO()):  # transformers' dequantization progress bar (plain tqdm)
+            reference = transformers.LlamaForCausalLM.from_pretrained(
+                gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32).eval()
+        theirs = reference(ids).logits
+    report = _close({"probe": list(ids.shape)}, "import vs transformers' GGUF loading", ours, theirs)
+    theirs_ids = transformers.AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)(
+        TOKENIZER_SAMPLE)["input_ids"]
+    if ours_ids != theirs_ids:
+        first = next((i for i, (a, b) in enumerate(zip(ours_ids, theirs_ids)) if a != b),
+                     min(len(ours_ids), len(theirs_ids)))
+        raise ColmRuntimeError(f"verification failed: the tokenizer rebuilt from the GGUF metadata differs from "
+                               f"transformers' at token {first} of the sample; nothing was written")
+    report["tokenizer_sample_tokens"] = len(ours_ids)
+    report["check"] += " (logits; tokenizer ids on a text sample)"
+    return report
 
 
 def verify_export(source: Path, exported: Path, fmt: str, dtype: torch.dtype) -> dict:

@@ -17,7 +17,7 @@ LAYERS = (
     ("checkpoint",),
     ("verify",),
     ("surgery", "llama", "train"),
-    ("export",),
+    ("export", "gguf"),
     ("hub",),
     ("resolve",),
     ("inspect", "api"),
