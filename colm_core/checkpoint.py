@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from colm_core.card import model_card
-from colm_core.config import ColmConfig
+from colm_core.config import ColmConfig, read_json
 from colm_core.errors import ColmError, ColmRuntimeError
 from colm_core.model import expected_shapes
 from colm_core.tokenizer import load_tokenizer
@@ -152,11 +152,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     config = ColmConfig.load(path / CONFIG_FILE)
 
     if (path / INDEX_FILE).is_file():
-        try:
-            index = json.loads((path / INDEX_FILE).read_text())
-            weight_map = dict(index["weight_map"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ColmError(f"{path / INDEX_FILE}: not a valid index ({e}); restore it from the source") from None
+        weight_map = read_index(path / INDEX_FILE, "restore it from the source")
     elif (path / WEIGHTS_FILE).is_file():
         weight_map = None
     else:
@@ -199,27 +195,41 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if len(dtypes) != 1 or not dtypes <= set(names):
         raise ColmError(f"{path}: tensors must all share one of {sorted(names)} dtypes, found {sorted(dtypes)}")
 
-    history = []
-    if (path / HISTORY_FILE).is_file():
-        try:
-            history = json.loads((path / HISTORY_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise ColmError(f"{path / HISTORY_FILE}: not valid JSON ({e}); fix or delete it") from None
+    history = read_history(path / HISTORY_FILE) if (path / HISTORY_FILE).exists() else []
     return Checkpoint(path, config, weight_map, names[dtypes.pop()], history, read_digests(path))
 
 
 def read_digests(path: Path) -> dict[str, str]:
     """The sha256 of each file recorded in DIGESTS_FILE; empty for a checkpoint written without one."""
-    if not (path / DIGESTS_FILE).is_file():
+    if not (path / DIGESTS_FILE).exists():
         return {}
-    try:
-        digests = json.loads((path / DIGESTS_FILE).read_text())["sha256"]
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
-            raise TypeError("file names and digests must be strings")
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list ({e}); restore it from the source "
-                        "or delete it (the files are then hashed when needed)") from None
+    fix = "restore it from the source or delete it (the files are then hashed when needed)"
+    data = read_json(path / DIGESTS_FILE, fix)
+    digests = data.get("sha256") if isinstance(data, dict) else None
+    if not isinstance(digests, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
+        raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list (expected {{\"sha256\": {{file: digest}}}}); "
+                        f"{fix}")
     return digests
+
+
+def read_index(path: Path, fix: str) -> dict[str, str]:
+    """The weight map of a safetensors index: tensor name -> shard file, a plain name in the same directory."""
+    index = read_json(path, fix)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ColmError(f"{path}: not a valid index (expected {{\"weight_map\": {{tensor: file}}}}); {fix}")
+    for file in weight_map.values():
+        if file != Path(file).name or file in ("", ".", ".."):
+            raise ColmError(f"{path} places tensors in {file!r}, outside the directory; the index may only name "
+                            f"shard files beside it: {fix}")
+    return weight_map
+
+
+def read_history(path: Path) -> list[dict]:
+    history = read_json(path, "fix or delete it")
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        raise ColmError(f"{path}: expected a list of objects, one per command; fix or delete it")
+    return history
 
 
 def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):

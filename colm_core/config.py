@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,45 @@ from colm_core.errors import ColmError
 FORMAT_VERSION = 1
 INIT_STD = 0.02  # standard deviation of initial weights: Llama's initializer_range (the paper gives none)
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def read_json(path: Path, fix: str):
+    """The JSON value in a file colm reads (config, index, history, digests, tokenizer config).
+
+    Whatever the file holds, the answer is its value or a ColmError naming the file and `fix`: bytes
+    that are not UTF-8, nesting deep enough to exhaust the parser's recursion, a read error (a
+    symlink into /proc). Only regular files are read: a FIFO would block and /dev/zero never ends."""
+    path = Path(path)
+    if not path.is_file():
+        raise ColmError(f"{path} is missing or not a regular file; {fix}")
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ColmError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+# What each field's annotation admits in a config.json (JSON types; a bool is no int here).
+FIELD_CHECKS = {
+    "int": is_int,
+    "float": is_finite_number,
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list[int]": lambda v: isinstance(v, list) and all(is_int(x) for x in v),
+    "int | None": lambda v: v is None or is_int(v),
+    "dict | None": lambda v: v is None or isinstance(v, dict) and all(is_finite_number(x) or isinstance(x, str)
+                                                                      for x in v.values()),
+}
+FIELD_TYPE_NAMES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
+                    "list[int]": "a list of integers", "int | None": "an integer or null",
+                    "dict | None": "an object of numbers, or null"}
 
 
 @dataclass
@@ -66,6 +106,9 @@ class ColmConfig:
         def bad(msg: str) -> ColmError:
             return ColmError(f"invalid config: {msg}")
 
+        for f in dataclasses.fields(self):  # before any check below compares or counts a value
+            if not FIELD_CHECKS[f.type](getattr(self, f.name)):
+                raise bad(f"{f.name} must be {FIELD_TYPE_NAMES[f.type]}, got {getattr(self, f.name)!r}")
         n = len(self.heads)
         if n < 1:
             raise bad("heads: at least one chain is needed")
@@ -139,12 +182,8 @@ class ColmConfig:
 
     @classmethod
     def load(cls, path: Path) -> "ColmConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ColmError(f"{path} not found: a colm checkpoint directory holds config.json") from None
-        except json.JSONDecodeError as e:
-            raise ColmError(f"{path}: not valid JSON ({e}); restore the file or re-create the checkpoint") from None
+        data = read_json(path, "restore the file or re-create the checkpoint (a colm checkpoint directory "
+                               "holds config.json)")
         if not isinstance(data, dict):
             raise ColmError(f"{path}: expected a JSON object")
         return cls.from_dict(data, source=str(path))
