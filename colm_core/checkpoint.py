@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import glob
 import hashlib
 import itertools
@@ -38,9 +39,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from colm_core.cache import process_alive
 from colm_core.card import model_card
 from colm_core.config import ColmConfig, read_json
 from colm_core.errors import ColmError, ColmRuntimeError
+from colm_core.strict_json import finite_json
 from colm_core.model import expected_shapes
 from colm_core.tokenizer import load_tokenizer
 
@@ -286,24 +289,18 @@ def temporary_sibling(path: Path, kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def sweep_stale_siblings(path: Path) -> None:
     """Remove the temporary directories that a killed run writing `path` left beside it (.NAME.tmp-PID-*,
-    .NAME.old-PID-*). Only those of dead processes: a concurrent writer's are left alone."""
-    for kind in ("tmp", "old"):
+    .NAME.old-PID-*). Only those of dead processes: a concurrent writer's are left alone. A run killed
+    between atomic_directory's two renames left the only copy of `path` in its .old directory: that
+    copy is put back first."""
+    for kind in ("old", "tmp"):
         prefix = f".{path.name}.{kind}-"
         for stale in path.parent.glob(glob.escape(prefix) + "*"):
             pid = stale.name[len(prefix):].split("-")[0]
             if stale.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+                if kind == "old" and (stale / path.name).exists() and not path.exists():
+                    os.replace(stale / path.name, path)
                 shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -325,9 +322,16 @@ def atomic_directory(path: str | Path, force: bool = False):
     try:
         yield tmp
         if path.exists():
+            if not force:
+                raise lost_race(path)
             old = temporary_sibling(path, "old")
             os.replace(path, old / path.name)
-        os.replace(tmp, path)
+        try:
+            os.rename(tmp, path)  # fails on a non-empty directory: what a concurrent writer put there first
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise lost_race(path) from None
+            raise
     except BaseException:
         if old is not None and not path.exists():  # interrupted between the two renames: put the original back
             os.replace(old / path.name, path)
@@ -336,6 +340,11 @@ def atomic_directory(path: str | Path, force: bool = False):
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def lost_race(path: Path) -> ColmError:
+    return ColmError(f"{path} appeared while this command was writing it (another command writing the same "
+                     "output?); the one there is kept: choose another -o/--output, or pass --force to replace it")
 
 
 def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor]], shapes: dict[str, tuple[int, ...]],
@@ -422,15 +431,18 @@ def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tup
     """Write a checkpoint; `tensors` come one at a time in the model's order (expected_shapes)."""
     path = Path(path)
     with atomic_directory(path, force) as tmp:
-        config.save(tmp / CONFIG_FILE)
         digests = write_weights(tmp, tensors, expected_shapes(config), max_shard_bytes)
         tokenizer.save(tmp)
         write_history(tmp, history)
-        # The small files (config, index, tokenizer, history) are hashed from disk: kilobytes. The card is
-        # left out: `colm push` regenerates it.
+        # The small files (index, tokenizer, history) are hashed from disk: kilobytes. The card is left
+        # out: `colm push` regenerates it.
         digests |= {f.name: file_sha256(f) for f in tmp.iterdir() if f.name not in digests}
+        config_text = config.to_json()
+        digests[CONFIG_FILE] = hashlib.sha256(config_text.encode()).hexdigest()
         (tmp / CARD_FILE).write_text(model_card(config, history))
         (tmp / DIGESTS_FILE).write_text(json.dumps({"sha256": dict(sorted(digests.items()))}, indent=2) + "\n")
+        # Last: a directory without config.json is no checkpoint, so no write cut short looks like one.
+        (tmp / CONFIG_FILE).write_text(config_text)
     return path
 
 
@@ -510,7 +522,8 @@ def write_history(directory: Path, history: list[dict]) -> None:
             return value.result()
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2, default=resolve) + "\n")
+    # strict JSON: a diverged run's NaN losses are written as null
+    (directory / HISTORY_FILE).write_text(finite_json(history, indent=2, default=resolve) + "\n")
 
 
 def default_output(base: str | Path, suffix: str) -> Path:

@@ -177,8 +177,11 @@ class ColmConfig:
             raise ColmError(f"{source}: {e}") from None
         return cfg.validate()
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        Path(path).write_text(self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> "ColmConfig":

@@ -190,6 +190,10 @@ class Trainer:
         files = resolve_text_files(opts.data) if opts.data else default_corpus_files()
         tokenizer = ckpt.tokenizer()
         tokens = token_cache(files, tokenizer)
+        top = int(tokens.max()) if len(tokens) else 0
+        if top >= cfg.vocab_size:  # the embedding lookup would fail mid-step
+            raise ColmError(f"the tokenizer gives token id {top}, but the model's vocabulary has {cfg.vocab_size} "
+                            "tokens (config.json vocab_size); use a checkpoint whose vocabulary covers its tokenizer")
         self.train_tokens, self.val_tokens = split_tokens(tokens, opts.seq_len, opts.val_fraction)
 
         # Master weights stay float32 whatever the stored dtype; the output is written back in it.
@@ -405,7 +409,7 @@ class Trainer:
                 write_checkpoint(tmp / "model", self.model.config, tensors.items(), self.model.tokenizer,
                                  self.model.history + [self.history_entry])
                 save_file(optim_tensors, tmp / OPTIMIZER_FILE)
-                (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+                (tmp / STATE_FILE).write_text(finite_json(trainer_state, indent=2) + "\n")  # NaN losses as null
                 (tmp / MARKER).write_text(f"step {st.step}\n")  # last: the directory is whole
             for old in complete_steps(self.partial)[: -self.opts.keep_checkpoints]:
                 shutil.rmtree(old)
@@ -439,7 +443,7 @@ class Trainer:
 
     def finish(self) -> Path:
         """Write the final checkpoint into OUT.partial and rename it to OUT."""
-        from colm_core.checkpoint import write_checkpoint
+        from colm_core.checkpoint import CONFIG_FILE, write_checkpoint
 
         st = self.state
         tensors, _ = self.full_tensors()
@@ -452,7 +456,8 @@ class Trainer:
             stored = ((name, t.to(self.store_dtype)) for name, t in tensors.items())
             write_checkpoint(final, self.model.config, stored, self.model.tokenizer,
                              self.model.history + [entry])
-            for f in final.iterdir():
+            # config.json last: OUT.partial becomes a checkpoint only once it holds every file
+            for f in sorted(final.iterdir(), key=lambda f: f.name == CONFIG_FILE):
                 os.replace(f, self.partial / f.name)
             final.rmdir()
             publish(self.partial, self.out, self.force)

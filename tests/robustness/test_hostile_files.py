@@ -61,3 +61,10 @@ def test_the_cli_prints_one_line_for_hostile_directories(good, tmp_path, mutatio
     else:
         (case / "colm_history.json").write_text("[" * 100_000)
     assert_one_line_error(run_cli("inspect", case), contains=expected)
+
+
+def test_training_a_model_whose_vocabulary_its_tokenizer_exceeds_is_refused(good, tmp_path):
+    (tmp_path / "a.txt").write_text("text " * 500)  # bytes up to 256 (BOS), beyond the 97-token vocabulary
+    proc = run_cli("train", good, "--data", tmp_path / "a.txt", "--steps", "1", "--batch-size", "1",
+                   "--seq-len", "8", "-o", tmp_path / "out", env={"COLM_CACHE_DIR": str(tmp_path / "cache")})
+    assert_one_line_error(proc, contains="the tokenizer gives token id 256, but the model's vocabulary has 97")
