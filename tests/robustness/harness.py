@@ -78,9 +78,10 @@ def tree_digest(path: Path) -> dict[str, str]:
     return out
 
 
-def start(args: list, env: dict, cwd: Path, extra_env: dict | None = None, preexec_fn=None) -> subprocess.Popen:
-    full_env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env | (extra_env or {})
-    return subprocess.Popen([sys.executable, "-m", "colm_cli", *map(str, args)], cwd=cwd, env=full_env,
+def start(args: list, env: dict, cwd: Path, preexec_fn=None, wrapper: list[str] = ()) -> subprocess.Popen:
+    """`colm ARGS` in a subprocess (under `wrapper`, e.g. setpriv), stdout and stderr piped."""
+    full_env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env
+    return subprocess.Popen([*wrapper, sys.executable, "-m", "colm_cli", *map(str, args)], cwd=cwd, env=full_env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
 
