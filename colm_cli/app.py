@@ -70,10 +70,10 @@ def torch_dtype(name: str | None):
     return None if name is None else parse_dtype(name)
 
 
-def torch_device(name: str | None) -> str:
-    import torch
+def torch_device(name: str | None):
+    from colm_core.parallel import parse_device
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return parse_device(name)
 
 
 @app.command()
