@@ -13,7 +13,8 @@ import shutil
 import pytest
 
 from colm_core.checkpoint import save
-from tests.conftest import assert_one_line_error, run_cli, tiny_model
+from tests.conftest import tiny_model
+from tests.robustness.cli_fuzz import run_main
 from tests.robustness.hostile import MUTATIONS, check_directory, make_case
 
 CASES = 150
@@ -60,11 +61,15 @@ def test_the_cli_prints_one_line_for_hostile_directories(good, tmp_path, mutatio
         (case / "model.safetensors.index.json").write_text('{"weight_map": {"embed.weight": "../model.safetensors"}}')
     else:
         (case / "colm_history.json").write_text("[" * 100_000)
-    assert_one_line_error(run_cli("inspect", case), contains=expected)
+    code, stdout, stderr = run_main(["inspect", str(case)])  # the real entry point, in this process
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("colm: error: ") and expected in stderr, stderr
 
 
-def test_training_a_model_whose_vocabulary_its_tokenizer_exceeds_is_refused(good, tmp_path):
-    (tmp_path / "a.txt").write_text("text " * 500)  # bytes up to 256 (BOS), beyond the 97-token vocabulary
-    proc = run_cli("train", good, "--data", tmp_path / "a.txt", "--steps", "1", "--batch-size", "1",
-                   "--seq-len", "8", "-o", tmp_path / "out", env={"COLM_CACHE_DIR": str(tmp_path / "cache")})
-    assert_one_line_error(proc, contains="the tokenizer gives token id 256, but the model's vocabulary has 97")
+def test_training_a_model_whose_vocabulary_its_tokenizer_exceeds_is_refused(good, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLM_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "a.txt").write_text("text " * 500)  # ids up to 257 (EOS), beyond the 97-token vocabulary
+    code, stdout, stderr = run_main(["train", str(good), "--data", str(tmp_path / "a.txt"), "--steps", "1",
+                                     "--batch-size", "1", "--seq-len", "8", "-o", str(tmp_path / "out")])
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert "the tokenizer gives token id 257, but the model's vocabulary has 97" in stderr, stderr
