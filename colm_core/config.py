@@ -35,7 +35,8 @@ def is_int(value) -> bool:
 
 
 def is_finite_number(value) -> bool:
-    return (is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    """An int that converts to a float (JSON holds 10**400 too), or a finite float."""
+    return is_int(value) and abs(value) < 2**63 or isinstance(value, float) and math.isfinite(value)
 
 
 # What each field's annotation admits in a config.json (JSON types; a bool is no int here).

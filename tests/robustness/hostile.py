@@ -101,7 +101,7 @@ def mismatched_index(d: Path, rng: random.Random) -> str:
     return f"index: {what}"
 
 
-CONFIG_VALUES = [None, True, -1, 0, 2**63, 1e308, float("nan"), "x", "", [], [1], [-3], ["a"], {}, {"a": 1},
+CONFIG_VALUES = [None, True, -1, 0, 2**63, 10**400, 1e308, float("nan"), "x", "", [], [1], [-3], ["a"], {}, {"a": 1},
                  [2**40], 1.5, [0], [1.5]]
 
 
