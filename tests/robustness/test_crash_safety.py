@@ -63,3 +63,14 @@ def test_token_cache_temporaries_of_killed_writers_are_swept(tmp_path, monkeypat
     (tmp_path / "a.txt").write_text("some text")
     token_cache([tmp_path / "a.txt"], ByteTokenizer())
     assert [p.name for p in tokens.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_history_of_a_diverged_run_is_strict_json(tmp_path):
+    """A stopped or diverged run records NaN losses; strict JSON readers (and the Hub) reject bare NaN."""
+    import json
+
+    from colm_core.checkpoint import HISTORY_FILE, write_history
+
+    write_history(tmp_path, [{"command": "train", "eval": {"val_loss": {"1": float("nan"), "2": float("inf")}}}])
+    strict = json.loads((tmp_path / HISTORY_FILE).read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert strict[0]["eval"]["val_loss"] == {"1": None, "2": None}
