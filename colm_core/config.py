@@ -30,13 +30,17 @@ def read_json(path: Path, fix: str):
         raise ColmError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
 
 
+MAX_SIZE = 2**31  # any one size or id; a tensor's elements must also count below 2**62 (validate)
+
+
 def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < MAX_SIZE
 
 
 def is_finite_number(value) -> bool:
     """An int that converts to a float (JSON holds 10**400 too), or a finite float."""
-    return is_int(value) and abs(value) < 2**63 or isinstance(value, float) and math.isfinite(value)
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 \
+        or isinstance(value, float) and math.isfinite(value)
 
 
 # What each field's annotation admits in a config.json (JSON types; a bool is no int here).
@@ -50,8 +54,9 @@ FIELD_CHECKS = {
     "dict | None": lambda v: v is None or isinstance(v, dict) and all(is_finite_number(x) or isinstance(x, str)
                                                                       for x in v.values()),
 }
-FIELD_TYPE_NAMES = {"int": "an integer", "float": "a finite number", "bool": "true or false", "str": "a string",
-                    "list[int]": "a list of integers", "int | None": "an integer or null",
+FIELD_TYPE_NAMES = {"int": "an integer below 2**31", "float": "a finite number", "bool": "true or false",
+                    "str": "a string", "list[int]": "a list of integers below 2**31",
+                    "int | None": "an integer below 2**31 or null",
                     "dict | None": "an object of numbers, or null"}
 
 
@@ -119,6 +124,9 @@ class ColmConfig:
         for name in ("vocab_size", "n_layers", "head_dim", "max_seq_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        widest = max(self.vocab_size, sum(self.ffn), self.hidden_size())
+        if self.hidden_size() * widest >= 2**62:  # beyond what torch can size, let alone allocate
+            raise bad(f"these sizes make tensors of {self.hidden_size() * widest:,} elements; choose smaller ones")
         if self.head_dim % 2:
             raise bad(f"head_dim must be even for RoPE, got {self.head_dim}")
         for i, (h, kv, f) in enumerate(zip(self.heads, self.kv_heads, self.ffn), start=1):

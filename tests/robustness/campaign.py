@@ -92,8 +92,8 @@ def cli(n: int, seed: int, root: Path) -> dict:
     try:
         one()
         failures = []
-    except Exception as e:  # noqa: BLE001 - hypothesis raises the shrunk failing example
-        failures = [f"{type(e).__name__}: {str(e)[:600]}"]
+    except Exception as e:  # noqa: BLE001 - hypothesis raises the shrunk failing example(s)
+        failures = [f"{type(f).__name__}: {str(f)[:600]}" for f in getattr(e, "exceptions", [e])]
     return {"cases": sum(tried.values()), "outcomes": dict(tried), "failures": failures}
 
 
