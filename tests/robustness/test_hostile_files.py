@@ -17,7 +17,7 @@ from tests.conftest import tiny_model
 from tests.robustness.cli_fuzz import run_main
 from tests.robustness.hostile import MUTATIONS, check_directory, make_case
 
-CASES = 150
+CASES = 500
 
 
 @pytest.fixture(scope="module")
