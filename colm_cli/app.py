@@ -16,7 +16,7 @@ from typer.exceptions import TyperException
 from colm_cli.common import emit_json, emit_path, err, input_path, number_list, output_path
 from colm_cli.options import ranged, with_options
 from colm_core.config import INIT_STD
-from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted
+from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted, os_error
 from colm_core.init import InitOptions
 from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, TaskOptions, TrainOptions
 from colm_core.options import from_sources as options_from
@@ -70,10 +70,10 @@ def torch_dtype(name: str | None):
     return None if name is None else parse_dtype(name)
 
 
-def torch_device(name: str | None) -> str:
-    import torch
+def torch_device(name: str | None):
+    from colm_core.parallel import parse_device
 
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    return parse_device(name)
 
 
 @app.command()
@@ -521,9 +521,10 @@ def main() -> None:
     except Interrupted as e:  # training stopped at a step boundary and says what it saved
         report(f"colm: {e}")
         code = e.exit_code
-    except ColmError as e:
+    except (ColmError, OSError) as e:
         if debug:
             raise
+        e = os_error(e) if isinstance(e, OSError) else e
         report(f"colm: error: {e}")
         code = e.exit_code
     except Exception as e:  # an unexpected failure is still one line unless --debug asks for more

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import errno
 import glob
 import hashlib
 import itertools
@@ -40,9 +41,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from colm_core.cache import process_alive
 from colm_core.card import model_card
-from colm_core.config import ColmConfig
+from colm_core.config import ColmConfig, read_json
 from colm_core.errors import ColmError, ColmRuntimeError
+from colm_core.strict_json import finite_json
 from colm_core.model import expected_shapes
 from colm_core.tokenizer import load_tokenizer
 
@@ -182,11 +185,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     config = ColmConfig.load(path / CONFIG_FILE)
 
     if (path / INDEX_FILE).is_file():
-        try:
-            index = json.loads((path / INDEX_FILE).read_text())
-            weight_map = dict(index["weight_map"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ColmError(f"{path / INDEX_FILE}: not a valid index ({e}); restore it from the source") from None
+        weight_map = read_index(path / INDEX_FILE, "restore it from the source")
     elif (path / WEIGHTS_FILE).is_file():
         weight_map = None
     else:
@@ -229,27 +228,41 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     if len(dtypes) != 1 or not dtypes <= set(names):
         raise ColmError(f"{path}: tensors must all share one of {sorted(names)} dtypes, found {sorted(dtypes)}")
 
-    history = []
-    if (path / HISTORY_FILE).is_file():
-        try:
-            history = json.loads((path / HISTORY_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise ColmError(f"{path / HISTORY_FILE}: not valid JSON ({e}); fix or delete it") from None
+    history = read_history(path / HISTORY_FILE) if (path / HISTORY_FILE).exists() else []
     return Checkpoint(path, config, weight_map, names[dtypes.pop()], history, read_digests(path))
 
 
 def read_digests(path: Path) -> dict[str, str]:
     """The sha256 of each file recorded in DIGESTS_FILE; empty for a checkpoint written without one."""
-    if not (path / DIGESTS_FILE).is_file():
+    if not (path / DIGESTS_FILE).exists():
         return {}
-    try:
-        digests = json.loads((path / DIGESTS_FILE).read_text())["sha256"]
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
-            raise TypeError("file names and digests must be strings")
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list ({e}); restore it from the source "
-                        "or delete it (the files are then hashed when needed)") from None
+    fix = "restore it from the source or delete it (the files are then hashed when needed)"
+    data = read_json(path / DIGESTS_FILE, fix)
+    digests = data.get("sha256") if isinstance(data, dict) else None
+    if not isinstance(digests, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
+        raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list (expected {{\"sha256\": {{file: digest}}}}); "
+                        f"{fix}")
     return digests
+
+
+def read_index(path: Path, fix: str) -> dict[str, str]:
+    """The weight map of a safetensors index: tensor name -> shard file, a plain name in the same directory."""
+    index = read_json(path, fix)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ColmError(f"{path}: not a valid index (expected {{\"weight_map\": {{tensor: file}}}}); {fix}")
+    for file in weight_map.values():
+        if file != Path(file).name or file in ("", ".", ".."):
+            raise ColmError(f"{path} places tensors in {file!r}, outside the directory; the index may only name "
+                            f"shard files beside it: {fix}")
+    return weight_map
+
+
+def read_history(path: Path) -> list[dict]:
+    history = read_json(path, "fix or delete it")
+    if not isinstance(history, list) or not all(isinstance(entry, dict) for entry in history):
+        raise ColmError(f"{path}: expected a list of objects, one per command; fix or delete it")
+    return history
 
 
 def load(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
@@ -306,24 +319,18 @@ def temporary_sibling(path: Path, kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def sweep_stale_siblings(path: Path) -> None:
     """Remove the temporary directories that a killed run writing `path` left beside it (.NAME.tmp-PID-*,
-    .NAME.old-PID-*). Only those of dead processes: a concurrent writer's are left alone."""
-    for kind in ("tmp", "old"):
+    .NAME.old-PID-*). Only those of dead processes: a concurrent writer's are left alone. A run killed
+    between atomic_directory's two renames left the only copy of `path` in its .old directory: that
+    copy is put back first."""
+    for kind in ("old", "tmp"):
         prefix = f".{path.name}.{kind}-"
         for stale in path.parent.glob(glob.escape(prefix) + "*"):
             pid = stale.name[len(prefix):].split("-")[0]
             if stale.is_dir() and pid.isdigit() and not process_alive(int(pid)):
+                if kind == "old" and (stale / path.name).exists() and not path.exists():
+                    os.replace(stale / path.name, path)
                 shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -345,9 +352,16 @@ def atomic_directory(path: str | Path, force: bool = False):
     try:
         yield tmp
         if path.exists():
+            if not force:
+                raise lost_race(path)
             old = temporary_sibling(path, "old")
             os.replace(path, old / path.name)
-        os.replace(tmp, path)
+        try:
+            os.rename(tmp, path)  # fails on a non-empty directory: what a concurrent writer put there first
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise lost_race(path) from None
+            raise
     except BaseException:
         if old is not None and not path.exists():  # interrupted between the two renames: put the original back
             os.replace(old / path.name, path)
@@ -358,7 +372,13 @@ def atomic_directory(path: str | Path, force: bool = False):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor | StoredTensor]], shapes: dict[str, tuple[int, ...]],
+def lost_race(path: Path) -> ColmError:
+    return ColmError(f"{path} appeared while this command was writing it (another command writing the same "
+                     "output?); the one there is kept: choose another -o/--output, or pass --force to replace it")
+
+
+def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor | StoredTensor]],
+                  shapes: dict[str, tuple[int, ...]],
                   max_shard_bytes: int) -> dict[str, str]:
     """Write tensors as one safetensors file, or as shards plus an index when they exceed max_shard_bytes;
     return the sha256 of each safetensors file written.
@@ -488,15 +508,18 @@ def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tup
     """Write a checkpoint; `tensors` come one at a time in the model's order (expected_shapes)."""
     path = Path(path)
     with atomic_directory(path, force) as tmp:
-        config.save(tmp / CONFIG_FILE)
         digests = write_weights(tmp, tensors, expected_shapes(config), max_shard_bytes)
         tokenizer.save(tmp)
         write_history(tmp, history)
-        # The small files (config, index, tokenizer, history) are hashed from disk: kilobytes. The card is
-        # left out: `colm push` regenerates it.
+        # The small files (index, tokenizer, history) are hashed from disk: kilobytes. The card is left
+        # out: `colm push` regenerates it.
         digests |= {f.name: file_sha256(f) for f in tmp.iterdir() if f.name not in digests}
+        config_text = config.to_json()
+        digests[CONFIG_FILE] = hashlib.sha256(config_text.encode()).hexdigest()
         (tmp / CARD_FILE).write_text(model_card(config, history))
         (tmp / DIGESTS_FILE).write_text(json.dumps({"sha256": dict(sorted(digests.items()))}, indent=2) + "\n")
+        # Last: a directory without config.json is no checkpoint, so no write cut short looks like one.
+        (tmp / CONFIG_FILE).write_text(config_text)
     return path
 
 
@@ -576,7 +599,8 @@ def write_history(directory: Path, history: list[dict]) -> None:
             return value.result()
         raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
-    (directory / HISTORY_FILE).write_text(json.dumps(history, indent=2, default=resolve) + "\n")
+    # strict JSON: a diverged run's NaN losses are written as null
+    (directory / HISTORY_FILE).write_text(finite_json(history, indent=2, default=resolve) + "\n")
 
 
 def default_output(base: str | Path, suffix: str) -> Path:

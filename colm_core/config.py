@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,51 @@ from colm_core.errors import ColmError
 FORMAT_VERSION = 1
 INIT_STD = 0.02  # standard deviation of initial weights: Llama's initializer_range (the paper gives none)
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def read_json(path: Path, fix: str):
+    """The JSON value in a file colm reads (config, index, history, digests, tokenizer config).
+
+    Whatever the file holds, the answer is its value or a ColmError naming the file and `fix`: bytes
+    that are not UTF-8, nesting deep enough to exhaust the parser's recursion, a read error (a
+    symlink into /proc). Only regular files are read: a FIFO would block and /dev/zero never ends."""
+    path = Path(path)
+    if not path.is_file():
+        raise ColmError(f"{path} is missing or not a regular file; {fix}")
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ColmError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]}); {fix}") from None
+
+
+MAX_SIZE = 2**31  # any one size or id; a tensor's elements must also count below 2**62 (validate)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < MAX_SIZE
+
+
+def is_finite_number(value) -> bool:
+    """An int that converts to a float (JSON holds 10**400 too), or a finite float."""
+    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 \
+        or isinstance(value, float) and math.isfinite(value)
+
+
+# What each field's annotation admits in a config.json (JSON types; a bool is no int here).
+FIELD_CHECKS = {
+    "int": is_int,
+    "float": is_finite_number,
+    "bool": lambda v: isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "list[int]": lambda v: isinstance(v, list) and all(is_int(x) for x in v),
+    "int | None": lambda v: v is None or is_int(v),
+    "dict | None": lambda v: v is None or isinstance(v, dict) and all(is_finite_number(x) or isinstance(x, str)
+                                                                      for x in v.values()),
+}
+FIELD_TYPE_NAMES = {"int": "an integer below 2**31", "float": "a finite number", "bool": "true or false",
+                    "str": "a string", "list[int]": "a list of integers below 2**31",
+                    "int | None": "an integer below 2**31 or null",
+                    "dict | None": "an object of numbers, or null"}
 
 
 @dataclass
@@ -66,6 +112,9 @@ class ColmConfig:
         def bad(msg: str) -> ColmError:
             return ColmError(f"invalid config: {msg}")
 
+        for f in dataclasses.fields(self):  # before any check below compares or counts a value
+            if not FIELD_CHECKS[f.type](getattr(self, f.name)):
+                raise bad(f"{f.name} must be {FIELD_TYPE_NAMES[f.type]}, got {getattr(self, f.name)!r}")
         n = len(self.heads)
         if n < 1:
             raise bad("heads: at least one chain is needed")
@@ -75,6 +124,9 @@ class ColmConfig:
         for name in ("vocab_size", "n_layers", "head_dim", "max_seq_len"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        widest = max(self.vocab_size, sum(self.ffn), self.hidden_size())
+        if self.hidden_size() * widest >= 2**62:  # beyond what torch can size, let alone allocate
+            raise bad(f"these sizes make tensors of {self.hidden_size() * widest:,} elements; choose smaller ones")
         if self.head_dim % 2:
             raise bad(f"head_dim must be even for RoPE, got {self.head_dim}")
         for i, (h, kv, f) in enumerate(zip(self.heads, self.kv_heads, self.ffn), start=1):
@@ -134,17 +186,16 @@ class ColmConfig:
             raise ColmError(f"{source}: {e}") from None
         return cfg.validate()
 
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        Path(path).write_text(self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> "ColmConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ColmError(f"{path} not found: a colm checkpoint directory holds config.json") from None
-        except json.JSONDecodeError as e:
-            raise ColmError(f"{path}: not valid JSON ({e}); restore the file or re-create the checkpoint") from None
+        data = read_json(path, "restore the file or re-create the checkpoint (a colm checkpoint directory "
+                               "holds config.json)")
         if not isinstance(data, dict):
             raise ColmError(f"{path}: expected a JSON object")
         return cls.from_dict(data, source=str(path))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from colm_core.cache import cache_root
+from colm_core.cache import cache_root, process_alive
 from colm_core.errors import ColmError
 
 DEFAULT_CORPUS_BYTES = 4 * 2**20
@@ -111,6 +111,10 @@ def token_cache(files: list[Path], tokenizer) -> np.ndarray:
     if not path.is_file():
         ids = np.asarray(token_stream(tokenizer, read_texts(files)), dtype=np.uint32)
         path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(".*.tmp"):  # what killed writers left: .STEM.PID.tmp
+            pid = stale.name.split(".")[-2]
+            if pid.isdigit() and not process_alive(int(pid)):
+                stale.unlink(missing_ok=True)
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.save(f, ids)

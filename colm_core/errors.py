@@ -1,5 +1,7 @@
 """Errors the CLI turns into a one-line message and an exit code (no traceback)."""
 
+import errno
+
 # `colm train --nproc`: the directory where each torchrun worker leaves its final error line (file = rank)
 WORKER_ERRORS_ENV = "COLM_WORKER_ERRORS"
 
@@ -20,3 +22,16 @@ class Interrupted(ColmRuntimeError):
     """A signal (SIGINT, SIGTERM) stopped the work; the message says what was kept. Exit code 130."""
 
     exit_code = 130
+
+
+def os_error(e: OSError) -> ColmError:
+    """A failed read or write (disk full, a file-size limit, a read-only directory) as one line naming
+    what failed and the fix. Writes go to a temporary directory that is removed on failure, so the fix
+    is to rerun: nothing half-written is left."""
+    what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return ColmRuntimeError(f"{what}; free disk space (or raise the file-size limit) and rerun: "
+                                "nothing half-written was kept")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ColmError(f"{what}; choose an -o/--output where you may write, or fix the permissions")
+    return ColmRuntimeError(f"{what}; check the path and rerun")

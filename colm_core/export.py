@@ -123,7 +123,6 @@ def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None,
         config = hf_colm_config(cfg, dtype)
     history = ckpt.history + [history_entry("export", dict(format=fmt, dtype=DTYPE_NAMES[dtype]), inputs=[ckpt])]
     with atomic_directory(out, force) as tmp:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(cfg), indent=2) + "\n")
         shapes = expected_shapes(cfg)
         layout = {exported: shapes[name] for name, exported in exported_names(cfg, fmt).items()}
@@ -133,4 +132,6 @@ def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None,
         write_tokenizer(ckpt, tmp)
         write_history(tmp, history)
         (tmp / CARD_FILE).write_text(model_card(cfg, history))
+        # Last: a directory without config.json is no model, so no write cut short looks like one.
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         return verify_export(ckpt.path, tmp, fmt, dtype) if verify else {}

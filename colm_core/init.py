@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from colm_core.config import INIT_STD, PRESETS, ColmConfig
 from colm_core.errors import ColmError
 from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check, option
 from colm_core.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer
+
+MAX_CHAINS = 4096  # far more than any model has; a bound that keeps the per-chain lists small
 
 
 @dataclass
@@ -66,6 +69,8 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
     """The config and tokenizer that the options describe; defaults come from the preset."""
     base = PRESETS[o.preset]
     heads = o.heads or base.heads
+    if o.chains is not None and o.chains > MAX_CHAINS:  # before lists of that length are made
+        raise ColmError(f"--chains {o.chains}: at most {MAX_CHAINS} chains")
     if o.chains is not None:  # N chains of the given heads (one number) or of the preset's per-chain heads
         if o.heads is not None and len(o.heads) not in (1, o.chains):
             raise ColmError(f"--chains {o.chains} and --heads {','.join(map(str, o.heads))} disagree; give one "
@@ -113,10 +118,22 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
     return cfg, tokenizer
 
 
+def check_fits_in_memory(cfg: ColmConfig) -> None:
+    """Refuse, before allocating, a model whose float32 weights exceed this machine's memory (counted
+    from above: every attention projection as wide as the hidden state)."""
+    hidden = cfg.hidden_size()
+    parameters = cfg.n_layers * (4 * hidden * hidden + 3 * hidden * sum(cfg.ffn)) + 2 * cfg.vocab_size * hidden
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if parameters * 4 > memory:
+        raise ColmError(f"these sizes make a model of {parameters:,} parameters, {parameters * 4 / 2**30:,.1f} GiB "
+                        f"in float32: more than this machine's {memory / 2**30:.0f} GiB of memory; choose smaller sizes")
+
+
 def init_model(o: InitOptions):
     from colm_core.model import CoLM
 
     cfg, tokenizer = build_config(o)
+    check_fits_in_memory(cfg)
     model = CoLM(cfg).init_weights(std=o.init_std, seed=o.seed)
     model.tokenizer = tokenizer
     return model

@@ -8,12 +8,11 @@ both versions load it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from colm_core.config import LLAMA3_ROPE_KEYS, ColmConfig
+from colm_core.config import LLAMA3_ROPE_KEYS, ColmConfig, read_json
 from colm_core.errors import ColmError
 
 # (transformers name pattern, CoLM name pattern); {i} is the layer index.
@@ -148,15 +147,12 @@ class HFModelDir:
 
     def history(self) -> list[dict]:
         """The history an export carries (a Llama directory has none)."""
-        from colm_core.checkpoint import HISTORY_FILE
+        from colm_core.checkpoint import HISTORY_FILE, read_history
 
         path = self.path / HISTORY_FILE
-        if not self.is_colm_export or not path.is_file():
+        if not self.is_colm_export or not path.exists():
             return []
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ColmError(f"{path}: not valid JSON ({e}); fix or delete it") from None
+        return read_history(path)
 
 
 def is_colm_export(hf: dict) -> bool:
@@ -166,8 +162,8 @@ def is_colm_export(hf: dict) -> bool:
 def is_hf_model_dir(path: Path) -> bool:
     """A directory with a transformers config.json (not a colm one)."""
     try:
-        data = json.loads((Path(path) / HF_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError):
+        data = read_json(Path(path) / HF_CONFIG, "")
+    except ColmError:
         return False
     return isinstance(data, dict) and "colm_format" not in data and "model_type" in data
 
@@ -190,10 +186,9 @@ def open_hf_dir(path: str | Path) -> HFModelDir:
     path = Path(path)
     if not (path / HF_CONFIG).is_file():
         raise ColmError(f"{path} has no {HF_CONFIG}: not a Hugging Face checkpoint directory")
-    try:
-        hf = json.loads((path / HF_CONFIG).read_text())
-    except json.JSONDecodeError as e:
-        raise ColmError(f"{path / HF_CONFIG}: not valid JSON ({e})") from None
+    hf = read_json(path / HF_CONFIG, "download the model again")
+    if not isinstance(hf, dict):
+        raise ColmError(f"{path / HF_CONFIG}: expected a JSON object; download the model again")
     if "colm_format" in hf:
         raise ColmError(f"{path} is already a colm checkpoint; use it directly")
     if is_colm_export(hf):
@@ -206,10 +201,9 @@ def open_hf_dir(path: str | Path) -> HFModelDir:
         cfg = cfg.replace(tokenizer=llama_tokenizer_kind(path, cfg.vocab_size))
         to_colm = hf_to_colm_names(cfg.n_layers)
     if (path / HF_INDEX).is_file():
-        try:
-            weight_map = dict(json.loads((path / HF_INDEX).read_text())["weight_map"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ColmError(f"{path / HF_INDEX}: not a valid index ({e})") from None
+        from colm_core.checkpoint import read_index
+
+        weight_map = read_index(path / HF_INDEX, "download the model again")
     elif (path / HF_WEIGHTS).is_file():
         from colm_core.checkpoint import safetensors_header
 

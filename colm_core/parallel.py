@@ -121,7 +121,23 @@ def setup(strategy: str, device: str | None = None) -> Runtime:
         raise ColmError(f"--strategy {strategy}: unknown strategy; choose one of {', '.join(STRATEGIES)}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return DistributedRuntime(strategy)
-    return Runtime(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    return Runtime(parse_device(device))
+
+
+def parse_device(name: str | None) -> torch.device:
+    """A --device value (cpu, cuda, cuda:1, ...; default: cuda if available) that exists on this machine."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ColmError(f"--device {name!r}: not a device; give cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ColmError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                        "give another one, or --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ColmError(f"--device {name}: colm runs on cpu or cuda")
+    return device
 
 
 def launch(nproc: int, argv: list[str]) -> int:

@@ -7,8 +7,9 @@ import json
 import math
 
 
-def finite_json(obj, indent: int | None = None, on_null=None) -> str:
-    """json.dumps(obj) with non-finite floats as null; on_null(where) is told each one, e.g. "results[0].loss"."""
+def finite_json(obj, indent: int | None = None, on_null=None, default=None) -> str:
+    """json.dumps(obj) with non-finite floats as null; on_null(where) is told each one, e.g. "results[0].loss".
+    default(value) turns other objects into JSON, as json.dumps's does."""
 
     def clean(value, where: str):
         if isinstance(value, float) and not math.isfinite(value):
@@ -21,4 +22,4 @@ def finite_json(obj, indent: int | None = None, on_null=None) -> str:
             return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
         return value
 
-    return json.dumps(clean(obj, ""), indent=indent, allow_nan=False)
+    return json.dumps(clean(obj, ""), indent=indent, allow_nan=False, default=default)

@@ -9,10 +9,10 @@ does colm). SmolLM2's adds no BOS; Llama 3's adds one.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
+from colm_core.config import read_json
 from colm_core.errors import ColmError
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -78,12 +78,9 @@ class HFTokenizer:
 def tokenizer_config(directory: Path) -> dict:
     """tokenizer_config.json of a directory ({} when absent)."""
     path = Path(directory) / TOKENIZER_CONFIG_FILE
-    if not path.is_file():
+    if not path.exists():
         return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ColmError(f"{path}: not valid JSON ({e}); restore it from the model's source") from None
+    data = read_json(path, "restore it from the model's source")
     return data if isinstance(data, dict) else {}
 
 

@@ -17,6 +17,7 @@ and step), so restoring model, optimizer, schedule step and RNG state gives bitw
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -122,6 +123,19 @@ def check_resume(step_dir: Path, opts: TrainOptions) -> None:
                         f"{opts.steps}; give --steps {saved['step']} or more")
 
 
+def lock_run(partial: Path) -> int:
+    """Hold OUT.partial for this run (an flock, released when the process ends, killed or not): a
+    second `colm train` writing the same output is refused instead of mixing its steps in."""
+    fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ColmError(f"{partial} is being written by another `colm train` that is still running; wait for it "
+                        "to finish, or choose another -o/--output") from None
+    return fd
+
+
 def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
     if opts.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -177,6 +191,7 @@ class Trainer:
                             f"({runtime.world_size} x {opts.grad_accum})")
         self.micro_rows = n_rows
 
+        self.run_lock = lock_run(self.partial) if runtime.is_main and self.partial.exists() else None
         self.resume_from = find_resume(resume, self.partial) if resume else None
         if self.resume_from is not None:
             check_resume(self.resume_from, opts)
@@ -190,6 +205,10 @@ class Trainer:
         files = resolve_text_files(opts.data) if opts.data else default_corpus_files()
         tokenizer = ckpt.tokenizer()
         tokens = token_cache(files, tokenizer)
+        top = int(tokens.max()) if len(tokens) else 0
+        if top >= cfg.vocab_size:  # the embedding lookup would fail mid-step
+            raise ColmError(f"the tokenizer gives token id {top}, but the model's vocabulary has {cfg.vocab_size} "
+                            "tokens (config.json vocab_size); use a checkpoint whose vocabulary covers its tokenizer")
         self.train_tokens, self.val_tokens = split_tokens(tokens, opts.seq_len, opts.val_fraction)
 
         # Master weights stay float32 whatever the stored dtype; the output is written back in it.
@@ -228,14 +247,18 @@ class Trainer:
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> Path:
-        self.prepare_directory()
-        previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            self.loop()
+            self.prepare_directory()
+            previous = {s: signal.signal(s, self.request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                self.loop()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+            return self.finish()
         finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-        return self.finish()
+            if self.run_lock is not None:
+                os.close(self.run_lock)
 
     def request_stop(self, signum, frame) -> None:
         self.stop_requested = True
@@ -363,9 +386,12 @@ class Trainer:
     def prepare_directory(self) -> None:
         """Create OUT.partial (fresh, or kept when resuming) and restore the training state."""
         if self.rt.is_main:
-            if self.resume_from is None and self.partial.exists():
-                shutil.rmtree(self.partial)  # --force: start over
+            if self.resume_from is None and self.partial.exists():  # --force: start over, in the locked directory
+                for entry in self.partial.iterdir():
+                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             (self.partial / "steps").mkdir(parents=True, exist_ok=True)
+            if self.run_lock is None:
+                self.run_lock = lock_run(self.partial)
             complete = set(complete_steps(self.partial))
             for leftover in (self.partial / "steps").iterdir():  # a kill -9 during a save leaves temporaries
                 if leftover not in complete:
@@ -405,7 +431,7 @@ class Trainer:
                 write_checkpoint(tmp / "model", self.model.config, tensors.items(), self.model.tokenizer,
                                  self.model.history + [self.history_entry])
                 save_file(optim_tensors, tmp / OPTIMIZER_FILE)
-                (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
+                (tmp / STATE_FILE).write_text(finite_json(trainer_state, indent=2) + "\n")  # NaN losses as null
                 (tmp / MARKER).write_text(f"step {st.step}\n")  # last: the directory is whole
             for old in complete_steps(self.partial)[: -self.opts.keep_checkpoints]:
                 shutil.rmtree(old)
@@ -439,7 +465,7 @@ class Trainer:
 
     def finish(self) -> Path:
         """Write the final checkpoint into OUT.partial and rename it to OUT."""
-        from colm_core.checkpoint import write_checkpoint
+        from colm_core.checkpoint import CONFIG_FILE, write_checkpoint
 
         st = self.state
         tensors, _ = self.full_tensors()
@@ -452,7 +478,8 @@ class Trainer:
             stored = ((name, t.to(self.store_dtype)) for name, t in tensors.items())
             write_checkpoint(final, self.model.config, stored, self.model.tokenizer,
                              self.model.history + [entry])
-            for f in final.iterdir():
+            # config.json last: OUT.partial becomes a checkpoint only once it holds every file
+            for f in sorted(final.iterdir(), key=lambda f: f.name == CONFIG_FILE):
                 os.replace(f, self.partial / f.name)
             final.rmdir()
             publish(self.partial, self.out, self.force)
