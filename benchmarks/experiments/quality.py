@@ -2,7 +2,7 @@
 CoLM-Air (4 chains, keys and values from chain 1), at matched non-embedding parameters and matched
 training tokens. Held-out bits/byte against training tokens and against wall time.
 
-    python -m benchmarks.experiments.quality [--steps 150] [--seeds 1] [--quick]
+    python -m benchmarks.experiments.quality [--steps 300] [--seeds 1] [--quick]
 
 Every model has the same hidden width, head width and layers; a CoLM's chain linears hold (n+1)/(2n)
 of a dense layer's weights, so each CoLM gets the FFN width per chain that brings its non-embedding
@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--heads", type=int, default=8, help="query heads of the whole width (a multiple of 8)")
     p.add_argument("--ffn", type=int, default=352, help="FFN units of the dense model")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
