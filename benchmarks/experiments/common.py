@@ -33,22 +33,28 @@ HELD_OUT = "persuasion.txt"
 AUSTEN = ("prideprejudice.txt", "sensesensibility.txt", "northangerabbey.txt", "mansfieldpark.txt", "emma.txt")
 
 
-def parser(doc: str, name: str) -> argparse.ArgumentParser:
-    """The flags every experiment shares. Its own flags (sizes) come after; --quick shrinks them all."""
+def parser(doc: str, name: str, trains: bool = True) -> argparse.ArgumentParser:
+    """The flags every experiment shares (--train, --val and --workdir where it trains models). Its own
+    flags (sizes) come after; --quick shrinks them all."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of a minute or two")
-    p.add_argument("--train", nargs="+", type=Path, default=[DATA / f for f in AUSTEN],
-                   help="training text files (default: five Austen novels in ../shared/data)")
-    p.add_argument("--val", type=Path, default=DATA / HELD_OUT,
-                   help="held-out text file for bits/byte (default: %(default)s)")
-    p.add_argument("--workdir", type=Path, default=REPO / "runs" / "experiments" / name,
-                   help="checkpoints and per-arm results; rerun with the same one to continue (default: %(default)s)")
+    if trains:
+        add_training_flags(p, name)
     p.add_argument("--out", type=Path, default=RESULTS / f"{name}.json", help="JSON file (default: %(default)s)")
     p.add_argument("--plot", type=Path, default=RESULTS / f"{name}.png", help="PNG file (default: %(default)s)")
     # One thread: on a small shared machine, threads waiting on each other make training several times
     # slower and its wall times noise (measured: 1 thread 4-5k tokens/s, 2 threads 0.4-6k under load).
     p.add_argument("--threads", type=int, default=1, help="torch threads, 0 for torch's choice (default: %(default)s)")
     return p
+
+
+def add_training_flags(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--train", nargs="+", type=Path, default=[DATA / f for f in AUSTEN],
+                   help="training text files (default: five Austen novels in ../shared/data)")
+    p.add_argument("--val", type=Path, default=DATA / HELD_OUT,
+                   help="held-out text file for bits/byte (default: %(default)s)")
+    p.add_argument("--workdir", type=Path, default=REPO / "runs" / "experiments" / name,
+                   help="checkpoints and per-arm results; rerun with the same one to continue (default: %(default)s)")
 
 
 def parse(p: argparse.ArgumentParser, quick: dict) -> argparse.Namespace:
@@ -59,10 +65,11 @@ def parse(p: argparse.ArgumentParser, quick: dict) -> argparse.Namespace:
         for key, value in quick.items():
             if f"--{key.replace('_', '-')}" not in given:
                 setattr(args, key, value)
-    for f in [*args.train, args.val]:
-        if not f.is_file():
-            p.error(f"{f}: no such file; give --train FILES and --val FILE (plain text)")
-    check_workdir(p, args)
+    if hasattr(args, "workdir"):
+        for f in [*args.train, args.val]:
+            if not f.is_file():
+                p.error(f"{f}: no such file; give --train FILES and --val FILE (plain text)")
+        check_workdir(p, args)
     set_threads(args.threads)
     return args
 

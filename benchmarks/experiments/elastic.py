@@ -46,8 +46,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds per arm (model init and batches)")
     p.add_argument("--time-tokens", type=int, default=256, help="sequence length of the timed forward")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of the timed forward")
-    args = parse(p, dict(layers=1, steps=6, batch_size=4, seq_len=32, curve_points=2, eval_tokens=512,
-                         time_tokens=64, repeats=2))
+    args = parse(p, dict(chains=2, layers=1, steps=6, batch_size=4, seq_len=32, curve_points=2, eval_tokens=512,
+                         time_tokens=32, repeats=1))
     ids = held_out_ids(args, ByteTokenizer())
     n = args.chains
 
