@@ -5,7 +5,7 @@ the same held-out bits/byte. Also the reviewer's baseline: a function-preserving
 the dense model (Net2Net-style: every hidden unit, head and FFN unit duplicated, weights reading a
 duplicated input halved, a little noise to break the symmetry), trained for the same steps.
 
-    python -m benchmarks.experiments.progressive [--base-steps 200] [--grow-steps 200] [--quick]
+    python -m benchmarks.experiments.progressive [--base-steps 150] [--grow-steps 150] [--quick]
 
 Compute of a grown model counts the base model's training. FLOPs are torch's count of one training
 step (forward and backward; a frozen chain has no weight gradients) times the steps. The scratch
@@ -61,8 +61,8 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4, help="query heads of each chain")
     p.add_argument("--kv-heads", type=int, default=2, help="KV heads of each chain")
     p.add_argument("--ffn", type=int, default=176, help="FFN units of each chain")
-    p.add_argument("--base-steps", type=int, default=200, help="steps of the 1-chain model")
-    p.add_argument("--grow-steps", type=int, default=200, help="steps after growing")
+    p.add_argument("--base-steps", type=int, default=150, help="steps of the 1-chain model")
+    p.add_argument("--grow-steps", type=int, default=150, help="steps after growing")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
