@@ -161,10 +161,13 @@ def scratch_to_reach(points: list[dict], target: float) -> dict | None:
 
 def plot(arms: dict, args) -> None:
     fig, (by_flops, by_time) = figure(2, "Q3: progressive scaling, grown vs trained from scratch")
+    base_end = arms["base"]["curve"][-1]
     for name, a in arms.items():
-        ys = [p["top_bits_per_byte"] for p in a["curve"]]
-        line, = by_flops.plot([p["flops"] / 1e12 for p in a["curve"]], ys, marker="o", label=name)
-        by_time.plot([p["total_seconds"] for p in a["curve"]], ys, marker="o", label=name, color=line.get_color())
+        # a grown model starts where the base model ended: growth preserves its function
+        points = a["curve"] if name in ("base", "scratch") else [base_end] + a["curve"]
+        ys = [p["top_bits_per_byte"] for p in points]
+        line, = by_flops.plot([p["flops"] / 1e12 for p in points], ys, marker="o", label=name)
+        by_time.plot([p["total_seconds"] for p in points], ys, marker="o", label=name, color=line.get_color())
     by_flops.set_xlabel("training TFLOPs (base model's included)")
     by_time.set_xlabel("training wall time, s (base model's included; machine shared)")
     for ax in (by_flops, by_time):
