@@ -150,21 +150,27 @@ def held_out_ids(args: argparse.Namespace, tokenizer) -> list[int]:
     return token_stream(tokenizer, [args.val.read_text(encoding="utf-8", errors="replace")])[: args.eval_tokens + 1]
 
 
-def bits_per_byte(checkpoint: Path, ids: list[int], chains: list[int] | None = None) -> dict[int, float]:
-    """Held-out bits/byte of each chain count (default: all of them) of a checkpoint."""
+def bits_per_byte(checkpoint: Path, ids: list[int], seq_len: int, chains: list[int] | None = None) -> dict[int, float]:
+    """Held-out bits/byte of each chain count (default: all of them) of a checkpoint, in windows of the
+    training sequence length (positions a model never trained on would measure length generalisation)."""
     model = load(checkpoint)
     chains = chains or list(range(1, model.config.n_chains + 1))
-    result = evaluate_tokens(model, ids, chains, seq_len=256, batch_size=16)
+    result = evaluate_tokens(model, ids, chains, seq_len=seq_len, batch_size=16)
     return {r["chains"]: r["bits_per_byte"] for r in result["results"]}
 
 
-def curve(run_dir: Path, ids: list[int], chains: list[int] | None = None) -> list[dict]:
-    """Held-out bits/byte at every step checkpoint of a finished run, with the tokens and seconds of
-    training up to it (seconds include the run's own checkpoint saves)."""
+def curve(run_dir: Path, ids: list[int], seq_len: int, chains: list[int] | None = None) -> list[dict]:
+    """Held-out bits/byte at every step checkpoint of a finished run and at its end, with the tokens and
+    seconds of training up to each (seconds include the run's own checkpoint saves)."""
+    states = [(step_dir / "model", json.loads((step_dir / "trainer_state.json").read_text()))
+              for step_dir in complete_steps(run_dir)]
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in logged if "seconds" in r][-1]  # the last step is always logged
+    if not states or states[-1][1]["step"] < final["step"]:  # --save-every does not divide --steps
+        states.append((run_dir, final))
     points = []
-    for step_dir in complete_steps(run_dir):
-        state = json.loads((step_dir / "trainer_state.json").read_text())
-        bpb = bits_per_byte(step_dir / "model", ids, chains)
+    for checkpoint, state in states:
+        bpb = bits_per_byte(checkpoint, ids, seq_len, chains)
         points.append({"step": state["step"], "tokens": state["tokens"], "seconds": state["seconds"],
                        "bits_per_byte": {str(k): v for k, v in bpb.items()}})
     return points

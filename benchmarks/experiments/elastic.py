@@ -61,7 +61,7 @@ def main() -> None:
                 run_dir = train_run(start, args.workdir / "runs" / key,
                                     train_options(args, chain_loss=chain_loss, seed=seed))
                 return {"arm": name, "seed": seed, "chains": chains, "chain_loss": chain_loss,
-                        "bits_per_byte": {str(k): v for k, v in bits_per_byte(run_dir, ids).items()}}
+                        "bits_per_byte": {str(k): v for k, v in bits_per_byte(run_dir, ids, args.seq_len).items()}}
 
             results.setdefault(name, []).append(arm(args.workdir, f"{name}-seed{seed}", run))
 

@@ -84,7 +84,7 @@ def main() -> None:
         model = load(run_dir)
         trainable = sum(p.numel() for name, p in model.named_parameters()
                         if int(name.rsplit(".", 1)[1]) + 1 > opts.freeze_chains)
-        return {"curve": curve(run_dir, ids), "step_flops": train_step_flops(start, opts), "steps": steps,
+        return {"curve": curve(run_dir, ids, args.seq_len), "step_flops": train_step_flops(start, opts), "steps": steps,
                 "chains": model.config.n_chains, "non_embedding_parameters": non_embedding_parameters(model.config),
                 "trainable_parameters": trainable}
 

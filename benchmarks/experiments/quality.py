@@ -71,7 +71,7 @@ def main() -> None:
                 run_dir = train_run(start, args.workdir / "runs" / key,
                                     train_options(args, chain_loss="full", seed=seed))
                 cfg = build_config(opts)[0]
-                points = curve(run_dir, ids, [cfg.n_chains])
+                points = curve(run_dir, ids, args.seq_len, [cfg.n_chains])
                 return {"arm": name, "seed": seed, "heads": heads, "kv_heads": kv_heads, "air": air,
                         "ffn_per_chain": ffn, "non_embedding_parameters": non_embedding_parameters(cfg),
                         "curve": points, "bits_per_byte": list(points[-1]["bits_per_byte"].values())[0],
