@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,11 @@ def test_quick_chain_tuning_compares_three_arms_and_keeps_the_base_inside(tmp_pa
     assert set(payload["training"]) == {"chain", "full", "lora"}
     for fmt in ("hf", "hf-llama"):
         assert Path(payload["exports"][fmt]["path"], "config.json").is_file()
-    # a rerun resumes: every stage is done, so nothing is trained again and the numbers are the same
+    # a rerun resumes: every stage is done, so nothing is trained again and the numbers are the same; LoRA,
+    # whose merged model is removed, continues from its saved state (safetensors) at the last step
+    assert (tmp_path / "work" / "lora-state.safetensors").is_file()
+    for stage in ("lora", "lora-merged"):
+        shutil.rmtree(tmp_path / "work" / stage)
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    assert (tmp_path / "work" / "lora").is_dir()
     assert json.loads((tmp_path / "chain_tuning-quick.json").read_text())["results"] == r

@@ -187,7 +187,7 @@ def test_usage_errors_read_well(tmp_path):
     # One spelling of arguments in usage lines: upper case, {REQUIRED} and [OPTIONAL] as Typer marks them
     usage = {cmd: next(line.split(cmd, 1)[1].split() for line in run_cli(cmd, "--help", check=True).stdout.splitlines()
                        if "Usage:" in line) for cmd in ("import", "eval", "pull")}
-    assert usage == {"import": ["[OPTIONS]", "{HF_DIR}"], "eval": ["[OPTIONS]", "[CKPT]"],
+    assert usage == {"import": ["[OPTIONS]", "{SOURCE}"], "eval": ["[OPTIONS]", "[CKPT]"],
                      "pull": ["[OPTIONS]", "{REPO_ID}"]}
 
 

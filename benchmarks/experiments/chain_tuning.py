@@ -36,6 +36,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from benchmarks.common import RESULTS, set_threads
 from colm_core.cache import cache_root
@@ -196,13 +198,19 @@ class Experiment:
         train_tokens, _ = split_tokens(tokens, opts.seq_len, opts.val_fraction)  # as colm train splits
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=opts.lr, betas=(opts.beta1, opts.beta2), weight_decay=0.0)
-        resume = self.work / "lora-state.pt"
+        resume = self.work / "lora-state.safetensors"  # safetensors, as everything colm writes: no pickle
         step, seconds = 0, 0.0
         if resume.is_file():
-            saved = torch.load(resume)
-            model.load_state_dict(saved["model"], strict=False)
-            optimizer.load_state_dict(saved["optimizer"])
-            step, seconds = saved["step"], saved["seconds"]
+            with safe_open(resume, framework="pt") as saved:
+                model.load_state_dict({k[len("model::"):]: saved.get_tensor(k) for k in saved.keys()
+                                       if k.startswith("model::")}, strict=False)
+                state: dict[int, dict] = {}
+                for k in saved.keys():
+                    if k.startswith("optim::"):
+                        _, index, key = k.split("::")
+                        state.setdefault(int(index), {})[key] = saved.get_tensor(k)
+                optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+                step, seconds = int(saved.metadata()["step"]), float(saved.metadata()["seconds"])
         model.train()
         start = time.perf_counter() - seconds
         while step < opts.steps:
@@ -217,9 +225,13 @@ class Experiment:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % opts.save_every == 0 or step == opts.steps:
-                trainable = {k: v for k, v in model.state_dict().items() if "lora_" in k}
-                torch.save({"model": trainable, "optimizer": optimizer.state_dict(), "step": step,
-                            "seconds": time.perf_counter() - start}, resume)
+                tensors = {f"model::{k}": v for k, v in model.state_dict().items() if "lora_" in k}
+                tensors |= {f"optim::{index}::{key}": value.reshape(-1) if value.ndim == 0 else value
+                            for index, per_param in optimizer.state_dict()["state"].items()
+                            for key, value in per_param.items()}
+                save_file(tensors, resume.with_suffix(".tmp"),
+                          metadata={"step": str(step), "seconds": str(time.perf_counter() - start)})
+                resume.with_suffix(".tmp").replace(resume)
         self.state.pop("train-lora", None)
         self.remember("train-lora", lambda: {"seconds": time.perf_counter() - start, "steps": step, "rank": rank,
                                              "parameters": sum(p.numel() for p in params),
