@@ -12,10 +12,22 @@ from pathlib import Path
 from tests.conftest import REPO
 
 
+def books(root: Path) -> Path:
+    """The books the experiment reads, as English-like text written here (the test needs no corpus)."""
+    from benchmarks.experiments.chain_tuning import AUSTEN, SETTINGS
+
+    root.mkdir()
+    words = "the of and to a in that was her it his she he had for with you not be as at".split()
+    for seed, name in enumerate([*AUSTEN, SETTINGS["quick"].target, SETTINGS["quick"].other], start=1):
+        lines = (" ".join(words[(i * seed * 7 + j) % len(words)] for j in range(12)) for i in range(1500))
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
 def test_quick_chain_tuning_compares_three_arms_and_keeps_the_base_inside(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "benchmarks.experiments.chain_tuning", "--quick", "--work", str(tmp_path / "work"),
-           "--results", str(tmp_path)]
+           "--results", str(tmp_path), "--data", str(books(tmp_path / "books"))]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     payload = json.loads((tmp_path / "chain_tuning-quick.json").read_text())
     assert (tmp_path / "chain_tuning-quick.png").stat().st_size > 0

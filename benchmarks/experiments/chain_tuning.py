@@ -51,8 +51,8 @@ TEST_FRACTION = 0.1  # the end of the target text is held out from every arm's t
 
 @dataclass(frozen=True)
 class Setting:
-    target: str  # file in DATA that the arms adapt to
-    other: str  # file in DATA on which forgetting is measured
+    target: str  # file in `data` that the arms adapt to
+    other: str  # file in `data` on which forgetting is measured
     steps: int  # optimizer steps of each arm
     batch_size: int
     seq_len: int
@@ -61,6 +61,7 @@ class Setting:
     new_chain: dict  # expand's heads, kv_heads, ffn
     base_steps: int = 0  # training of the small base model (default setting only)
     base_heads: int = 4
+    data: str = str(DATA)  # the directory of the books: AUSTEN (the small base model's), target and other
 
 
 SETTINGS = {
@@ -95,7 +96,7 @@ class Experiment:
 
     def split_target(self) -> tuple[Path, Path]:
         """The target text cut into a training part and a held-out test part (at a line break)."""
-        text = (DATA / self.s.target).read_text()
+        text = (Path(self.s.data) / self.s.target).read_text()
         cut = text.index("\n", int(len(text) * (1 - TEST_FRACTION)))
         train, test = self.work / "target-train.txt", self.work / "target-test.txt"
         for path, part in ((train, text[:cut]), (test, text[cut:])):
@@ -138,7 +139,8 @@ class Experiment:
         fresh = self.work / "base-init"
         if not fresh.is_dir():
             save(init_model(init), fresh, history=[history_entry("init", init.as_record())])
-        opts = replace(self.options("chain"), data=[str(DATA / f) for f in AUSTEN], steps=self.s.base_steps,
+        opts = replace(self.options("chain"), data=[str(Path(self.s.data) / f) for f in AUSTEN],
+                       steps=self.s.base_steps,
                        lr=2e-3, warmup_steps=max(1, self.s.base_steps // 20), save_every=max(1, self.s.base_steps // 5))
         train(fresh, out, opts, resume="auto")
         return out
@@ -265,7 +267,8 @@ class Experiment:
             from colm_core.evaluate import evaluate
 
             model = colm_core.load(path, dtype=torch.float32)
-            texts = {"target": self.split_target()[1].read_text(), "other": (DATA / self.s.other).read_text()}
+            texts = {"target": self.split_target()[1].read_text(),
+                     "other": (Path(self.s.data) / self.s.other).read_text()}
             out = {}
             for text_name, text in texts.items():
                 report = evaluate(model, [text], chains, seq_len=self.s.seq_len, max_tokens=self.s.eval_tokens)
@@ -380,6 +383,7 @@ def main() -> None:
     p.add_argument("--lr-chain", type=float)
     p.add_argument("--lr-full", type=float)
     p.add_argument("--lr-lora", type=float)
+    p.add_argument("--data", type=Path, default=DATA, help="Directory of the books (default: ../shared/data)")
     p.add_argument("--work", type=Path, help="Where checkpoints go (default: colm's cache)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Directory of the JSON and PNG")
     p.add_argument("--threads", type=int, default=2)
@@ -392,7 +396,7 @@ def main() -> None:
                                          if getattr(args, k) is not None}}
     lr = {**setting.lr, **{arm: getattr(args, f"lr_{arm}") for arm in setting.lr
                            if getattr(args, f"lr_{arm}") is not None}}
-    setting = replace(setting, new_chain=new_chain, lr=lr, **overrides)
+    setting = replace(setting, new_chain=new_chain, lr=lr, data=str(args.data.resolve()), **overrides)
     name = "chain_tuning" + (f"-{Path(args.base).stem.split('.')[0]}" if args.base else "") + \
         ("-quick" if args.quick else "")
     work = args.work or cache_root() / "experiments" / name
