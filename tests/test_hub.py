@@ -296,3 +296,17 @@ def test_python_load_resolves_hf_references_like_the_commands(hub_cache):
     loaded, error = proc.stdout.splitlines()
     assert loaded == "2 False"  # the v1 revision's 2 chains, in eval mode
     assert error.startswith("hf://colm-test/absent is not cached")
+
+
+def test_pull_copies_config_json_last(hub_cache, tmp_path, monkeypatch):
+    """A copy killed part-way must not look like a checkpoint: config.json, which makes a directory one, comes last."""
+    import shutil
+
+    from colm_core import hub
+
+    monkeypatch.setattr(hub, "download", lambda repo_id, revision: Path(hub_cache["main_snapshot"]))
+    copied, copyfile = [], shutil.copyfile
+    monkeypatch.setattr(shutil, "copyfile", lambda src, dst: (copied.append(Path(dst).name), copyfile(src, dst))[1])
+    hub.pull(REPO_ID, output=tmp_path / "out")
+    assert len(copied) > 3 and copied[-1] == "config.json"
+    assert sorted(copied) == sorted(p.name for p in (tmp_path / "out").iterdir())
