@@ -267,6 +267,17 @@ class CoLM(nn.Module):
                    if chain is None or chain_of(name) == chain)
 
 
+def lateral_blocks(model: CoLM, k: int) -> list[tuple[nn.Parameter, int]]:
+    """(weight, columns) for every chain-linear weight of a chain after k: its first `columns` columns are
+    the block by which that chain reads chains 1..k. Norms, embeddings and LM-head blocks are per chain."""
+    blocks = []
+    for module in model.modules():
+        if isinstance(module, ChainLinear):
+            weights = list(module.weights.parameters())
+            blocks += [(w, weights[k - 1].shape[1]) for w in weights[k:]]
+    return blocks
+
+
 def initial_value(name: str, shape, std: float, n_layers: int, generator: torch.Generator) -> torch.Tensor:
     """Llama-style init of one tensor: ones for norm gains, N(0, std) for projections and embeddings,
     std/sqrt(2 * layers) for the projections that write into the residual stream."""

@@ -201,6 +201,9 @@ class TrainOptions:
                                                range=NON_NEGATIVE, example="1,1,2")
     freeze_chains: int = option(0, "Freeze chains 1..K and train only the later ones (chain tuning).",
                                 range=NON_NEGATIVE)
+    block_diagonal: int = option(0, "Chains after K read nothing from chains 1..K: those weight blocks are set "
+                                 "to zero and kept there (the block-diagonal growth ablation); 0 for off.",
+                                 range=NON_NEGATIVE)
     seed: int = option(0, "Seed of the batch sampling.", range=NON_NEGATIVE)
     dtype: str = option("auto", "auto (float32 on CPU, bfloat16 autocast on GPU), float32, bfloat16, float16.")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")

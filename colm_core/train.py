@@ -58,12 +58,37 @@ def check_for_model(opts: TrainOptions, cfg) -> None:
     if opts.freeze_chains >= n:
         raise ColmError(f"--freeze-chains {opts.freeze_chains}: this model has {n} chains, so at most "
                         f"{n - 1} can be frozen (at least one must train)")
+    if opts.block_diagonal >= n:
+        raise ColmError(f"--block-diagonal {opts.block_diagonal}: this model has {n} chains, so the later chains "
+                        f"start after at most chain {n - 1}")
+    if opts.block_diagonal and cfg.kv_share:
+        raise ColmError("--block-diagonal: in a CoLM-Air model every chain attends over chain 1's keys and values, "
+                        "so no chain can be cut off from chain 1; use a model made without --air")
     scales = opts.scales(n)
     if opts.chain_weights is not None and len(opts.chain_weights) != len(scales):
         raise ColmError(f"--chain-weights has {len(opts.chain_weights)} values for the "
                         f"{len(scales)} trained scales {scales}; give one per scale")
     if opts.chain_weights is not None and not any(opts.chain_weights):
         raise ColmError("--chain-weights are all 0: nothing would be trained; give at least one positive weight")
+
+
+def cut_lateral_input(model, k: int) -> None:
+    """Zero the weight blocks by which chains after k read chains 1..k, and keep them zero by masking their
+    gradient: AdamW moves a zero weight with a zero gradient nowhere, weight decay included."""
+    from colm_core.model import lateral_blocks
+
+    def masked(columns: int):
+        def hook(grad: torch.Tensor) -> torch.Tensor:
+            grad = grad.clone()
+            grad[:, :columns] = 0
+            return grad
+        return hook
+
+    with torch.no_grad():
+        for weight, columns in lateral_blocks(model, k):
+            weight[:, :columns] = 0
+            if weight.requires_grad:
+                weight.register_hook(masked(columns))
 
 
 @dataclass
@@ -221,6 +246,10 @@ class Trainer:
         self.model.history = ckpt.history
         for name, p in self.model.named_parameters():
             p.requires_grad_(chain_of(name) > opts.freeze_chains)
+        if opts.block_diagonal:
+            if runtime.distributed and opts.strategy == "fsdp":  # sharding replaces the parameters the hooks are on
+                raise ColmError("--block-diagonal works with --strategy ddp (or one process), not fsdp")
+            cut_lateral_input(self.model, opts.block_diagonal)
         self.scales = opts.scales(cfg.n_chains)
         self.weights = torch.tensor(opts.chain_weights or [1.0] * len(self.scales), device=runtime.device)
         loss_module = MultiScaleLoss(self.model, self.scales)

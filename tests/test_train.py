@@ -199,6 +199,40 @@ def test_freeze_chains_keeps_chain_one_bitwise(tmp_path, env, corpus, air):
         # cache of the original model is the tuned model's cache too (same tensors, checked above).
 
 
+def test_block_diagonal_growth_keeps_the_new_chain_apart(tmp_path, env, corpus):
+    """--block-diagonal 1: chain 2 never reads chain 1 (its lateral blocks are zero after training), while
+    everything else trains; so the 2-chain logits are chain 1's plus a term that chain 1 cannot change."""
+    train_dir, _ = corpus
+    _, grown = grown_model(air=False)
+    save(grown, tmp_path / "grown", history=[])
+    out = tmp_path / "apart"
+    run_cli("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
+            "--weight-decay", "0.5", "--block-diagonal", "1", "-o", out, env=env, check=True)
+    before, after = weights(tmp_path / "grown"), weights(out)
+    lateral = [n for n in after if chain_of(n) == 2 and after[n].ndim == 2 and not n.startswith(("embed", "lm_head"))]
+    assert lateral and all(not after[n][:, : before[n.rsplit(".", 1)[0] + ".0"].shape[1]].any() for n in lateral)
+    assert all(not torch.equal(before[n], after[n]) for n in before if "norm" not in n)  # chain 1 trained too
+    model = load(out)
+    ids = torch.randint(0, 256, (2, 24))
+    with torch.no_grad():
+        chain_2_term = model(ids, chains=2) - model(ids, chains=1)
+        for name, p in model.named_parameters():
+            if chain_of(name) == 1:
+                p.add_(torch.randn_like(p))
+        assert torch.allclose(model(ids, chains=2) - model(ids, chains=1), chain_2_term, atol=1e-5)
+
+
+def test_block_diagonal_refuses_air():
+    from colm_core.errors import ColmError
+    from colm_core.options import TrainOptions
+    from colm_core.train import check_for_model
+
+    _, air = grown_model(air=True)
+    with pytest.raises(ColmError, match="CoLM-Air"):
+        check_for_model(TrainOptions(block_diagonal=1, seq_len=32), air.config)
+    check_for_model(TrainOptions(block_diagonal=1, seq_len=32), grown_model(air=False)[1].config)
+
+
 def test_all_scales_loss_is_the_sum_of_separate_losses(monkeypatch):
     model = tiny_model(seed=3)
     x, y = torch.randint(0, 97, (2, 2, 20))
@@ -277,6 +311,7 @@ def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
     (["--seq-len", "65"], "above the model's maximum of 64"),
     (["--strategy", "zero3"], "--strategy zero3: choose one of ddp, fsdp"),
     (["--freeze-chains", "2"], "--freeze-chains 2"),
+    (["--block-diagonal", "2"], "--block-diagonal 2"),
 ])
 def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):
     (tmp_path / "empty.txt").write_text("")
