@@ -76,16 +76,25 @@ def test_elastic_reports_every_scale(tmp_path, corpus):
 
 
 def test_progressive_counts_compute_and_preserves_function(tmp_path, corpus):
-    _, result = trained("progressive", tmp_path, corpus)
+    _, result = trained("progressive", tmp_path, corpus, "--seeds", "0,1")
     arms, summary = result["arms"], result["summary"]
-    assert result["arms"]["net2net"]["widening_max_logit_error"] < 1e-4
+    assert all(len(runs) == 2 for runs in arms.values())
+    assert max(r["widening_max_logit_error"] for r in arms["net2net"]) < 1e-4
     base_flops = summary["base"]["flops"]
-    for name in ("grown-frozen", "grown-unfrozen", "net2net"):
+    for name in ("grown-frozen", "grown-unfrozen", "block-diagonal-frozen", "block-diagonal-unfrozen", "net2net"):
         assert summary[name]["flops"] > base_flops  # the base model's training is counted
     # a frozen chain 1 is not trained: its sub-model keeps the base model's held-out bits/byte exactly
-    assert summary["grown-frozen"]["chain_1_bits_per_byte"] == pytest.approx(summary["base"]["bits_per_byte"], abs=1e-6)
-    assert arms["grown-frozen"]["trainable_parameters"] < arms["grown-unfrozen"]["trainable_parameters"]
-    assert arms["grown-frozen"]["step_flops"] < arms["grown-unfrozen"]["step_flops"]
+    for name in ("grown-frozen", "block-diagonal-frozen"):
+        for grown, base in zip(arms[name], arms["base"]):
+            assert grown["curve"][-1]["bits_per_byte"]["1"] == pytest.approx(base["curve"][-1]["top_bits_per_byte"],
+                                                                             abs=1e-6)
+    trainable = {name: runs[0]["trainable_parameters"] for name, runs in arms.items()}
+    assert trainable["block-diagonal-frozen"] < trainable["grown-frozen"] < trainable["grown-unfrozen"]
+    assert trainable["block-diagonal-unfrozen"] < trainable["grown-unfrozen"]
+    assert arms["grown-frozen"][0]["step_flops"] < arms["grown-unfrozen"][0]["step_flops"]
+    # the seeds are different runs: a spread, and the mean is of both
+    bpb = [r["curve"][-1]["top_bits_per_byte"] for r in arms["scratch"]]
+    assert bpb[0] != bpb[1] and summary["scratch"]["spread"] == pytest.approx(abs(bpb[0] - bpb[1]))
 
 
 def test_air_speed_prefill_gives_the_same_first_token(tmp_path):

@@ -78,8 +78,8 @@ SETTINGS = {
 
 
 class Experiment:
-    def __init__(self, setting: Setting, work: Path, base: str | None):
-        self.s, self.work, self.base_source = setting, work, base
+    def __init__(self, setting: Setting, work: Path, base: str | None, device: str = "cpu"):
+        self.s, self.work, self.base_source, self.device = setting, work, base, device
         self.work.mkdir(parents=True, exist_ok=True)
         self.state_file = work / "state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {}
@@ -108,7 +108,8 @@ class Experiment:
         s = self.s
         return TrainOptions(data=[str(self.split_target()[0])], steps=s.steps, batch_size=s.batch_size,
                             seq_len=s.seq_len, lr=s.lr[arm], warmup_steps=max(1, s.steps // 10), eval_every=0,
-                            eval_windows=4, save_every=max(1, s.steps // 5), device="cpu", **overrides)
+                            eval_windows=4, save_every=max(1, s.steps // 5), device=self.device,
+                            dtype="float32", **overrides)  # as LoRA trains, also on a GPU
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -192,7 +193,7 @@ class Experiment:
         from colm_core.data import sample_windows, split_tokens, token_cache
 
         opts = self.options("lora")
-        model = LlamaForCausalLM.from_pretrained(base_hf, dtype=torch.float32)
+        model = LlamaForCausalLM.from_pretrained(base_hf, dtype=torch.float32).to(self.device)
         rank = self.lora_rank(model)
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
                                                  target_modules=LORA_TARGETS))
@@ -218,7 +219,7 @@ class Experiment:
         while step < opts.steps:
             for group in optimizer.param_groups:
                 group["lr"] = opts.learning_rate(step)
-            rows = sample_windows(train_tokens, opts.seq_len, opts.batch_size, opts.seed, step)
+            rows = sample_windows(train_tokens, opts.seq_len, opts.batch_size, opts.seed, step).to(self.device)
             logits = model(input_ids=rows[:, :-1]).logits
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten())
             loss.backward()
@@ -266,7 +267,7 @@ class Experiment:
             import colm_core
             from colm_core.evaluate import evaluate
 
-            model = colm_core.load(path, dtype=torch.float32)
+            model = colm_core.load(path, device=self.device, dtype=torch.float32)
             texts = {"target": self.split_target()[1].read_text(),
                      "other": (Path(self.s.data) / self.s.other).read_text()}
             out = {}
@@ -387,6 +388,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, help="Where checkpoints go (default: colm's cache)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Directory of the JSON and PNG")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where the arms train and are evaluated: cpu, cuda (default: cpu)")
     args = p.parse_args()
     set_threads(args.threads)
     setting = SETTINGS["quick" if args.quick else "pretrained" if args.base else "default"]
@@ -402,7 +404,7 @@ def main() -> None:
     work = args.work or cache_root() / "experiments" / name
 
     start = time.perf_counter()
-    payload = Experiment(setting, work, args.base).run()
+    payload = Experiment(setting, work, args.base, args.device).run()
     payload["command"] = " ".join(["python -m benchmarks.experiments.chain_tuning", *sys.argv[1:]])
     rows = rows_of(payload)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -55,6 +55,20 @@ def add_training_flags(p: argparse.ArgumentParser, name: str) -> None:
                    help="held-out text file for bits/byte (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=REPO / "runs" / "experiments" / name,
                    help="checkpoints and per-arm results; rerun with the same one to continue (default: %(default)s)")
+    p.add_argument("--seeds", type=seed_list, default=[0],
+                   help="comma-separated seeds (model init and batches), each a run of every arm; arms are kept per "
+                        "seed, so runs of other seeds can share a --workdir, also at the same time (default: 0)")
+    p.add_argument("--device", default="cpu", help="where models train and are evaluated: cpu, cuda (default: %(default)s)")
+
+
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated seeds, e.g. 0,1,2") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct non-negative seeds, e.g. 0,1,2")
+    return seeds
 
 
 def parse(p: argparse.ArgumentParser, quick: dict) -> argparse.Namespace:
@@ -75,7 +89,9 @@ def parse(p: argparse.ArgumentParser, quick: dict) -> argparse.Namespace:
 
 
 SETTINGS_FILE = "settings.json"
-NOT_SETTINGS = ("workdir", "out", "plot", "threads")  # where results go and how fast: not what is computed
+# Where results go and how fast: not what is computed. Nor how many seeds: arms are kept per seed, so
+# a rerun with more seeds reuses the seeds it has.
+NOT_SETTINGS = ("workdir", "out", "plot", "threads", "seeds")
 
 
 def check_workdir(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -133,11 +149,12 @@ def train_run(start: Path, out: Path, opts: TrainOptions) -> Path:
 
 
 def train_options(args: argparse.Namespace, **overrides) -> TrainOptions:
-    """The experiments' training options: CPU, no validation inside the run (the held-out book is used
+    """The experiments' training options: --device, no validation inside the run (the held-out book is used
     instead), a step checkpoint at every curve point, all of them kept."""
     save_every = max(1, overrides.get("steps", args.steps) // args.curve_points)
     base = dict(data=[str(f) for f in args.train], steps=args.steps, batch_size=args.batch_size,
-                seq_len=args.seq_len, lr=args.lr, warmup_steps=max(1, args.steps // 10), device="cpu",
+                seq_len=args.seq_len, lr=args.lr, warmup_steps=max(1, args.steps // 10), device=args.device,
+                dtype="float32",  # as on CPU, also on a GPU (colm's default there is bfloat16 autocast)
                 eval_every=0, eval_windows=1, save_every=save_every, keep_checkpoints=args.curve_points + 2,
                 log_every=max(1, args.steps // 10))
     return TrainOptions(**(base | overrides))
@@ -150,16 +167,18 @@ def held_out_ids(args: argparse.Namespace, tokenizer) -> list[int]:
     return token_stream(tokenizer, [args.val.read_text(encoding="utf-8", errors="replace")])[: args.eval_tokens + 1]
 
 
-def bits_per_byte(checkpoint: Path, ids: list[int], seq_len: int, chains: list[int] | None = None) -> dict[int, float]:
+def bits_per_byte(checkpoint: Path, ids: list[int], seq_len: int, chains: list[int] | None = None,
+                  device: str = "cpu") -> dict[int, float]:
     """Held-out bits/byte of each chain count (default: all of them) of a checkpoint, in windows of the
     training sequence length (positions a model never trained on would measure length generalisation)."""
-    model = load(checkpoint)
+    model = load(checkpoint, device=device)
     chains = chains or list(range(1, model.config.n_chains + 1))
     result = evaluate_tokens(model, ids, chains, seq_len=seq_len, batch_size=16)
     return {r["chains"]: r["bits_per_byte"] for r in result["results"]}
 
 
-def curve(run_dir: Path, ids: list[int], seq_len: int, chains: list[int] | None = None) -> list[dict]:
+def curve(run_dir: Path, ids: list[int], seq_len: int, chains: list[int] | None = None,
+          device: str = "cpu") -> list[dict]:
     """Held-out bits/byte at every step checkpoint of a finished run and at its end, with the tokens and
     seconds of training up to each (seconds include the run's own checkpoint saves)."""
     states = [(step_dir / "model", json.loads((step_dir / "trainer_state.json").read_text()))
@@ -170,7 +189,7 @@ def curve(run_dir: Path, ids: list[int], seq_len: int, chains: list[int] | None 
         states.append((run_dir, final))
     points = []
     for checkpoint, state in states:
-        bpb = bits_per_byte(checkpoint, ids, seq_len, chains)
+        bpb = bits_per_byte(checkpoint, ids, seq_len, chains, device)
         points.append({"step": state["step"], "tokens": state["tokens"], "seconds": state["seconds"],
                        "bits_per_byte": {str(k): v for k, v in bpb.items()}})
     return points

@@ -3,7 +3,7 @@ trained on the full model's loss only (`--chain-loss full`) or on every scale's 
 models of each sub-model's shape trained on their own (the "train each size separately" baseline
 of MatFormer and SortedNet), and what each scale costs: parameters, forward FLOPs and time.
 
-    python -m benchmarks.experiments.elastic [--steps 300] [--seeds 1] [--quick]
+    python -m benchmarks.experiments.elastic [--steps 300] [--seeds 0,1,2] [--quick]
 
 The separately trained k-chain models have exactly the k-chain sub-model's shape (k = 1 is a dense
 Llama); the one for k = 4 is the `full` arm itself. Every run sees the same batches.
@@ -43,7 +43,6 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--curve-points", type=int, default=3, help="step checkpoints along each run (for resuming)")
     p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens (bytes) per evaluation")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per arm (model init and batches)")
     p.add_argument("--time-tokens", type=int, default=256, help="sequence length of the timed forward")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of the timed forward")
     args = parse(p, dict(chains=2, layers=1, steps=6, batch_size=4, seq_len=32, curve_points=2, eval_tokens=512,
@@ -55,13 +54,13 @@ def main() -> None:
     arms = {"full": (n, "full"), "all": (n, "all"), **{f"separate-{k}": (k, "full") for k in range(1, n)}}
     results = {}
     for name, (chains, chain_loss) in arms.items():
-        for seed in range(args.seeds):
+        for seed in args.seeds:
             def run(chains=chains, chain_loss=chain_loss, seed=seed, key=f"{name}-seed{seed}"):
                 start = new_model(args.workdir / "init" / key, init_options(args, chains, seed))
                 run_dir = train_run(start, args.workdir / "runs" / key,
                                     train_options(args, chain_loss=chain_loss, seed=seed))
                 return {"arm": name, "seed": seed, "chains": chains, "chain_loss": chain_loss,
-                        "bits_per_byte": {str(k): v for k, v in bits_per_byte(run_dir, ids, args.seq_len).items()}}
+                        "bits_per_byte": {str(k): v for k, v in bits_per_byte(run_dir, ids, args.seq_len, device=args.device).items()}}
 
             results.setdefault(name, []).append(arm(args.workdir, f"{name}-seed{seed}", run))
 
@@ -72,7 +71,7 @@ def main() -> None:
         values = [r["bits_per_byte"][str(k)] for r in results[name]]
         return max(values) - min(values)
 
-    model = load(args.workdir / "runs" / "all-seed0")
+    model = load(args.workdir / "runs" / f"all-seed{args.seeds[0]}")
     cfg = model.config
     batch = torch.randint(0, 256, (8, args.time_tokens))
     with torch.no_grad():
@@ -90,7 +89,7 @@ def main() -> None:
                      scale["forward_seconds"] * 1e3, scale["full"], scale["all"], scale["separate"],
                      scale["spread"]])
     plot(scales, args)
-    report(f"held-out bits/byte of each k-chain sub-model, {args.steps} steps, {args.seeds} seed(s), {args.val.name}; "
+    report(f"held-out bits/byte of each k-chain sub-model, {args.steps} steps, {len(args.seeds)} seed(s), {args.val.name}; "
            f"forward of 8 x {args.time_tokens} tokens",
            ["chains", "non-embedding params", "fwd FLOPs/token", "fwd ms", "full loss", "all scales",
             "separate", "seed spread"], rows,

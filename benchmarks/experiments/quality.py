@@ -2,7 +2,7 @@
 CoLM-Air (4 chains, keys and values from chain 1), at matched non-embedding parameters and matched
 training tokens. Held-out bits/byte against training tokens and against wall time.
 
-    python -m benchmarks.experiments.quality [--steps 300] [--seeds 1] [--quick]
+    python -m benchmarks.experiments.quality [--steps 300] [--seeds 0,1,2] [--quick]
 
 Every model has the same hidden width, head width and layers; a CoLM's chain linears hold (n+1)/(2n)
 of a dense layer's weights, so each CoLM gets the FFN width per chain that brings its non-embedding
@@ -55,7 +55,6 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--curve-points", type=int, default=5, help="held-out evaluations along each run")
     p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens (bytes) per evaluation")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per arm (model init and batches)")
     args = parse(p, dict(layers=1, steps=6, batch_size=4, seq_len=32, curve_points=2, eval_tokens=512))
     ids = held_out_ids(args, ByteTokenizer())
     dense_cfg = build_config(init_options(args, [args.heads], [args.heads // 2], False, args.ffn, 0))[0]
@@ -64,14 +63,14 @@ def main() -> None:
     results = {}
     for name, (heads, kv_heads, air) in arms(args.heads).items():
         ffn = args.ffn if name == "dense" else matched_ffn(args, heads, kv_heads, air, target)
-        for seed in range(args.seeds):
+        for seed in args.seeds:
             def run(heads=heads, kv_heads=kv_heads, air=air, ffn=ffn, seed=seed, key=f"{name}-seed{seed}"):
                 opts = init_options(args, heads, kv_heads, air, ffn, seed)
                 start = new_model(args.workdir / "init" / key, opts)
                 run_dir = train_run(start, args.workdir / "runs" / key,
                                     train_options(args, chain_loss="full", seed=seed))
                 cfg = build_config(opts)[0]
-                points = curve(run_dir, ids, args.seq_len, [cfg.n_chains])
+                points = curve(run_dir, ids, args.seq_len, [cfg.n_chains], args.device)
                 return {"arm": name, "seed": seed, "heads": heads, "kv_heads": kv_heads, "air": air,
                         "ffn_per_chain": ffn, "non_embedding_parameters": non_embedding_parameters(cfg),
                         "curve": points, "bits_per_byte": list(points[-1]["bits_per_byte"].values())[0],
@@ -89,7 +88,7 @@ def main() -> None:
                      summary[name]["bits_per_byte_max"] - summary[name]["bits_per_byte_min"],
                      summary[name]["seconds_mean"]])
     plot(results, args)
-    report(f"held-out bits/byte after {args.steps} steps, {len(range(args.seeds))} seed(s), {args.val.name}",
+    report(f"held-out bits/byte after {args.steps} steps, {len(args.seeds)} seed(s), {args.val.name}",
            ["arm", "non-embedding params", "heads per chain", "FFN per chain", "tokens", "bits/byte",
             "spread", "train s"], rows,
            {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "runs": results}, args.out)
@@ -106,7 +105,7 @@ def plot(results: dict, args) -> None:
             line, = by_tokens.plot(xs, ys, marker="o", label=label, alpha=1 if i == 0 else 0.5)
             by_time.plot(ts, ys, marker="o", label=label, color=line.get_color(), alpha=1 if i == 0 else 0.5)
     by_tokens.set_xlabel("training tokens")
-    by_time.set_xlabel("training wall time (s, machine shared)")
+    by_time.set_xlabel(f"training wall time (s, {args.device})")
     for ax in (by_tokens, by_time):
         ax.set_ylabel(f"held-out bits/byte ({args.val.name})")
         ax.grid(alpha=0.3)
