@@ -61,6 +61,7 @@ class Setting:
     new_chain: dict  # expand's heads, kv_heads, ffn
     base_steps: int = 0  # training of the small base model (default setting only)
     base_heads: int = 4
+    seed: int = 0  # of the adaptation (batches, the new chain's initialisation, LoRA's); the base is seed 0's
     data: str = str(DATA)  # the directory of the books: AUSTEN (the small base model's), target and other
 
 
@@ -106,7 +107,7 @@ class Experiment:
 
     def options(self, arm: str, **overrides) -> TrainOptions:
         s = self.s
-        return TrainOptions(data=[str(self.split_target()[0])], steps=s.steps, batch_size=s.batch_size,
+        return TrainOptions(data=[str(self.split_target()[0])], steps=s.steps, batch_size=s.batch_size, seed=s.seed,
                             seq_len=s.seq_len, lr=s.lr[arm], warmup_steps=max(1, s.steps // 10), eval_every=0,
                             eval_windows=4, save_every=max(1, s.steps // 5), device=self.device,
                             dtype="float32", **overrides)  # as LoRA trains, also on a GPU
@@ -141,7 +142,7 @@ class Experiment:
         if not fresh.is_dir():
             save(init_model(init), fresh, history=[history_entry("init", init.as_record())])
         opts = replace(self.options("chain"), data=[str(Path(self.s.data) / f) for f in AUSTEN],
-                       steps=self.s.base_steps,
+                       steps=self.s.base_steps, seed=0,
                        lr=2e-3, warmup_steps=max(1, self.s.base_steps // 20), save_every=max(1, self.s.base_steps // 5))
         train(fresh, out, opts, resume="auto")
         return out
@@ -164,7 +165,7 @@ class Experiment:
 
         out = self.work / "grown-untrained"
         if not out.is_dir():
-            expand(self.base(), out, add_chains=1, **self.s.new_chain)
+            expand(self.base(), out, add_chains=1, seed=self.s.seed, **self.s.new_chain)
         return self.train_arm("chain", out, freeze_chains=1)
 
     def lora(self) -> Path:
@@ -195,6 +196,7 @@ class Experiment:
         opts = self.options("lora")
         model = LlamaForCausalLM.from_pretrained(base_hf, dtype=torch.float32).to(self.device)
         rank = self.lora_rank(model)
+        torch.manual_seed(self.s.seed)  # LoRA's A matrices are drawn from torch's global generator
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
                                                  target_modules=LORA_TARGETS))
         tokens = token_cache([Path(opts.data[0])], open_checkpoint(self.base()).tokenizer())
@@ -384,6 +386,7 @@ def main() -> None:
     p.add_argument("--lr-chain", type=float)
     p.add_argument("--lr-full", type=float)
     p.add_argument("--lr-lora", type=float)
+    p.add_argument("--seed", type=int, default=0, help="Seed of the adaptation: batches and new weights (default: 0)")
     p.add_argument("--data", type=Path, default=DATA, help="Directory of the books (default: ../shared/data)")
     p.add_argument("--work", type=Path, help="Where checkpoints go (default: colm's cache)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Directory of the JSON and PNG")
@@ -398,9 +401,9 @@ def main() -> None:
                                          if getattr(args, k) is not None}}
     lr = {**setting.lr, **{arm: getattr(args, f"lr_{arm}") for arm in setting.lr
                            if getattr(args, f"lr_{arm}") is not None}}
-    setting = replace(setting, new_chain=new_chain, lr=lr, data=str(args.data.resolve()), **overrides)
+    setting = replace(setting, new_chain=new_chain, lr=lr, data=str(args.data.resolve()), seed=args.seed, **overrides)
     name = "chain_tuning" + (f"-{Path(args.base).stem.split('.')[0]}" if args.base else "") + \
-        ("-quick" if args.quick else "")
+        ("-quick" if args.quick else "") + (f"-seed{args.seed}" if args.seed else "")
     work = args.work or cache_root() / "experiments" / name
 
     start = time.perf_counter()

@@ -243,6 +243,16 @@ def figure(ncols: int, title: str):
     return fig, list(axes[0])
 
 
+def plot_seeds(axes: list, name: str, per_seed: list[list[tuple[list, list]]]) -> None:
+    """One arm's curves: per_seed[i] holds an (xs, ys) for each of `axes`. The first seed's line is solid and
+    labelled, the other seeds' faint, all in the arm's colour."""
+    color = None
+    for i, lines in enumerate(per_seed):
+        for ax, (xs, ys) in zip(axes, lines):
+            line, = ax.plot(xs, ys, marker="o", color=color, label=None if i else name, alpha=0.4 if i else 1)
+            color = line.get_color()
+
+
 def save_figure(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -19,12 +19,14 @@ Every run uses `--chain-loss all` (with chain 1 frozen that is chain 2's loss on
 from __future__ import annotations
 
 import statistics
+from pathlib import Path
 
 import torch
 
 from benchmarks.common import report
 from benchmarks.experiments.common import (arm, curve, figure, held_out_ids, new_model, non_embedding_parameters,
-                                           parse, parser, save_figure, train_options, train_run, train_step_flops)
+                                           parse, parser, plot_seeds, save_figure, train_options, train_run,
+                                           train_step_flops)
 from colm_core.api import load, save
 from colm_core.init import InitOptions
 from colm_core.model import CoLM, chain_of, lateral_blocks
@@ -138,9 +140,12 @@ def seed_arms(args, ids: list[int], seed: int) -> dict[str, dict]:
     base_run = work / "runs" / f"base-{tag}"
     base = arm(work, f"base-{tag}", lambda: trained(f"base-{tag}", new_model(work / "init" / f"base-{tag}", init),
                                                      args.base_steps))
-    grown_start = work / "init" / f"grown-{tag}"
-    if not grown_start.exists():
-        expand(base_run, grown_start, add_chains=1, seed=seed)
+
+    def grown_start() -> Path:
+        start = work / "init" / f"grown-{tag}"
+        if not start.exists():
+            expand(base_run, start, add_chains=1, seed=seed)
+        return start
 
     def widened() -> dict:
         start = work / "init" / f"net2net-{tag}"
@@ -155,7 +160,7 @@ def seed_arms(args, ids: list[int], seed: int) -> dict[str, dict]:
     arms = {"base": base}
     for name, (freeze, block_diagonal) in GROWN_ARMS.items():
         arms[name] = arm(work, f"{name}-{tag}", lambda name=name, freeze=freeze, block_diagonal=block_diagonal: trained(
-            f"{name}-{tag}", grown_start, args.grow_steps, freeze_chains=freeze, block_diagonal=block_diagonal))
+            f"{name}-{tag}", grown_start(), args.grow_steps, freeze_chains=freeze, block_diagonal=block_diagonal))
     arms["net2net"] = arm(work, f"net2net-{tag}", widened)
     scratch_init = InitOptions(**{**vars(init), "heads": [args.heads] * 2})
     arms["scratch"] = arm(work, f"scratch-{tag}", lambda: trained(
@@ -190,16 +195,14 @@ def scratch_to_reach(points: list[dict], target: float) -> dict | None:
 def plot(runs: dict, args) -> None:
     fig, (by_flops, by_time) = figure(2, "Q3: progressive scaling, grown vs trained from scratch")
     for name, per_seed in runs.items():
+        lines = []
         for seed, a in enumerate(per_seed):
             # a grown model starts where its base model ended: growth preserves its function
             base_end = runs["base"][seed]["curve"][-1]
             points = a["curve"] if name in ("base", "scratch") else [base_end] + a["curve"]
             ys = [p["top_bits_per_byte"] for p in points]
-            style = dict(marker="o", label=name if seed == 0 else None, alpha=1 if seed == 0 else 0.4)
-            line, = by_flops.plot([p["flops"] / 1e12 for p in points], ys, **style,
-                                  **({"color": color} if seed else {}))
-            color = line.get_color()
-            by_time.plot([p["total_seconds"] for p in points], ys, color=color, **style)
+            lines.append([([p["flops"] / 1e12 for p in points], ys), ([p["total_seconds"] for p in points], ys)])
+        plot_seeds([by_flops, by_time], name, lines)
     by_flops.set_xlabel("training TFLOPs (base model's included)")
     by_time.set_xlabel(f"training wall time, s (base model's included; {args.device})")
     for ax in (by_flops, by_time):

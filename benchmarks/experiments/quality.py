@@ -16,7 +16,8 @@ import statistics
 
 from benchmarks.common import report
 from benchmarks.experiments.common import (arm, curve, figure, held_out_ids, new_model, non_embedding_parameters,
-                                           parse, parser, save_figure, train_options, train_run)
+                                           parse, parser, plot_seeds, save_figure, train_options,
+                                           train_run)
 from colm_core.init import InitOptions, build_config
 from colm_core.tokenizer import ByteTokenizer
 
@@ -97,13 +98,11 @@ def main() -> None:
 def plot(results: dict, args) -> None:
     fig, (by_tokens, by_time) = figure(2, "Q1: quality at matched parameters and tokens")
     for name, runs in results.items():
-        for i, r in enumerate(runs):
-            xs = [p["tokens"] for p in r["curve"]]
-            ts = [p["seconds"] for p in r["curve"]]
+        per_seed = []
+        for r in runs:
             ys = [list(p["bits_per_byte"].values())[0] for p in r["curve"]]
-            label = name if i == 0 else None
-            line, = by_tokens.plot(xs, ys, marker="o", label=label, alpha=1 if i == 0 else 0.5)
-            by_time.plot(ts, ys, marker="o", label=label, color=line.get_color(), alpha=1 if i == 0 else 0.5)
+            per_seed.append([([p["tokens"] for p in r["curve"]], ys), ([p["seconds"] for p in r["curve"]], ys)])
+        plot_seeds([by_tokens, by_time], name, per_seed)
     by_tokens.set_xlabel("training tokens")
     by_time.set_xlabel(f"training wall time (s, {args.device})")
     for ax in (by_tokens, by_time):
