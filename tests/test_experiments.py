@@ -63,6 +63,18 @@ def test_quality_matches_parameters_and_resumes(tmp_path, corpus):
     assert changed.returncode == 2 and "holds a run with other settings" in changed.stderr
     assert "--steps 6 -> 7" in changed.stderr
 
+    # another seed shares the work directory (seeds are not a setting); all seeds together read both back
+    trained("quality", tmp_path, corpus, "--seeds", "1")
+    both, result = trained("quality", tmp_path, corpus, "--seeds", "0,1")
+    assert both.stderr.count("done before") == 8
+    for name, runs in result["runs"].items():
+        assert [r["seed"] for r in runs] == [0, 1] and runs[0] == rerun["runs"][name][0]
+        values = [r["bits_per_byte"] for r in runs]
+        assert result["summary"][name]["bits_per_byte_max"] - result["summary"][name]["bits_per_byte_min"] == \
+            pytest.approx(max(values) - min(values))
+    repeated = run_experiment("quality", tmp_path, "--seeds", "0,0")
+    assert repeated.returncode == 2 and "distinct" in repeated.stderr
+
 
 def test_elastic_reports_every_scale(tmp_path, corpus):
     _, result = trained("elastic", tmp_path, corpus)
