@@ -40,11 +40,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from benchmarks.common import RESULTS, set_threads
+from benchmarks.experiments.common import AUSTEN, DATA
 from colm_core.cache import cache_root
 from colm_core.options import TrainOptions
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-AUSTEN = ["prideprejudice.txt", "sensesensibility.txt", "northangerabbey.txt", "mansfieldpark.txt", "emma.txt"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TEST_FRACTION = 0.1  # the end of the target text is held out from every arm's training
 
