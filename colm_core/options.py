@@ -219,6 +219,8 @@ class TrainOptions:
 
     def __post_init__(self):
         check(self)
+        if self.block_diagonal and self.strategy == "fsdp":  # sharding replaces the parameters whose gradient it masks
+            raise ColmError("--block-diagonal works with --strategy ddp (or one process), not fsdp")
 
     @classmethod
     def from_sources(cls, config_file: Path | None, flags: dict) -> "TrainOptions":

@@ -247,8 +247,6 @@ class Trainer:
         for name, p in self.model.named_parameters():
             p.requires_grad_(chain_of(name) > opts.freeze_chains)
         if opts.block_diagonal:
-            if runtime.distributed and opts.strategy == "fsdp":  # sharding replaces the parameters the hooks are on
-                raise ColmError("--block-diagonal works with --strategy ddp (or one process), not fsdp")
             cut_lateral_input(self.model, opts.block_diagonal)
         self.scales = opts.scales(cfg.n_chains)
         self.weights = torch.tensor(opts.chain_weights or [1.0] * len(self.scales), device=runtime.device)

@@ -12,7 +12,7 @@ import torch
 
 from colm_core.checkpoint import history_entry, load, open_checkpoint, save
 from colm_core.init import InitOptions, init_model
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, assert_one_line_error, run_cli
 
 ARGS = ["--steps", "4", "--batch-size", "4", "--seq-len", "32", "--lr", "1e-2", "--warmup-steps", "1",
         "--log-every", "1", "--eval-windows", "4", "--save-every", "2"]
@@ -63,3 +63,21 @@ def test_two_processes_match_one(setup, strategy):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     assert open_checkpoint(out / "steps" / "step-0000002" / "model").history[-1]["args"]["processes"] == 2
     assert open_checkpoint(out).history[-1]["eval"]["val_loss"] == last_record(out, "val_loss")
+
+
+def test_block_diagonal_under_ddp_matches_one_process(setup):
+    """The gradient masks of --block-diagonal act before DDP averages: two processes train as one does,
+    the lateral blocks stay zero; FSDP (which replaces the parameters) is refused before anything starts."""
+    root, env = setup
+    args = ["train", root / "base", "--data", root / "text.txt", *ARGS, "--block-diagonal", "1"]
+    run_cli(*args, "-o", root / "apart-single", env=env, check=True)
+    proc = run_cli(*args, "--nproc", "2", "-o", root / "apart-ddp", env=env)
+    assert proc.returncode == 0, proc.stderr
+    two, one = load(root / "apart-ddp"), load(root / "apart-single")
+    for (name, a), (_, b) in zip(two.state_dict().items(), one.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+    lateral = two.layers[0].attn.q.weights[1][:, : two.layers[0].attn.q.weights[0].shape[1]]
+    assert lateral.numel() and not lateral.any()
+    fsdp = run_cli(*args, "--nproc", "2", "--strategy", "fsdp", "-o", root / "apart-fsdp", env=env)
+    assert_one_line_error(fsdp, 2, "--block-diagonal works with --strategy ddp")
+    assert not (root / "apart-fsdp").exists()
