@@ -17,6 +17,7 @@ and step), so restoring model, optimizer, schedule step and RNG state gives bitw
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -158,6 +159,31 @@ def lock_run(partial: Path) -> int:
         os.close(fd)
         raise ColmError(f"{partial} is being written by another `colm train` that is still running; wait for it "
                         "to finish, or choose another -o/--output") from None
+    return fd
+
+
+def create_locked_partial(partial: Path) -> int:
+    """Make OUT.partial for a new run, already locked and holding steps/: it is built under a temporary
+    name and renamed into place, so another `colm train` never finds it unlocked (and takes it for a
+    stopped run), and a rename onto the non-empty OUT.partial of a run that got there first fails."""
+    from colm_core.checkpoint import sweep_stale_siblings, temporary_sibling
+
+    sweep_stale_siblings(partial)
+    tmp = temporary_sibling(partial, "tmp")
+    try:
+        (tmp / "steps").mkdir()
+        fd = lock_run(tmp)
+        try:
+            os.rename(tmp, partial)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise ColmError(f"{partial} is being written by another `colm train` that started at the same "
+                                "time; wait for it to finish, or choose another -o/--output") from None
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return fd
 
 
@@ -413,12 +439,12 @@ class Trainer:
     def prepare_directory(self) -> None:
         """Create OUT.partial (fresh, or kept when resuming) and restore the training state."""
         if self.rt.is_main:
-            if self.resume_from is None and self.partial.exists():  # --force: start over, in the locked directory
+            if self.run_lock is None:  # no OUT.partial when the run started: make it, locked
+                self.run_lock = create_locked_partial(self.partial)
+            elif self.resume_from is None:  # --force: start over, in the locked directory
                 for entry in self.partial.iterdir():
                     shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             (self.partial / "steps").mkdir(parents=True, exist_ok=True)
-            if self.run_lock is None:
-                self.run_lock = lock_run(self.partial)
             complete = set(complete_steps(self.partial))
             for leftover in (self.partial / "steps").iterdir():  # a kill -9 during a save leaves temporaries
                 if leftover not in complete:

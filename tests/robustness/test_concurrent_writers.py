@@ -22,6 +22,25 @@ def test_the_writer_that_finishes_second_fails_and_keeps_the_first(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the loser's temporary directory is gone
 
 
+def test_a_new_run_directory_appears_already_locked(tmp_path):
+    """OUT.partial is never seen unlocked (the race CI's load found: a second `colm train` locked the first's
+    fresh directory before the first did, and both failed); one made meanwhile by another run is kept."""
+    import os
+
+    from colm_core.train import create_locked_partial, lock_run
+
+    partial = tmp_path / "out.partial"
+    fd = create_locked_partial(partial)
+    assert (partial / "steps").is_dir()
+    with pytest.raises(ColmError, match="being written by another `colm train`"):
+        lock_run(partial)
+    with pytest.raises(ColmError, match="being written by another `colm train` that started at the same time"):
+        create_locked_partial(partial)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial"]  # no temporary directory left
+    os.close(fd)
+    assert os.listdir(partial) == ["steps"]
+
+
 LOSING = ("appeared while this command was writing it", "already exists",  # whichever moment the loser noticed
           "being written by another `colm train`", "appeared during the run")
 
