@@ -168,6 +168,7 @@ def create_locked_partial(partial: Path) -> int:
     stopped run), and a rename onto the non-empty OUT.partial of a run that got there first fails."""
     from colm_core.checkpoint import sweep_stale_siblings, temporary_sibling
 
+    partial.parent.mkdir(parents=True, exist_ok=True)  # -o may name a directory that does not exist yet
     sweep_stale_siblings(partial)
     tmp = temporary_sibling(partial, "tmp")
     try:

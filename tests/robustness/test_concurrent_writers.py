@@ -29,14 +29,14 @@ def test_a_new_run_directory_appears_already_locked(tmp_path):
 
     from colm_core.train import create_locked_partial, lock_run
 
-    partial = tmp_path / "out.partial"
+    partial = tmp_path / "runs" / "out.partial"  # in a directory that does not exist yet, as -o may name
     fd = create_locked_partial(partial)
     assert (partial / "steps").is_dir()
     with pytest.raises(ColmError, match="being written by another `colm train`"):
         lock_run(partial)
     with pytest.raises(ColmError, match="being written by another `colm train` that started at the same time"):
         create_locked_partial(partial)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial"]  # no temporary directory left
+    assert sorted(p.name for p in partial.parent.iterdir()) == ["out.partial"]  # no temporary directory left
     os.close(fd)
     assert os.listdir(partial) == ["steps"]
 
