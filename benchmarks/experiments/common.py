@@ -55,6 +55,13 @@ def add_training_flags(p: argparse.ArgumentParser, name: str) -> None:
                    help="held-out text file for bits/byte (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=REPO / "runs" / "experiments" / name,
                    help="checkpoints and per-arm results; rerun with the same one to continue (default: %(default)s)")
+    # The sizes every experiment's byte-level models share; each script adds its own widths and steps.
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens (bytes) per evaluation")
     p.add_argument("--seeds", type=seed_list, default=[0],
                    help="comma-separated seeds (model init and batches), each a run of every arm; arms are kept per "
                         "seed, so runs of other seeds can share a --workdir, also at the same time (default: 0)")
@@ -71,9 +78,15 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+QUICK_TRAINING = dict(layers=1, batch_size=4, seq_len=32, curve_points=2, eval_tokens=512)
+
+
 def parse(p: argparse.ArgumentParser, quick: dict) -> argparse.Namespace:
-    """Parse the flags; with --quick, every size flag the user did not give takes its value in `quick`."""
+    """Parse the flags; with --quick, every size flag the user did not give takes its value in `quick`
+    (for an experiment that trains, after the shared sizes of QUICK_TRAINING)."""
     args = p.parse_args()
+    if hasattr(args, "workdir"):
+        quick = QUICK_TRAINING | quick
     if args.quick:
         given = {a.split("=")[0] for a in sys.argv[1:] if a.startswith("--")}
         for key, value in quick.items():

@@ -32,21 +32,14 @@ def init_options(args, chains: int, seed: int) -> InitOptions:
 def main() -> None:
     p = parser(__doc__, "elastic")
     p.add_argument("--chains", type=int, default=4)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--heads", type=int, default=2, help="query heads per chain")
     p.add_argument("--kv-heads", type=int, default=1, help="KV heads per chain")
     p.add_argument("--ffn", type=int, default=88, help="FFN units per chain")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--curve-points", type=int, default=3, help="step checkpoints along each run (for resuming)")
-    p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens (bytes) per evaluation")
     p.add_argument("--time-tokens", type=int, default=256, help="sequence length of the timed forward")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats of the timed forward")
-    args = parse(p, dict(chains=2, layers=1, steps=6, batch_size=4, seq_len=32, curve_points=2, eval_tokens=512,
-                         time_tokens=32, repeats=1))
+    args = parse(p, dict(chains=2, steps=6, time_tokens=32, repeats=1))
     ids = held_out_ids(args, ByteTokenizer())
     n = args.chains
 

@@ -68,21 +68,14 @@ GROWN_ARMS = {"grown-frozen": (1, 0), "grown-unfrozen": (0, 0),
 
 def main() -> None:
     p = parser(__doc__, "progressive")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--heads", type=int, default=4, help="query heads of each chain")
     p.add_argument("--kv-heads", type=int, default=2, help="KV heads of each chain")
     p.add_argument("--ffn", type=int, default=176, help="FFN units of each chain")
     p.add_argument("--base-steps", type=int, default=150, help="steps of the 1-chain model")
     p.add_argument("--grow-steps", type=int, default=150, help="steps after growing")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--curve-points", type=int, default=4, help="held-out evaluations along each run")
-    p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens (bytes) per evaluation")
     p.add_argument("--net2net-noise", type=float, default=1e-3, help="std of the noise added to widened matrices")
-    args = parse(p, dict(layers=1, base_steps=6, grow_steps=6, batch_size=4, seq_len=32, curve_points=2,
-                         eval_tokens=512))
+    args = parse(p, dict(base_steps=6, grow_steps=6))
     args.steps = args.base_steps  # train_options' default steps
     ids = held_out_ids(args, ByteTokenizer())
     runs = {}

@@ -46,17 +46,11 @@ def init_options(args, heads, kv_heads, air, ffn, seed) -> InitOptions:
 
 def main() -> None:
     p = parser(__doc__, "quality")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=16)
     p.add_argument("--heads", type=int, default=8, help="query heads of the whole width (a multiple of 8)")
     p.add_argument("--ffn", type=int, default=352, help="FFN units of the dense model")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seq-len", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--curve-points", type=int, default=5, help="held-out evaluations along each run")
-    p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens (bytes) per evaluation")
-    args = parse(p, dict(layers=1, steps=6, batch_size=4, seq_len=32, curve_points=2, eval_tokens=512))
+    args = parse(p, dict(steps=6))
     ids = held_out_ids(args, ByteTokenizer())
     dense_cfg = build_config(init_options(args, [args.heads], [args.heads // 2], False, args.ffn, 0))[0]
     target = non_embedding_parameters(dense_cfg)
