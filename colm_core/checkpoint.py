@@ -356,12 +356,8 @@ def atomic_directory(path: str | Path, force: bool = False):
                 raise lost_race(path)
             old = temporary_sibling(path, "old")
             os.replace(path, old / path.name)
-        try:
-            os.rename(tmp, path)  # fails on a non-empty directory: what a concurrent writer put there first
-        except OSError as e:
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise lost_race(path) from None
-            raise
+        if not rename_unless_taken(tmp, path):
+            raise lost_race(path)
     except BaseException:
         if old is not None and not path.exists():  # interrupted between the two renames: put the original back
             os.replace(old / path.name, path)
@@ -370,6 +366,18 @@ def atomic_directory(path: str | Path, force: bool = False):
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def rename_unless_taken(src: Path, dst: Path) -> bool:
+    """rename(2) the directory src to dst, or return False where dst is a non-empty directory: what a
+    concurrent writer put there first (the rename replaces only an empty one)."""
+    try:
+        os.rename(src, dst)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
 
 
 def lost_race(path: Path) -> ColmError:

@@ -17,7 +17,6 @@ and step), so restoring model, optimizer, schedule step and RNG state gives bitw
 from __future__ import annotations
 
 import dataclasses
-import errno
 import fcntl
 import json
 import math
@@ -166,7 +165,7 @@ def create_locked_partial(partial: Path) -> int:
     """Make OUT.partial for a new run, already locked and holding steps/: it is built under a temporary
     name and renamed into place, so another `colm train` never finds it unlocked (and takes it for a
     stopped run), and a rename onto the non-empty OUT.partial of a run that got there first fails."""
-    from colm_core.checkpoint import sweep_stale_siblings, temporary_sibling
+    from colm_core.checkpoint import rename_unless_taken, sweep_stale_siblings, temporary_sibling
 
     partial.parent.mkdir(parents=True, exist_ok=True)  # -o may name a directory that does not exist yet
     sweep_stale_siblings(partial)
@@ -175,12 +174,11 @@ def create_locked_partial(partial: Path) -> int:
         (tmp / "steps").mkdir()
         fd = lock_run(tmp)
         try:
-            os.rename(tmp, partial)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            if not rename_unless_taken(tmp, partial):
                 raise ColmError(f"{partial} is being written by another `colm train` that started at the same "
-                                "time; wait for it to finish, or choose another -o/--output") from None
+                                "time; wait for it to finish, or choose another -o/--output")
+        except BaseException:
+            os.close(fd)
             raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
