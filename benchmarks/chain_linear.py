@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved_medians, parser, report, set_threads
-from kernels.chain_linear import chain_linear, op, reference
+from colm_kernels.chain_linear import chain_linear, op, reference
 
 
 def chain_cat(x, weights):

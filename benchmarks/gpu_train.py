@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved_medians, parser, report, set_threads
-from kernels.chain_linear import op
+from colm_kernels.chain_linear import op
 
 FULL = dict(widths=[2048, 4096], chains=[1, 2, 4, 8], tokens=8192, repeats=10,
             step=dict(layers=16, width=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, batch=2, seq=2048))

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from colm_core.config import INIT_STD, ColmConfig
 from colm_core.errors import ColmError
-from kernels.chain_linear import chain_linear
-from kernels.chain_rmsnorm import chain_rms_norm
+from colm_kernels.chain_linear import chain_linear
+from colm_kernels.chain_rmsnorm import chain_rms_norm
 
 
 # Modules take their first k chains' parameters as list(params.parameters())[:k]: slicing a

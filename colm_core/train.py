@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, ColmRuntimeError, Interrupted
 from colm_core.strict_json import finite_json
-from kernels._dispatch import selected as kernels_backend
+from colm_kernels._dispatch import selected as kernels_backend
 from colm_core.options import TrainOptions
 
 MARKER = "COMPLETE"

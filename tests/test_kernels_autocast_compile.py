@@ -16,9 +16,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from transformers.models.llama.modeling_llama import LlamaRMSNorm  # noqa: E402
 
-from kernels.chain_linear import chain_linear, pytorch, reference  # noqa: E402
-from kernels.chain_linear import triton as triton_linear  # noqa: E402
-from kernels.chain_rmsnorm import chain_rms_norm  # noqa: E402
+from colm_kernels.chain_linear import chain_linear, pytorch, reference  # noqa: E402
+from colm_kernels.chain_linear import triton as triton_linear  # noqa: E402
+from colm_kernels.chain_rmsnorm import chain_rms_norm  # noqa: E402
 from tests.conftest import tiny_model  # noqa: E402
 from tests.test_kernels_chain_linear import make_case, reference_fp32  # noqa: E402
 

@@ -14,8 +14,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from kernels.chain_linear import chain_linear, op, pytorch, reference  # noqa: E402
-from kernels.chain_linear import triton as triton_impl  # noqa: E402
+from colm_kernels.chain_linear import chain_linear, op, pytorch, reference  # noqa: E402
+from colm_kernels.chain_linear import triton as triton_impl  # noqa: E402
 from tests.conftest import select_kernels  # noqa: E402
 
 # (input chain widths, output chain widths): 1-4 chains, equal and unequal, and widths that

@@ -11,8 +11,8 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.chain_rmsnorm import chain_rms_norm, pytorch, reference  # noqa: E402
-from kernels.chain_rmsnorm import triton as triton_impl  # noqa: E402
+from colm_kernels.chain_rmsnorm import chain_rms_norm, pytorch, reference  # noqa: E402
+from colm_kernels.chain_rmsnorm import triton as triton_impl  # noqa: E402
 from tests.conftest import select_kernels  # noqa: E402
 
 EPS = 1e-6

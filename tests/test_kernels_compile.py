@@ -18,8 +18,8 @@ def compile_all(dtype: str) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.chain_linear import triton as chain_linear
-    from kernels.chain_rmsnorm import triton as chain_rmsnorm
+    from colm_kernels.chain_linear import triton as chain_linear
+    from colm_kernels.chain_rmsnorm import triton as chain_rmsnorm
 
     def compile_kernel(fn, pointers, constexprs):
         # Pointers as given, the chain-boundary tables int64, every other runtime argument i32/fp32.

@@ -46,7 +46,7 @@ def assert_matches(got, expected, dtype, result_dtype=None):
 
 
 def check_chain_linear(backend: str, dtype: str) -> None:
-    from kernels.chain_linear import op, reference
+    from colm_kernels.chain_linear import op, reference
 
     dtype = getattr(torch, dtype)
     for ins, outs in CHAINS:
@@ -58,7 +58,7 @@ def check_chain_linear(backend: str, dtype: str) -> None:
 
 
 def check_chain_rms_norm(backend: str, dtype: str) -> None:
-    from kernels.chain_rmsnorm import pytorch, reference, triton
+    from colm_kernels.chain_rmsnorm import pytorch, reference, triton
 
     dtype = getattr(torch, dtype)
     impl = {"torch": pytorch, "triton": triton}[backend].chain_rms_norm
@@ -75,7 +75,7 @@ def check_autocast(backend: str) -> None:
     """Under CUDA autocast (bf16) the chain linear hands its GEMMs bf16 operands and returns what
     nn.Linear returns; the gradients come back float32, as the parameters are."""
     os.environ["COLM_KERNELS"] = backend
-    from kernels.chain_linear import chain_linear, reference
+    from colm_kernels.chain_linear import chain_linear, reference
 
     x, *weights = chain_case([200, 300, 140], [170, 400, 90], torch.float32)
     with torch.autocast("cuda", dtype=torch.bfloat16):

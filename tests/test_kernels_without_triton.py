@@ -14,12 +14,12 @@ sys.modules["triton"] = None  # `import triton` now raises ImportError, as where
 import torch
 
 from colm_core.tokenizer import ByteTokenizer
-from kernels._dispatch import TRITON_FOUND
+from colm_kernels._dispatch import TRITON_FOUND
 from tests.conftest import tiny_model
 
 assert not TRITON_FOUND
 try:
-    import kernels.chain_linear.triton
+    import colm_kernels.chain_linear.triton
 except ImportError:
     pass
 else:

@@ -34,7 +34,7 @@ def module_names(package: str) -> list[str]:
 
 def imported_modules(path: Path) -> set[str]:
     """Every first-party module `path` imports, at top level or inside a function (absolute imports only)."""
-    first_party = {"colm_core", "colm_cli", "kernels"}
+    first_party = {"colm_core", "colm_cli", "colm_kernels"}
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -77,9 +77,9 @@ def test_package_root_kernels_and_modeling_file_import_nothing_above():
     assert imported_modules(REPO / "colm_core" / "__init__.py") == set()  # exports are lazy
     modeling = REPO / "colm_core" / "hf_modeling" / "modeling_colm.py"
     assert imported_modules(modeling) == set()  # transformers loads it alone
-    for name in module_names("kernels"):
-        imports = imported_modules(REPO / "kernels" / f"{name.replace('.', '/')}.py")
-        assert not {m for m in imports if not m.startswith("kernels")}, f"kernels.{name} imports {imports}"
+    for name in module_names("colm_kernels"):
+        imports = imported_modules(REPO / "colm_kernels" / f"{name.replace('.', '/')}.py")
+        assert not {m for m in imports if not m.startswith("colm_kernels")}, f"colm_kernels.{name} imports {imports}"
 
 
 def test_the_checker_sees_imports_inside_functions(tmp_path):

@@ -3,21 +3,18 @@
 torch.compile sees each pass as one opaque op whose output shape comes from its fake
 implementation, so a compiled layer has no graph break, and the op runs the same eager code
 as outside compile (on CPU: bitwise the same results). Every op takes the backend by name
-("torch" or "triton", kernels/_dispatch.py); each backend module provides `forward`,
+("torch" or "triton", colm_kernels/_dispatch.py); each backend module provides `forward`,
 `grad_input` and `grad_weights` on 2-D tensors of one dtype.
 """
 
-import math
-
 import torch
-from torch.utils.flop_counter import register_flop_formula
 
-from kernels.chain_linear import pytorch
+from colm_kernels.chain_linear import flops, pytorch
 
 
 def implementation(backend: str):
     if backend == "triton":
-        from kernels.chain_linear import triton  # imported lazily: CPU-only machines may lack triton
+        from colm_kernels.chain_linear import triton  # imported lazily: CPU-only machines may lack triton
 
         return triton
     return pytorch
@@ -84,23 +81,4 @@ def backward(ctx, dy):
 chain_linear.register_autograd(backward, setup_context=setup_context)
 
 
-# FLOPs for torch.utils.flop_counter (and so for anything that counts a model's FLOPs): 2 per
-# multiply-add of the lower-triangular blocks only.
-def block_flops(rows_shape, weight_shapes, needed=None) -> int:
-    rows = math.prod(rows_shape[:-1])
-    return 2 * rows * sum(o * k for (o, k), need in zip(weight_shapes, needed or [True] * len(weight_shapes)) if need)
-
-
-@register_flop_formula(torch.ops.colm.chain_linear)
-def _(x_shape, weight_shapes, backend, out_shape=None, **kwargs) -> int:
-    return block_flops(x_shape, weight_shapes)
-
-
-@register_flop_formula(torch.ops.colm.chain_linear_grad_input)
-def _(dy_shape, weight_shapes, width, backend, out_shape=None, **kwargs) -> int:
-    return block_flops(dy_shape, weight_shapes)
-
-
-@register_flop_formula(torch.ops.colm.chain_linear_grad_weights)
-def _(dy_shape, x_shape, weight_shapes, needed, backend, out_shape=None, **kwargs) -> int:
-    return block_flops(dy_shape, weight_shapes, needed)
+flops.register_when_counted()

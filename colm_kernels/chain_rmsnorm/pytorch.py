@@ -6,7 +6,7 @@ whatever autocast is on, as in Llama's RMSNorm."""
 
 import torch
 
-from kernels.chain_rmsnorm import reference
+from colm_kernels.chain_rmsnorm import reference
 
 
 def chain_rms_norm(x: torch.Tensor, weights: list[torch.Tensor], eps: float) -> torch.Tensor:

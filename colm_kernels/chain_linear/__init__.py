@@ -1,14 +1,14 @@
 """chain_linear(x, weights): the one entry point; the backend comes from COLM_KERNELS.
 
 weights[i] has shape (out_i, in_1 + ... + in_i). x is (..., width) with width >= in_total;
-the result is (..., out_1 + ... + out_n). Backends: kernels/_dispatch.py.
+the result is (..., out_1 + ... + out_n). Backends: colm_kernels/_dispatch.py.
 """
 
 import torch
 import torch.nn.functional as F
 
-from kernels._dispatch import choose
-from kernels.chain_linear import op, reference
+from colm_kernels._dispatch import choose
+from colm_kernels.chain_linear import op, reference
 
 
 def autocast_operand(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

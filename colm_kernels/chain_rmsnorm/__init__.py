@@ -5,14 +5,14 @@ the others are plain torch ops, which autograd, autocast and torch.compile handl
 
 import torch
 
-from kernels._dispatch import choose
-from kernels.chain_rmsnorm import pytorch, reference
+from colm_kernels._dispatch import choose
+from colm_kernels.chain_rmsnorm import pytorch, reference
 
 
 def chain_rms_norm(x: torch.Tensor, weights: list[torch.Tensor], eps: float) -> torch.Tensor:
     backend = choose(x)
     if backend == "triton":
-        from kernels.chain_rmsnorm import triton  # imported lazily: CPU-only machines may lack triton
+        from colm_kernels.chain_rmsnorm import triton  # imported lazily: CPU-only machines may lack triton
 
         return triton.chain_rms_norm(x, weights, eps)
     return (reference if backend == "reference" else pytorch).chain_rms_norm(x, weights, eps)
