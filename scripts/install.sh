@@ -6,6 +6,11 @@
 # and uses `.venv` in the repository: a stock Debian/Ubuntu python3 refuses pip installs into the system
 # (PEP 668, externally-managed-environment), and a user's own Python should not be changed behind their back.
 # torch is pinned to 2.13.0 so pip takes the CPU wheel; see README.md for a CUDA build.
+#
+# The test tools (transformers, lm-eval, peft, hypothesis, ...) and everything they pull in are installed
+# at the versions in scripts/test-constraints.txt, which the suite passed with, so that a new release
+# cannot break a checkout overnight. COLM_NEWEST=1 ignores that file and upgrades to the newest
+# releases instead: how to try them on purpose before updating it. colm's own dependencies stay ranges.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python3 -c 'import sys; sys.exit(sys.prefix != sys.base_prefix)'; then
@@ -20,4 +25,10 @@ if [ -z "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python3 -c 'import sys; sys.exi
   export VIRTUAL_ENV="$repo/.venv"
   export PATH="$VIRTUAL_ENV/bin:$PATH"
 fi
-python3 -m pip install --quiet --root-user-action=ignore torch==2.13.0 -e "$repo[test]"
+if [ -n "${COLM_NEWEST:-}" ]; then
+  echo "colm: COLM_NEWEST is set: installing the newest releases, not scripts/test-constraints.txt" >&2
+  versions=(--upgrade --upgrade-strategy eager)
+else
+  versions=(--constraint "$repo/scripts/test-constraints.txt")
+fi
+python3 -m pip install --quiet --root-user-action=ignore torch==2.13.0 -e "$repo[test]" "${versions[@]}"

@@ -1,10 +1,13 @@
-"""Shared test helpers: tiny configs, the real CLI in a subprocess."""
+"""Shared test helpers: tiny configs, the real CLI in this process or in a subprocess."""
 
 from __future__ import annotations
 
+import io
 import os
+import signal
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -31,17 +34,77 @@ def tiny_model(seed: int = 0, **overrides) -> CoLM:
     return model.eval()
 
 
-def run_cli(*args, input: str | None = None, cwd: Path | None = None, check: bool = False,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run the real `colm` command line in a subprocess, on the CPU and with compiled Triton.
-
-    The CLI tests prove the same things on every machine: the child sees no GPU (a test that means
-    to run on one passes CUDA_VISIBLE_DEVICES in `env`) and no TRITON_INTERPRET, which the kernel
-    tests set for this process and which would send any Triton launch through the interpreter."""
+def child_environment(env: dict | None) -> dict:
+    """The environment a CLI run sees: this one on the CPU (a test that means to use a GPU passes
+    CUDA_VISIBLE_DEVICES in `env`), without TRITON_INTERPRET, which the kernel tests set for this process
+    and which would send any Triton launch through the interpreter."""
     inherited = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    full_env = {**inherited, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    return {**inherited, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+
+
+def colm_in_subprocess(*args, input: str | None = None, cwd: Path | None = None, check: bool = False,
+                       env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real `colm` command line in a subprocess: for tests whose subject is the process itself (its
+    exit status, signals, pipes, what it imports, a fresh Hugging Face cache setting)."""
     proc = subprocess.run([sys.executable, "-m", "colm_cli", *map(str, args)], input=input, cwd=cwd,
-                          capture_output=True, text=True, env=full_env, timeout=600)
+                          capture_output=True, text=True, env=child_environment(env), timeout=600)
+    return checked(proc, check, args)
+
+
+def colm_in_process(*args, input: str | None = None, cwd: Path | None = None, check: bool = False,
+                    env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real `colm` entry point, `colm_cli.app.main()`, in this process: what `colm_in_subprocess` gives
+    (exit code, stdout, stderr), without starting an interpreter and importing torch each time.
+
+    The command gets its own argv, stdin, stdout, stderr, environment and working directory, and what it
+    may change in the process (signal handlers, the app's flags, torch's threads, grad mode and random
+    state, the umask) is put back afterwards, so no state leaks from one command into the next test."""
+    from colm_cli import app
+
+    stdin = io.TextIOWrapper(io.BytesIO((input or "").encode()), encoding="utf-8")
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", write_through=True)
+    stderr = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", write_through=True)
+    saved_streams = sys.argv, sys.stdin, sys.stdout, sys.stderr
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    threads, grad, rng = torch.get_num_threads(), torch.is_grad_enabled(), torch.get_rng_state()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.environ.clear()
+    os.environ.update(child_environment(env))
+    if cwd is not None:
+        os.chdir(cwd)
+    sys.argv, sys.stdin, sys.stdout, sys.stderr = ["colm", *map(str, args)], stdin, stdout, stderr
+    app.debug, app.stopped_by = False, None
+    try:
+        app.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception:  # what the interpreter does with an exception main() lets through (--debug)
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.argv, sys.stdin, sys.stdout, sys.stderr = saved_streams
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(grad)
+        torch.set_rng_state(rng)
+        os.umask(umask)
+        app.debug, app.stopped_by = False, None
+    proc = subprocess.CompletedProcess(["colm", *map(str, args)], code, text_of(stdout), text_of(stderr))
+    return checked(proc, check, args)
+
+
+def text_of(stream: io.TextIOWrapper) -> str:
+    return stream.buffer.getvalue().decode("utf-8", errors="replace")
+
+
+def checked(proc: subprocess.CompletedProcess, check: bool, args) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise AssertionError(f"colm {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
     return proc

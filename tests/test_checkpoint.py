@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from colm_core.checkpoint import INDEX_FILE, load, open_checkpoint, save
 from colm_core.errors import ColmError
-from tests.conftest import assert_one_line_error, run_cli, tiny_model
+from tests.conftest import assert_one_line_error, colm_in_process, tiny_model
 
 
 def assert_same_model(a, b):
@@ -81,7 +81,7 @@ def test_hf_tokenizer_is_stored_and_used(tmp_path):
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(["the cat sat on the mat"] * 50, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
     tok.save(str(tmp_path / "tokenizer.json"))
-    out = run_cli("init", "-o", tmp_path / "m", "--tokenizer", tmp_path / "tokenizer.json", check=True)
+    out = colm_in_process("init", "-o", tmp_path / "m", "--tokenizer", tmp_path / "tokenizer.json", check=True)
     assert out.stdout.strip() == str(tmp_path / "m")
     model = load(tmp_path / "m")
     assert model.config.tokenizer == "tokenizer.json" and model.config.vocab_size == tok.get_vocab_size()
@@ -132,7 +132,7 @@ def test_damaged_checkpoint_gives_one_line_error(tmp_path, how, message):
     with pytest.raises(ColmError, match="."):
         open_checkpoint(path)
     for command in (["inspect", path], ["eval", path, "--max-tokens", "10"]):
-        assert_one_line_error(run_cli(*command), 2, message)
+        assert_one_line_error(colm_in_process(*command), 2, message)
 
 
 # --- digests: recorded at write time, used for provenance, checked by `colm inspect --verify` ------
@@ -184,17 +184,17 @@ def test_history_takes_the_inputs_recorded_digest_else_hashes_it(tmp_path):
 
 def test_inspect_verify_rehashes_every_file(tmp_path):
     save(tiny_model(), tmp_path / "m", max_shard_bytes=20_000)
-    proc = run_cli("inspect", "--verify", "--json", tmp_path / "m", check=True)
+    proc = colm_in_process("inspect", "--verify", "--json", tmp_path / "m", check=True)
     assert json.loads(proc.stdout)["verified"] is True
-    assert json.loads(run_cli("inspect", "--json", tmp_path / "m", check=True).stdout)["verified"] is False
+    assert json.loads(colm_in_process("inspect", "--json", tmp_path / "m", check=True).stdout)["verified"] is False
 
     shard = sorted((tmp_path / "m").glob("*.safetensors"))[2]
     flip_last_byte(shard)
-    assert_one_line_error(run_cli("inspect", "--verify", tmp_path / "m"), 1, f"{shard} does not match its sha256")
-    assert run_cli("inspect", tmp_path / "m").returncode == 0  # still a valid checkpoint; only --verify checks
+    assert_one_line_error(colm_in_process("inspect", "--verify", tmp_path / "m"), 1, f"{shard} does not match its sha256")
+    assert colm_in_process("inspect", tmp_path / "m").returncode == 0  # still a valid checkpoint; only --verify checks
 
     (tmp_path / "m" / "digests.json").unlink()
-    assert_one_line_error(run_cli("inspect", "--verify", tmp_path / "m"), 2, "nothing to verify against")
+    assert_one_line_error(colm_in_process("inspect", "--verify", tmp_path / "m"), 2, "nothing to verify against")
 
 
 @pytest.mark.parametrize("copy_file_range", ["kernel", "missing", "fails part-way"])

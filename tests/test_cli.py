@@ -2,11 +2,11 @@
 
 import json
 
-from tests.conftest import REPO, assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, colm_in_process
 
 
 def test_help_lists_commands():
-    proc = run_cli("--help", check=True)
+    proc = colm_in_process("--help", check=True)
     for command in ("init", "train", "expand", "slice", "eval", "generate", "inspect", "import", "export"):
         assert command in proc.stdout
 
@@ -23,10 +23,10 @@ def test_help_does_not_import_torch():
 def test_init_eval_pipeline(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("It is a truth universally acknowledged. " * 40)
-    init = run_cli("init", "--heads", "2,2", "--layers", "2", cwd=tmp_path, check=True)
+    init = colm_in_process("init", "--heads", "2,2", "--layers", "2", cwd=tmp_path, check=True)
     path = init.stdout.strip()
     assert init.stdout.count("\n") == 1 and (tmp_path / path / "config.json").is_file()
-    ev = run_cli("eval", "--data", data, "--chains", "1,2", "--seq-len", "64", input=init.stdout, cwd=tmp_path,
+    ev = colm_in_process("eval", "--data", data, "--chains", "1,2", "--seq-len", "64", input=init.stdout, cwd=tmp_path,
                  check=True)
     report = json.loads(ev.stdout)
     assert [r["chains"] for r in report["results"]] == [1, 2]
@@ -37,16 +37,16 @@ def test_init_eval_pipeline(tmp_path):
 
 
 def test_init_names_outputs_without_clashing_and_inspect_reads_stdin(tmp_path):
-    first = run_cli("init", cwd=tmp_path, check=True).stdout.strip()
-    second = run_cli("init", cwd=tmp_path, check=True).stdout.strip()
+    first = colm_in_process("init", cwd=tmp_path, check=True).stdout.strip()
+    second = colm_in_process("init", cwd=tmp_path, check=True).stdout.strip()
     assert first != second
-    report = json.loads(run_cli("inspect", "--json", input=second + "\n", cwd=tmp_path, check=True).stdout)
+    report = json.loads(colm_in_process("inspect", "--json", input=second + "\n", cwd=tmp_path, check=True).stdout)
     assert report["parameters"] == sum(c["parameters"] for c in report["chains"])
     assert report["history"][0]["command"] == "init"
 
 
 def test_init_air_and_flags(tmp_path):
-    proc = run_cli("init", "-o", tmp_path / "m", "--air", "--heads", "4,4", "--kv-heads", "2", "--ffn", "32",
+    proc = colm_in_process("init", "-o", tmp_path / "m", "--air", "--heads", "4,4", "--kv-heads", "2", "--ffn", "32",
                    "--layers", "1", "--head-dim", "8", "--rope-scaling", "8,1,4,64", "--tie-embeddings", check=True)
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["kv_share"] and cfg["kv_heads"] == [2, 0] and cfg["ffn"] == [32, 32]
@@ -55,25 +55,25 @@ def test_init_air_and_flags(tmp_path):
 
 
 def test_bad_usage_is_one_line_and_exit_2(tmp_path):
-    run_cli("init", "-o", tmp_path / "m", check=True)
+    colm_in_process("init", "-o", tmp_path / "m", check=True)
     before = sorted(p.name for p in (tmp_path / "m").iterdir())
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "m"), 2, "--force")
+    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "m"), 2, "--force")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--heads", "3,3", "--kv-heads", "2"), 2,
+    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "x", "--heads", "3,3", "--kv-heads", "2"), 2,
                           "chain 1: 3 query heads is not a multiple of 2 KV heads")
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "x", "--preset", "huge"), 2,
+    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "x", "--preset", "huge"), 2,
                           "--preset huge: choose one of tiny")
-    assert_one_line_error(run_cli("eval", tmp_path / "m", "--chains", "9"), 2, "outside 1..4")
-    assert_one_line_error(run_cli("eval", tmp_path / "nope"), 2, "no such checkpoint")
-    assert_one_line_error(run_cli("eval", tmp_path / "m", "--data", tmp_path / "missing.txt"), 2, "no such file")
-    assert_one_line_error(run_cli("eval", tmp_path / "m", "--bogus"), 2, "No such option")
-    assert_one_line_error(run_cli("inspect", input=""), 2, "stdin was empty")
+    assert_one_line_error(colm_in_process("eval", tmp_path / "m", "--chains", "9"), 2, "outside 1..4")
+    assert_one_line_error(colm_in_process("eval", tmp_path / "nope"), 2, "no such checkpoint")
+    assert_one_line_error(colm_in_process("eval", tmp_path / "m", "--data", tmp_path / "missing.txt"), 2, "no such file")
+    assert_one_line_error(colm_in_process("eval", tmp_path / "m", "--bogus"), 2, "No such option")
+    assert_one_line_error(colm_in_process("inspect", input=""), 2, "stdin was empty")
     assert not (tmp_path / "x").exists()
 
 
 def test_data_directory_skips_hidden_and_binary_files(tmp_path):
     """--data DIR reads the text files only: not .git/ objects, not hidden files, not binary files."""
-    run_cli("init", "-o", tmp_path / "m", "--layers", "1", check=True)
+    colm_in_process("init", "-o", tmp_path / "m", "--layers", "1", check=True)
     data = tmp_path / "data"
     (data / ".git" / "objects").mkdir(parents=True)
     (data / "sub").mkdir()
@@ -82,13 +82,13 @@ def test_data_directory_skips_hidden_and_binary_files(tmp_path):
     (data / ".git" / "objects" / "ab12").write_bytes(b"x\x9c\xcbH\xcd\xc9\xc9\x07\x00")
     (data / ".notes").write_text("hidden")
     (data / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
-    proc = run_cli("eval", tmp_path / "m", "--data", data, "--seq-len", "32", check=True)
+    proc = colm_in_process("eval", tmp_path / "m", "--data", data, "--seq-len", "32", check=True)
     # a.txt and b.md only: every byte plus one EOS per document is a target, less the very first BOS
     assert json.loads(proc.stdout)["tokens"] == len("plain text. " * 10) + len("more text") + 2 + 1
     assert "skipped 1 file(s)" in proc.stderr and "image.png" in proc.stderr
     (data / "a.txt").unlink()
     (data / "sub" / "b.md").unlink()
-    assert_one_line_error(run_cli("eval", tmp_path / "m", "--data", data), 2, "no text files found")
+    assert_one_line_error(colm_in_process("eval", tmp_path / "m", "--data", data), 2, "no text files found")
 
 
 def test_eval_without_data_scores_the_held_out_part_of_the_default_corpus(tmp_path):
@@ -97,8 +97,8 @@ def test_eval_without_data_scores_the_held_out_part_of_the_default_corpus(tmp_pa
     from colm_core.data import default_corpus_files
     from colm_core.evaluate import evaluate_tokens, token_stream
 
-    run_cli("init", "-o", tmp_path / "m", "--layers", "1", "--heads", "2", check=True)
-    proc = run_cli("eval", tmp_path / "m", "--max-tokens", "64", "--seq-len", "64",
+    colm_in_process("init", "-o", tmp_path / "m", "--layers", "1", "--heads", "2", check=True)
+    proc = colm_in_process("eval", tmp_path / "m", "--max-tokens", "64", "--seq-len", "64",
                    env={"COLM_CACHE_DIR": str(tmp_path / "cache")}, check=True)
     assert "held-out part of the embedded corpus" in proc.stderr
     model = load(tmp_path / "m")

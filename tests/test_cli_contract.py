@@ -12,7 +12,7 @@ import time
 import pytest
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import REPO, assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, colm_in_process, colm_in_subprocess
 
 
 def strict_json(text: str):
@@ -24,7 +24,7 @@ def strict_json(text: str):
 
 
 def small_checkpoint(tmp_path, name="m"):
-    run_cli("init", "-o", tmp_path / name, "--layers", "1", "--heads", "2,2", "--head-dim", "8", "--ffn", "32",
+    colm_in_process("init", "-o", tmp_path / name, "--layers", "1", "--heads", "2,2", "--head-dim", "8", "--ffn", "32",
             check=True)
     return tmp_path / name
 
@@ -98,14 +98,14 @@ def test_stale_temporary_directories_of_dead_runs_are_swept(tmp_path):
     for name in (f".g.tmp-{dead.pid}-abc", f".g.old-{dead.pid}-def", f".g.tmp-{os.getpid()}-live"):
         (tmp_path / name / "sub").mkdir(parents=True)
         (tmp_path / name / "sub" / "model.safetensors").write_bytes(b"x" * 100)
-    run_cli("init", "-o", tmp_path / "g", "--layers", "1", check=True)
+    colm_in_process("init", "-o", tmp_path / "g", "--layers", "1", check=True)
     # the dead process's leftovers are gone; a live writer's (this test process) is left alone
     assert hidden_entries(tmp_path) == [f".g.tmp-{os.getpid()}-live"]
 
 
 def test_replacing_the_working_directory_leaves_nothing_behind(tmp_path):
     model = small_checkpoint(tmp_path)
-    proc = run_cli("init", "-o", ".", "--force", "--layers", "1", cwd=model, check=True)
+    proc = colm_in_process("init", "-o", ".", "--force", "--layers", "1", cwd=model, check=True)
     assert proc.stdout.strip() == "."
     assert json.loads((model / "config.json").read_text())["n_layers"] == 1
     assert hidden_entries(model, tmp_path) == []
@@ -116,8 +116,8 @@ def test_replacing_the_working_directory_leaves_nothing_behind(tmp_path):
 
 def test_nproc_failure_is_one_line_with_the_workers_exit_code(tmp_path):
     model = small_checkpoint(tmp_path)
-    proc = run_cli("train", model, "--data", tmp_path / "nope.txt", "--steps", "2", "--batch-size", "2",
-                   "--nproc", "2", "-o", tmp_path / "x")
+    proc = colm_in_subprocess("train", model, "--data", tmp_path / "nope.txt", "--steps", "2", "--batch-size", "2",
+                      "--nproc", "2", "-o", tmp_path / "x")
     assert_one_line_error(proc, 2, "nope.txt")
     assert not (tmp_path / "x").exists()
 
@@ -128,7 +128,7 @@ def test_divergence_stops_before_a_non_finite_update_is_saved(tmp_path):
     out = tmp_path / "x"
     # The first update (lr 5e7 in warmup) leaves finite but huge weights and a finite loss; the second
     # step's gradients overflow. Without a check, that update made every weight NaN and was published.
-    proc = run_cli("train", model, "--data", data, "--seq-len", "32", "--batch-size", "2", "--steps", "2",
+    proc = colm_in_process("train", model, "--data", data, "--seq-len", "32", "--batch-size", "2", "--steps", "2",
                    "--lr", "1e9", "--log-every", "1", "-o", out)
     assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("colm:")]
@@ -150,7 +150,7 @@ def test_eval_of_a_diverged_model_prints_strict_json(tmp_path):
     name = next(n for n in weights if "lm_head" in n)
     weights[name][0, 0] = float("inf")
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    proc = run_cli("eval", model, "--data", text_file(tmp_path, 500), "--seq-len", "32", check=True)
+    proc = colm_in_process("eval", model, "--data", text_file(tmp_path, 500), "--seq-len", "32", check=True)
     report = strict_json(proc.stdout)
     assert report["results"][0]["loss"] is None
     assert "written as null" in proc.stderr
@@ -162,30 +162,30 @@ def test_eval_of_a_diverged_model_prints_strict_json(tmp_path):
 def test_version_and_short_help():
     from colm_core import __version__
 
-    proc = run_cli("--version", check=True)
+    proc = colm_in_process("--version", check=True)
     assert proc.stdout == f"colm {__version__}\n"
-    assert "Commands" in run_cli("-h", check=True).stdout
-    assert "--max-new-tokens" in run_cli("generate", "-h", check=True).stdout
+    assert "Commands" in colm_in_process("-h", check=True).stdout
+    assert "--max-new-tokens" in colm_in_process("generate", "-h", check=True).stdout
 
 
 def test_debug_is_a_top_level_option_and_not_taken_from_values(tmp_path):
     model = small_checkpoint(tmp_path)
-    assert "--debug" in run_cli("--help", check=True).stdout
+    assert "--debug" in colm_in_process("--help", check=True).stdout
     # "--debug" as an option's value is that value
-    proc = run_cli("generate", model, "--prompt", "--debug", "--max-new-tokens", "2", "--json", check=True)
+    proc = colm_in_process("generate", model, "--prompt", "--debug", "--max-new-tokens", "2", "--json", check=True)
     assert json.loads(proc.stdout)["prompt"] == "--debug"
     # after a command, it is an unknown option of that command
-    assert_one_line_error(run_cli("generate", model, "--debug", "--prompt", "x"), 2, "No such option")
-    for proc in (run_cli("--debug", "generate", model, "--prompt", "x", "--chains", "9"),
-                 run_cli("generate", model, "--prompt", "x", "--chains", "9", env={"COLM_DEBUG": "1"})):
+    assert_one_line_error(colm_in_process("generate", model, "--debug", "--prompt", "x"), 2, "No such option")
+    for proc in (colm_in_process("--debug", "generate", model, "--prompt", "x", "--chains", "9"),
+                 colm_in_process("generate", model, "--prompt", "x", "--chains", "9", env={"COLM_DEBUG": "1"})):
         assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
 def test_usage_errors_read_well(tmp_path):
-    proc = run_cli("slice", tmp_path)
+    proc = colm_in_process("slice", tmp_path)
     assert_one_line_error(proc, 2, "Missing option '--chains'; see `colm slice --help`")
     # One spelling of arguments in usage lines: upper case, {REQUIRED} and [OPTIONAL] as Typer marks them
-    usage = {cmd: next(line.split(cmd, 1)[1].split() for line in run_cli(cmd, "--help", check=True).stdout.splitlines()
+    usage = {cmd: next(line.split(cmd, 1)[1].split() for line in colm_in_process(cmd, "--help", check=True).stdout.splitlines()
                        if "Usage:" in line) for cmd in ("import", "eval", "pull")}
     assert usage == {"import": ["[OPTIONS]", "{SOURCE}"], "eval": ["[OPTIONS]", "[CKPT]"],
                      "pull": ["[OPTIONS]", "{REPO_ID}"]}
@@ -193,7 +193,7 @@ def test_usage_errors_read_well(tmp_path):
 
 @pytest.mark.parametrize("first_line", ["a" * 10_000_000, "\x00\x01\x89PNG\x1a binary"], ids=["10MB", "binary"])
 def test_a_first_line_of_stdin_that_is_no_path_is_shown_short(first_line):
-    proc = run_cli("inspect", input=first_line + "\nmore\n")
+    proc = colm_in_process("inspect", input=first_line + "\nmore\n")
     assert_one_line_error(proc, 2, "the first line of stdin is not a checkpoint path")
     assert len(proc.stderr) < 400 and "\x00" not in proc.stderr
 
@@ -201,7 +201,7 @@ def test_a_first_line_of_stdin_that_is_no_path_is_shown_short(first_line):
 def test_piped_training_output_has_a_line_per_logged_step_and_unbroken_lines(tmp_path):
     model = small_checkpoint(tmp_path)
     out = tmp_path / ("a-run-with-a-long-name-" + "x" * 40)
-    proc = run_cli("train", model, "--data", text_file(tmp_path, 20_000), "--seq-len", "32", "--batch-size", "2",
+    proc = colm_in_process("train", model, "--data", text_file(tmp_path, 20_000), "--seq-len", "32", "--batch-size", "2",
                    "--steps", "4", "--log-every", "2", "--eval-every", "0", "--eval-windows", "2", "-o", out,
                    check=True)
     lines = proc.stderr.splitlines()

@@ -12,7 +12,7 @@ import torch
 
 from colm_core.checkpoint import history_entry, load, open_checkpoint, save
 from colm_core.init import InitOptions, init_model
-from tests.conftest import REPO, assert_one_line_error, run_cli
+from tests.conftest import REPO, assert_one_line_error, colm_in_process, colm_in_subprocess
 
 ARGS = ["--steps", "4", "--batch-size", "4", "--seq-len", "32", "--lr", "1e-2", "--warmup-steps", "1",
         "--log-every", "1", "--eval-windows", "4", "--save-every", "2"]
@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     save(model, root / "base", history=[history_entry("init", {})])
     (root / "text.txt").write_text(open(os.__file__).read())  # real text: os.py
     env = {"COLM_CACHE_DIR": str(root / "cache")}
-    single = run_cli("train", root / "base", "--data", root / "text.txt", *ARGS, "-o", root / "single",
+    single = colm_in_process("train", root / "base", "--data", root / "text.txt", *ARGS, "-o", root / "single",
                      env=env, check=True)
     assert single.stdout.strip() == str(root / "single")
     return root, env
@@ -47,7 +47,7 @@ def test_two_processes_match_one(setup, strategy):
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                               env={**os.environ, "PYTHONPATH": str(REPO), **env})
     else:  # the --nproc convenience, which launches torchrun
-        proc = run_cli(*train_args, "--nproc", "2", env=env)
+        proc = colm_in_subprocess(*train_args, "--nproc", "2", env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [str(out)], proc.stderr  # rank 0 alone prints the path
 
@@ -70,14 +70,14 @@ def test_block_diagonal_under_ddp_matches_one_process(setup):
     the lateral blocks stay zero; FSDP (which replaces the parameters) is refused before anything starts."""
     root, env = setup
     args = ["train", root / "base", "--data", root / "text.txt", *ARGS, "--block-diagonal", "1"]
-    run_cli(*args, "-o", root / "apart-single", env=env, check=True)
-    proc = run_cli(*args, "--nproc", "2", "-o", root / "apart-ddp", env=env)
+    colm_in_process(*args, "-o", root / "apart-single", env=env, check=True)
+    proc = colm_in_subprocess(*args, "--nproc", "2", "-o", root / "apart-ddp", env=env)
     assert proc.returncode == 0, proc.stderr
     two, one = load(root / "apart-ddp"), load(root / "apart-single")
     for (name, a), (_, b) in zip(two.state_dict().items(), one.state_dict().items()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
     lateral = two.layers[0].attn.q.weights[1][:, : two.layers[0].attn.q.weights[0].shape[1]]
     assert lateral.numel() and not lateral.any()
-    fsdp = run_cli(*args, "--nproc", "2", "--strategy", "fsdp", "-o", root / "apart-fsdp", env=env)
+    fsdp = colm_in_subprocess(*args, "--nproc", "2", "--strategy", "fsdp", "-o", root / "apart-fsdp", env=env)
     assert_one_line_error(fsdp, 2, "--block-diagonal works with --strategy ddp")
     assert not (root / "apart-fsdp").exists()

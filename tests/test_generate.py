@@ -12,7 +12,7 @@ from colm_core.generation import (Sampling, TextStream, chains_at, generate, gen
                                   stream_batch, stream_tokens)
 from colm_core.model import CoLM
 from colm_core.tokenizer import ByteTokenizer
-from tests.conftest import assert_one_line_error, run_cli, tiny_config, tiny_model
+from tests.conftest import assert_one_line_error, colm_in_process, tiny_config, tiny_model
 
 # Head layouts where SDPA groups the KV heads itself ("gqa") and where the attention gathers them.
 VARIANTS = {
@@ -278,8 +278,8 @@ def byte_checkpoint(tmp_path_factory):
 
 def test_cli_streams_text_and_json_matches_the_python_api(byte_checkpoint):
     args = ["generate", byte_checkpoint, "--prompt", "Hello", "--max-new-tokens", "12", "--switch", "0:3,4:1,8:2"]
-    streamed = run_cli(*args, check=True)
-    report = json.loads(run_cli(*args, "--json", check=True).stdout)
+    streamed = colm_in_process(*args, check=True)
+    report = json.loads(colm_in_process(*args, "--json", check=True).stdout)
     from colm_core.checkpoint import load
 
     model = load(byte_checkpoint)
@@ -295,12 +295,12 @@ def test_cli_streams_text_and_json_matches_the_python_api(byte_checkpoint):
 def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
     """The Python API tests above cover every bad input; here one checked by the CLI, one by colm_core."""
     (tmp_path / "empty.txt").write_text("")
-    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt-file", tmp_path / "empty.txt"), 2,
+    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt-file", tmp_path / "empty.txt"), 2,
                           "prompt is empty")
-    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2,
+    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2,
                           "not increasing")
-    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0")
-    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"), 2,
+    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0")
+    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"), 2,
                           "--prefill-chains 0: must be >= 1")
 
 
@@ -309,7 +309,7 @@ def test_cli_prompts_file_prints_one_json_line_per_prompt_equal_to_single_calls(
     path = tmp_path / "prompts.jsonl"
     path.write_text("\n".join(json.dumps({"prompt": t}) for t in texts[:2]) + "\n\n" + json.dumps({"prompt": texts[2]}))
     args = ["--max-new-tokens", "10", "--switch", "0:3,4:1"]
-    out = run_cli("generate", byte_checkpoint, "--prompts", path, *args, check=True)
+    out = colm_in_process("generate", byte_checkpoint, "--prompts", path, *args, check=True)
     lines = out.stdout.splitlines()
     records = [json.loads(line) for line in lines]
     assert [line == json.dumps(r, separators=(",", ":")) for line, r in zip(lines, records)] == [True] * 3
@@ -329,6 +329,6 @@ def test_cli_bad_prompts_file_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
     for content, message in [('{"prompt": "hi"}\n\nhi there\n', "line 3: expected a JSON object"),
                              ('{"prompt": "hi"}\n{"prompt": ""}\n', "line 2: the prompt is empty")]:
         path.write_text(content)
-        assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompts", path), 2, message)
-    assert_one_line_error(run_cli("generate", byte_checkpoint, "--prompts", path, "--prompt", "hi"), 2,
+        assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path), 2, message)
+    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path, "--prompt", "hi"), 2,
                           "exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")

@@ -17,7 +17,7 @@ from colm_core.checkpoint import load, open_checkpoint
 from colm_core.errors import ColmError
 from colm_core.gguf import import_gguf
 from colm_core.inspect import describe
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, colm_in_process
 
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
         "want of a wife. However little known the feelings or views of such a man may be on his first entering "
@@ -200,19 +200,19 @@ def test_cli_reads_a_gguf_file_wherever_it_takes_a_model(tmp_path):
     src = tmp_path / "tiny.gguf"
     write_gguf(src, byte_level_vocab(), T.Q4_0)
     env = {"COLM_CACHE_DIR": str(tmp_path / "cache")}
-    proc = run_cli("import", src, cwd=tmp_path, env=env, check=True)
+    proc = colm_in_process("import", src, cwd=tmp_path, env=env, check=True)
     assert proc.stdout.strip() == str(tmp_path / "tiny-colm")
     assert "verified import vs transformers' GGUF loading" in " ".join(proc.stderr.split())
     report = describe(src)  # `colm inspect` reads the file in place
     assert report["config"]["kv_heads"] == [KV_HEADS] and report["files"] == ["tiny.gguf"]
-    out = run_cli("expand", src, "--ffn", "256", cwd=tmp_path, env=env, check=True).stdout.strip()
+    out = colm_in_process("expand", src, "--ffn", "256", cwd=tmp_path, env=env, check=True).stdout.strip()
     assert out.startswith(str(tmp_path / "tiny-")) and open_checkpoint(out).config.ffn == [FFN, 256]
 
 
 def test_what_cannot_be_imported_is_one_line_error(tmp_path):
     falcon = tmp_path / "falcon.gguf"
     write_gguf(falcon, byte_level_vocab(), architecture="falcon")
-    assert_one_line_error(run_cli("import", falcon, "-o", tmp_path / "a"), 2, "architecture 'falcon' is not supported")
+    assert_one_line_error(colm_in_process("import", falcon, "-o", tmp_path / "a"), 2, "architecture 'falcon' is not supported")
     f64 = tmp_path / "f64.gguf"
     write_gguf(f64, byte_level_vocab(), extra_tensor=("extra.weight", np.zeros((4, 4))))
     with pytest.raises(ColmError, match="tensor type F64 cannot be dequantized"):

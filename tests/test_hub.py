@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, constants, scan_cache_dir, try_to_load_fr
 from colm_core import hub
 from colm_core.checkpoint import open_checkpoint, save
 from colm_core.errors import ColmError
-from tests.conftest import assert_one_line_error, run_cli, tiny_model
+from tests.conftest import assert_one_line_error, colm_in_subprocess, tiny_model
 
 REPO_ID = "colm-test/tiny"
 MAIN_COMMIT = "1" * 40
@@ -74,13 +74,13 @@ def test_hf_references_resolve_from_the_cache_offline(hub_cache, tmp_path):
     env = hub_cache["env"]
     for ref, snapshot, chains in [(f"hf://{REPO_ID}", hub_cache["main_snapshot"], 3),
                                   (f"hf://{REPO_ID}@v1", hub_cache["v1_snapshot"], 2)]:
-        report = json.loads(run_cli("inspect", "--json", ref, env=env, check=True).stdout)
+        report = json.loads(colm_in_subprocess("inspect", "--json", ref, env=env, check=True).stdout)
         assert report["path"] == str(snapshot) and len(report["chains"]) == chains, ref
 
     # A commit as the revision, on stdin like a path: the pipe form every command accepts.
     data = tmp_path / "text.txt"
     data.write_text("Emma Woodhouse, handsome, clever, and rich. " * 4)
-    ev = run_cli("eval", "--data", data, "--seq-len", "32", "--device", "cpu", input=f"hf://{REPO_ID}@{V1_COMMIT}\n",
+    ev = colm_in_subprocess("eval", "--data", data, "--seq-len", "32", "--device", "cpu", input=f"hf://{REPO_ID}@{V1_COMMIT}\n",
                  env=env, check=True)
     report = json.loads(ev.stdout)
     assert report["checkpoint"] == str(hub_cache["v1_snapshot"]) and [r["chains"] for r in report["results"]] == [1, 2]
@@ -88,18 +88,18 @@ def test_hf_references_resolve_from_the_cache_offline(hub_cache, tmp_path):
 
 def test_pull_prints_the_cache_path_or_copies_only_checkpoint_files(hub_cache, tmp_path):
     env = hub_cache["env"]
-    proc = run_cli("pull", REPO_ID, env=env, check=True)
+    proc = colm_in_subprocess("pull", REPO_ID, env=env, check=True)
     assert proc.stdout == f"{hub_cache['main_snapshot']}\n"
 
     out = tmp_path / "pulled"
-    proc = run_cli("pull", REPO_ID, "--revision", "v1", "-o", out, env=env, check=True)
+    proc = colm_in_subprocess("pull", REPO_ID, "--revision", "v1", "-o", out, env=env, check=True)
     assert proc.stdout == f"{out}\n"
     assert checkpoint_bytes(out) == checkpoint_bytes(hub_cache["v1"])
     assert not any(p.is_symlink() for p in out.iterdir())
     assert open_checkpoint(out).config.n_chains == 2
 
-    assert_one_line_error(run_cli("pull", REPO_ID, "-o", out, env=env), 2, "already exists")
-    run_cli("pull", f"hf://{REPO_ID}", "-o", out, "--force", env=env, check=True)
+    assert_one_line_error(colm_in_subprocess("pull", REPO_ID, "-o", out, env=env), 2, "already exists")
+    colm_in_subprocess("pull", f"hf://{REPO_ID}", "-o", out, "--force", env=env, check=True)
     # The Hub snapshot also holds a pickle and a subfolder: a copy takes only what a checkpoint is made of.
     assert checkpoint_bytes(out) == checkpoint_bytes(hub_cache["main"])
     assert sorted(p.name for p in out.iterdir()) == sorted(checkpoint_bytes(hub_cache["main"]))
@@ -107,9 +107,9 @@ def test_pull_prints_the_cache_path_or_copies_only_checkpoint_files(hub_cache, t
 
 def test_a_repo_or_revision_missing_from_the_cache_is_a_one_line_error(hub_cache):
     env = hub_cache["env"]
-    assert_one_line_error(run_cli("pull", "colm-test/absent", env=env), 2, "hf://colm-test/absent is not cached")
-    assert_one_line_error(run_cli("pull", REPO_ID, "--revision", "v9", env=env), 2, f"hf://{REPO_ID}@v9 is not cached")
-    assert_one_line_error(run_cli("inspect", f"hf://{REPO_ID}@v9", env=env), 2, "not cached")
+    assert_one_line_error(colm_in_subprocess("pull", "colm-test/absent", env=env), 2, "hf://colm-test/absent is not cached")
+    assert_one_line_error(colm_in_subprocess("pull", REPO_ID, "--revision", "v9", env=env), 2, f"hf://{REPO_ID}@v9 is not cached")
+    assert_one_line_error(colm_in_subprocess("inspect", f"hf://{REPO_ID}@v9", env=env), 2, "not cached")
 
 
 @pytest.mark.parametrize("reference", ["bad--id/x", "org/name.git", "org/-name", "just-a-name", "a/b/c",
@@ -131,8 +131,8 @@ def test_invalid_repo_ids_are_refused_before_any_request(reference, monkeypatch)
 def test_cli_refuses_an_invalid_id_even_online(tmp_path):
     # Online, with a Hub endpoint nobody answers: a request would fail with "cannot be reached" instead.
     env = {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path)}
-    assert_one_line_error(run_cli("pull", "bad--id/x", env=env), 2, "not a valid Hub model id")
-    assert_one_line_error(run_cli("inspect", "hf://org/name/config.json", env=env), 2, "give the repo itself")
+    assert_one_line_error(colm_in_subprocess("pull", "bad--id/x", env=env), 2, "not a valid Hub model id")
+    assert_one_line_error(colm_in_subprocess("inspect", "hf://org/name/config.json", env=env), 2, "give the repo itself")
 
 
 # --- online, against a local stand-in for the Hub's HTTP API --------------------------------
@@ -186,13 +186,13 @@ def test_online_pull_downloads_only_checkpoint_files_then_works_offline(hub_cach
     try:
         env = {"HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}", "HF_HUB_CACHE": str(tmp_path / "cache"),
                "HF_HOME": str(tmp_path / "home"), "HF_HUB_OFFLINE": "0"}
-        snapshot = run_cli("pull", "acme/served", env=env, check=True).stdout.strip()
+        snapshot = colm_in_subprocess("pull", "acme/served", env=env, check=True).stdout.strip()
         assert sorted(handler.requested) == sorted(checkpoint_bytes(hub_cache["v1"]))
         assert checkpoint_bytes(Path(snapshot)) == checkpoint_bytes(hub_cache["v1"])
-        assert_one_line_error(run_cli("pull", "acme/served", "--revision", "nope", env=env), 2, "no revision 'nope'")
-        assert_one_line_error(run_cli("pull", "acme/other", env=env), 2, "no such model repo")
+        assert_one_line_error(colm_in_subprocess("pull", "acme/served", "--revision", "nope", env=env), 2, "no revision 'nope'")
+        assert_one_line_error(colm_in_subprocess("pull", "acme/other", env=env), 2, "no such model repo")
         handler.requested.clear()
-        report = json.loads(run_cli("inspect", "--json", "hf://acme/served", env={**env, "HF_HUB_OFFLINE": "1"},
+        report = json.loads(colm_in_subprocess("inspect", "--json", "hf://acme/served", env={**env, "HF_HUB_OFFLINE": "1"},
                                     check=True).stdout)
         assert report["path"] == snapshot and len(report["chains"]) == 2 and handler.requested == []
     finally:
@@ -260,8 +260,8 @@ def test_push_needs_a_token_and_the_network_and_asks_nothing_first(tmp_path, mon
     ckpt = save(tiny_model(), tmp_path / "ckpt")
     # No token anywhere huggingface_hub looks: an empty HF_HOME and no HF_TOKEN. No flag can supply one.
     env = {"HF_HOME": str(tmp_path / "home"), "HF_TOKEN": "", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
-    assert_one_line_error(run_cli("push", ckpt, "acme/x", env=env), 2, "no Hugging Face token: set HF_TOKEN")
-    assert_one_line_error(run_cli("push", ckpt, "acme/x", "--token", "hf_x", env=env), 2, "--token")
+    assert_one_line_error(colm_in_subprocess("push", ckpt, "acme/x", env=env), 2, "no Hugging Face token: set HF_TOKEN")
+    assert_one_line_error(colm_in_subprocess("push", ckpt, "acme/x", "--token", "hf_x", env=env), 2, "--token")
 
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     fake = FakeHub()
@@ -279,8 +279,8 @@ def test_push_reads_the_checkpoint_from_stdin_with_one_argument(tmp_path):
     ckpt = save(tiny_model(), tmp_path / "ckpt")
     env = {"HF_HOME": str(tmp_path / "home"), "HF_TOKEN": "", "HF_HUB_OFFLINE": "1"}
     # Offline push is refused after the checkpoint came from stdin and the id was checked.
-    assert_one_line_error(run_cli("push", "acme/x", input=f"{ckpt}\n", env=env), 2, "HF_HUB_OFFLINE")
-    assert_one_line_error(run_cli("push", "acme--x", input=f"{ckpt}\n", env=env), 2, "not a valid Hub model id")
+    assert_one_line_error(colm_in_subprocess("push", "acme/x", input=f"{ckpt}\n", env=env), 2, "HF_HUB_OFFLINE")
+    assert_one_line_error(colm_in_subprocess("push", "acme--x", input=f"{ckpt}\n", env=env), 2, "not a valid Hub model id")
 
 
 def test_python_load_resolves_hf_references_like_the_commands(hub_cache):

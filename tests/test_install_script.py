@@ -52,3 +52,24 @@ def test_inside_an_active_environment_it_installs_there(tmp_path):
         assert not (tmp_path / "repo" / ".venv").exists()
         pip = [c for c in calls if " -m pip install " in c]
         assert len(pip) == 1 and pip[0].startswith(f"{tmp_path}/bin/python3 "), (env, calls)
+
+
+def test_test_tools_come_at_the_recorded_versions_unless_the_newest_are_asked_for(tmp_path):
+    calls, _ = run_install(tmp_path, in_venv=True)
+    pip = next(c for c in calls if " -m pip install " in c)
+    assert f"--constraint {tmp_path}/repo/scripts/test-constraints.txt" in pip and "--upgrade" not in pip
+    shutil.rmtree(tmp_path)
+    tmp_path.mkdir()
+    calls, stderr = run_install(tmp_path, in_venv=True, COLM_NEWEST="1")
+    pip = next(c for c in calls if " -m pip install " in c)
+    assert "--constraint" not in pip and "--upgrade --upgrade-strategy eager" in pip and "torch==2.13.0" in pip
+    assert "COLM_NEWEST" in stderr
+
+
+def test_the_constraints_pin_every_test_tool_but_not_colm_or_torch():
+    lines = (REPO / "scripts" / "test-constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    names = {name.lower().replace("_", "-") for name in pins}
+    assert {"transformers", "kernels", "lm-eval", "peft", "hypothesis", "pytest", "triton"} <= names
+    assert all(version[0].isdigit() for version in pins.values())
+    assert "torch" not in names and "colm" not in names

@@ -13,7 +13,7 @@ from colm_core.errors import ColmError
 from colm_core.export import export
 from colm_core.llama import import_hf
 from colm_core.tokenizer import ByteTokenizer
-from tests.conftest import assert_one_line_error, run_cli, tiny_model
+from tests.conftest import assert_one_line_error, colm_in_process, tiny_model
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -136,16 +136,16 @@ def test_export_of_byte_tokenizer_is_an_equivalent_tokenizer_json(tmp_path):
 def test_cli_import_inspect_expand_an_hf_directory(tmp_path):
     src = hf_llama_dir(tmp_path / "hf", "gqa-untied-4x")
     env = {"COLM_CACHE_DIR": str(tmp_path / "cache")}
-    proc = run_cli("import", src, "-o", tmp_path / "colm", check=True)
+    proc = colm_in_process("import", src, "-o", tmp_path / "colm", check=True)
     assert proc.stdout.strip() == str(tmp_path / "colm")
     assert "verified import vs transformers" in " ".join(proc.stderr.split())
-    report = json.loads(run_cli("inspect", src, "--json", env=env, check=True).stdout)  # the HF directory itself
+    report = json.loads(colm_in_process("inspect", src, "--json", env=env, check=True).stdout)  # the HF directory itself
     assert report["config"]["heads"] == [4] and report["config"]["kv_heads"] == [2]
-    proc = run_cli("expand", src, "--add-chains", "1", "--air", env=env, cwd=tmp_path, check=True)
+    proc = colm_in_process("expand", src, "--add-chains", "1", "--air", env=env, cwd=tmp_path, check=True)
     out = proc.stdout.strip()
     assert out.startswith(str(tmp_path / "hf-")) and out.endswith("-expand")  # beside the input, not in the cache
     assert open_checkpoint(out).config.kv_heads == [2, 0]
-    assert_one_line_error(run_cli("export", out, "--format", "hf-llama", "-o", tmp_path / "x"), 2,
+    assert_one_line_error(colm_in_process("export", out, "--format", "hf-llama", "-o", tmp_path / "x"), 2,
                           "slice to 1 chain first: colm slice --chains 1")
     assert not (tmp_path / "x").exists()
 
@@ -156,7 +156,7 @@ def test_import_refuses_what_it_cannot_convert(tmp_path):
     (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(ColmError, match="'GPT2LMHeadModel'.*is not supported; colm imports LlamaForCausalLM"):
         import_hf(gpt2, tmp_path / "out")
-    assert_one_line_error(run_cli("import", gpt2, "-o", tmp_path / "out"), 2, "colm imports LlamaForCausalLM")
+    assert_one_line_error(colm_in_process("import", gpt2, "-o", tmp_path / "out"), 2, "colm imports LlamaForCausalLM")
     notes = tmp_path / "notes"
     notes.mkdir()
     with pytest.raises(ColmError, match="no config.json"):
@@ -208,7 +208,7 @@ def test_bos_follows_the_tokenizer_and_greedy_generation_matches_transformers(tm
     assert token_stream(model.tokenizer, [prompt]) == inputs.input_ids[0].tolist() + [2]  # evaluation, training
 
     if not adds_bos:  # the CLI used to prepend config.bos_token_id whatever the tokenizer said
-        proc = run_cli("generate", src, "--prompt", prompt, "--max-new-tokens", "12", "--json",
+        proc = colm_in_process("generate", src, "--prompt", prompt, "--max-new-tokens", "12", "--json",
                        env={"COLM_CACHE_DIR": str(tmp_path / "cache")}, check=True)
         report = json.loads(proc.stdout)
         assert report["prompt_ids"] == out["prompt_ids"] and report["token_ids"] == out["token_ids"]
@@ -217,7 +217,7 @@ def test_bos_follows_the_tokenizer_and_greedy_generation_matches_transformers(tm
 def test_chat_template_and_special_tokens_survive_import_and_export(tmp_path):
     src = hf_llama_dir(tmp_path / "hf", "tied")
     source_tok = save_hf_tokenizer(src, adds_bos=True, chat_template=CHAT_TEMPLATE)
-    run_cli("import", src, "-o", tmp_path / "colm", "--no-verify", check=True)
+    colm_in_process("import", src, "-o", tmp_path / "colm", "--no-verify", check=True)
     export(tmp_path / "colm", tmp_path / "out", fmt="hf-llama", verify=False)
     exported = AutoTokenizer.from_pretrained(tmp_path / "out")
     messages = [{"role": "user", "content": "Who is Emma?"}]
@@ -241,7 +241,7 @@ def test_the_import_cache_follows_the_tokenizer_and_a_missing_one_is_refused(tmp
     (src / "tokenizer.json").unlink()  # vocabulary 128: the byte tokenizer would be gibberish
     with pytest.raises(ColmError, match="has no tokenizer.json, and its vocabulary of 128 tokens"):
         resolve_checkpoint(src)
-    assert_one_line_error(run_cli("eval", src, "--data", __file__, env={"COLM_CACHE_DIR": str(tmp_path / "c2")}), 2,
+    assert_one_line_error(colm_in_process("eval", src, "--data", __file__, env={"COLM_CACHE_DIR": str(tmp_path / "c2")}), 2,
                           f"copy the model's tokenizer.json into the directory")
 
 
@@ -252,12 +252,12 @@ def test_colm_reads_its_own_hf_export_back_exactly(tmp_path):
     save(model, tmp_path / "m")
     export(tmp_path / "m", tmp_path / "hf", fmt="hf", verify=False)
     env = {"COLM_CACHE_DIR": str(tmp_path / "cache")}
-    report = json.loads(run_cli("inspect", tmp_path / "hf", "--json", env=env, check=True).stdout)
+    report = json.loads(colm_in_process("inspect", tmp_path / "hf", "--json", env=env, check=True).stdout)
     assert report["config"] == open_checkpoint(tmp_path / "m").config.to_dict()
     assert [h["command"] for h in report["history"]] == ["export"]
     assert not (tmp_path / "cache").exists()  # inspect reads a Hugging Face directory in place
 
-    proc = run_cli("import", tmp_path / "hf", "-o", tmp_path / "back", check=True)
+    proc = colm_in_process("import", tmp_path / "hf", "-o", tmp_path / "back", check=True)
     assert "verified import vs the export's" in proc.stderr
     original, back = open_checkpoint(tmp_path / "m"), open_checkpoint(tmp_path / "back")
     assert back.config == original.config and back.config.tokenizer == "byte"
@@ -275,7 +275,7 @@ def test_import_without_output_writes_into_the_working_directory(tmp_path):
     src = hf_llama_dir(tmp_path / "models" / "hf", "tied")
     work = tmp_path / "work"
     work.mkdir()
-    proc = run_cli("import", src, "--no-verify", cwd=work, check=True)
+    proc = colm_in_process("import", src, "--no-verify", cwd=work, check=True)
     assert proc.stdout.strip() == str(work / "hf-colm")
     assert sorted(p.name for p in src.parent.iterdir()) == ["hf"]
 

@@ -13,7 +13,7 @@ import pytest
 from colm_core.checkpoint import save
 from colm_core.export import export
 from colm_core.surgery import slice_
-from tests.conftest import REPO, assert_one_line_error, run_cli, tiny_model
+from tests.conftest import REPO, assert_one_line_error, colm_in_process, colm_in_subprocess, tiny_model
 
 TASKS_DIR = REPO / "tests" / "lm_eval_tasks"  # datasets reads the YAML files' data_files from the working directory
 TASKS = ["colm_tiny_prose", "colm_tiny_choice", "colm_tiny_answer"]  # rolling, multiple choice, generation
@@ -86,7 +86,7 @@ def test_every_chain_count_is_a_row_equal_to_the_sliced_model(tmp_path, offline)
 
     save(tiny_model(heads=[2, 2], kv_heads=[1, 1], ffn=[24, 16], **BYTE_VOCAB), tmp_path / "colm")
     flags = ["--tasks", ",".join(TASKS), "--include-path", TASKS_DIR, "--num-fewshot", "1", "--limit", "3"]
-    proc = run_cli("eval", tmp_path / "colm", *flags, "--chains", "2,1", "--batch-size", "2", cwd=TASKS_DIR,
+    proc = colm_in_process("eval", tmp_path / "colm", *flags, "--chains", "2,1", "--batch-size", "2", cwd=TASKS_DIR,
                    env=offline, check=True)
     report = json.loads(proc.stdout)
     assert report["chains"] == [1, 2] and set(report["results"]) == {"1", "2"}
@@ -115,8 +115,8 @@ def test_tasks_without_lm_eval_installed_is_one_line_naming_the_extra(tmp_path):
         "        if name.split('.')[0] == 'lm_eval':\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n\n\n"
         "sys.meta_path.insert(0, HideLmEval())\n")
-    proc = run_cli("eval", tmp_path / "colm", "--tasks", "hellaswag",
-                   env={"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])})
+    proc = colm_in_subprocess("eval", tmp_path / "colm", "--tasks", "hellaswag",
+                              env={"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])})
     assert_one_line_error(proc, 2, "pip install 'colm[eval]'")
 
 
@@ -125,4 +125,4 @@ def test_task_flags_are_checked_before_anything_loads(tmp_path):
                           (["--tasks", "x", "--data", "a.txt"], "--data applies to text evaluation, not to --tasks"),
                           (["--tasks", " , "], "--tasks ' , ': give lm-eval task names"),
                           (["--tasks", "x", "--limit", "0"], "--limit 0: must be >= 1")]:
-        assert_one_line_error(run_cli("eval", tmp_path / "colm", *args), 2, message)
+        assert_one_line_error(colm_in_process("eval", tmp_path / "colm", *args), 2, message)

@@ -13,7 +13,7 @@ from colm_cli.app import app
 from colm_core.errors import ColmError
 from colm_core.init import InitOptions
 from colm_core.options import TaskOptions, TrainOptions, from_sources, value_type
-from tests.conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, colm_in_process
 
 
 def click_command(name: str):
@@ -101,9 +101,9 @@ def test_init_chains_is_a_chain_count_and_heads_lists_heads_per_chain():
 
 def test_cli_refuses_bad_numbers_and_old_style_init_chains(tmp_path):
     """The real CLI: one error line naming the flag and its range, exit 2, nothing written."""
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "m", "--chains", "2,2"), 2,
+    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "m", "--chains", "2,2"), 2,
                           "--chains '2,2': expected an integer; query heads per chain are given with --heads 2,2")
-    assert_one_line_error(run_cli("init", "-o", tmp_path / "m", "--init-std", "nan"), 2,
+    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "m", "--init-std", "nan"), 2,
                           "--init-std nan: must be > 0")
     (tmp_path / "run.toml").write_text("steps = 2.7\n")
     for args, message in [(["--min-lr-ratio", "-1", "--warmup-steps", "0"], "--min-lr-ratio -1: must be in [0, 1]"),
@@ -112,12 +112,12 @@ def test_cli_refuses_bad_numbers_and_old_style_init_chains(tmp_path):
                           (["--beta1", "2"], "--beta1 2: must be in [0, 1)"),
                           (["--lr", "nan"], "--lr nan: must be > 0"),
                           (["--config", tmp_path / "run.toml"], "steps = 2.7 is not an integer")]:
-        assert_one_line_error(run_cli("train", tmp_path / "m", *args, "-o", tmp_path / "t"), 2, message)
+        assert_one_line_error(colm_in_process("train", tmp_path / "m", *args, "-o", tmp_path / "t"), 2, message)
     for args, message in [(["eval", tmp_path / "m", "--max-tokens", "-5"], "--max-tokens -5: must be >= 1"),
                           (["generate", tmp_path / "m", "--prompt", "a", "--temperature", "nan"],
                            "--temperature nan: must be >= 0"),
                           (["generate", tmp_path / "m", "--prompt", "a", "--top-k", "3"],
                            "--top-k 3 has no effect at temperature 0"),
                           (["expand", tmp_path / "m", "--init-std", "inf"], "--init-std inf: must be > 0")]:
-        assert_one_line_error(run_cli(*args), 2, message)
+        assert_one_line_error(colm_in_process(*args), 2, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]

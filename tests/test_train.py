@@ -23,7 +23,7 @@ from colm_core.init import InitOptions, init_model
 from colm_core.losses import MultiScaleLoss
 from colm_core.model import CoLM, chain_of
 from colm_core.tokenizer import ByteTokenizer
-from tests.conftest import REPO, assert_one_line_error, run_cli, tiny_config, tiny_model
+from tests.conftest import REPO, assert_one_line_error, colm_in_process, tiny_config, tiny_model
 
 FAST = ["--batch-size", "4", "--seq-len", "32", "--log-every", "1", "--eval-windows", "4"]
 
@@ -58,14 +58,14 @@ def weights(path) -> dict[str, torch.Tensor]:
 
 
 def eval_losses(path, data, env) -> dict[int, float]:
-    proc = run_cli("eval", path, "--data", data, "--seq-len", "64", "--max-tokens", "4000", env=env, check=True)
+    proc = colm_in_process("eval", path, "--data", data, "--seq-len", "64", "--max-tokens", "4000", env=env, check=True)
     return {r["chains"]: r["loss"] for r in json.loads(proc.stdout)["results"]}
 
 
 def test_loss_falls_on_a_small_real_corpus(tmp_path, env, corpus, base):
     train_dir, held_out = corpus
     before = eval_losses(base, held_out, env)
-    proc = run_cli("train", base, "--data", train_dir, "--steps", "30", "--batch-size", "8", "--seq-len", "64",
+    proc = colm_in_process("train", base, "--data", train_dir, "--steps", "30", "--batch-size", "8", "--seq-len", "64",
                    "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "15", "-o", tmp_path / "trained",
                    env=env, check=True)
     out = proc.stdout.strip()
@@ -88,12 +88,12 @@ def test_loss_falls_on_a_small_real_corpus(tmp_path, env, corpus, base):
 def test_bad_kernel_backend_is_refused(tmp_path, env, base, monkeypatch):
     """A COLM_KERNELS that cannot run is bad input (the backend used is recorded: see the test above)."""
     args = ["train", base, "--steps", "1", *FAST, "-o", tmp_path / "out"]
-    proc = run_cli(*args, env={**env, "COLM_KERNELS": "cublas"})
+    proc = colm_in_process(*args, env={**env, "COLM_KERNELS": "cublas"})
     assert_one_line_error(proc, contains="COLM_KERNELS='cublas' is not a kernel backend")
     # The kernel tests' TRITON_INTERPRET=1 must not reach the CLI: it would run Triton interpreted
     # on CPU (and, on a GPU machine, CUDA tensors through the interpreter).
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    proc = run_cli(*args, env={**env, "COLM_KERNELS": "triton"})
+    proc = colm_in_process(*args, env={**env, "COLM_KERNELS": "triton"})
     assert_one_line_error(proc, contains="COLM_KERNELS=triton runs on CUDA only")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
@@ -104,7 +104,7 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     args = ["train", base, "--data", train_dir, "--steps", "8", *FAST, "--save-every", "2",
             "--keep-checkpoints", "10"]
     straight = tmp_path / "straight"
-    run_cli(*args, "-o", straight, env=env, check=True)
+    colm_in_process(*args, "-o", straight, env=env, check=True)
     steps = sorted(p.name for p in (straight / "steps").iterdir())
     assert steps == ["step-0000002", "step-0000004", "step-0000006", "step-0000008"]
 
@@ -114,7 +114,7 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     for name in ("step-0000004", "step-0000006"):
         shutil.copytree(straight / "steps" / name, resumed.with_name("resumed.partial") / "steps" / name)
     (resumed.with_name("resumed.partial") / "steps" / "step-0000006" / "COMPLETE").unlink()
-    proc = run_cli(*args, "-o", resumed, "--resume", "auto", env=env, check=True)
+    proc = colm_in_process(*args, "-o", resumed, "--resume", "auto", env=env, check=True)
     assert "resuming from" in proc.stderr and "step-0000004" in proc.stderr
 
     final, halfway = weights(straight), weights(straight / "steps" / "step-0000004" / "model")
@@ -134,7 +134,7 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
                ({"--steps": "3"}, "at step 4, beyond --steps 3")]
     for changed, message in changes:  # each flag's value replaced in args
         changed_args = [str(changed[prev]) if prev in changed else a for prev, a in zip([""] + args, args)]
-        proc = run_cli(*changed_args, "-o", tmp_path / "other", "--resume", step4, env=env)
+        proc = colm_in_process(*changed_args, "-o", tmp_path / "other", "--resume", step4, env=env)
         assert_one_line_error(proc, 2, message)
         assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
 
@@ -185,7 +185,7 @@ def test_freeze_chains_keeps_chain_one_bitwise(tmp_path, env, corpus, air):
     small, grown = grown_model(air)
     save(grown, tmp_path / "grown", history=[])
     out = tmp_path / "tuned"
-    run_cli("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
+    colm_in_process("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
             "--weight-decay", "0.5", "--freeze-chains", "1", "-o", out, env=env, check=True)
     before, after = weights(tmp_path / "grown"), weights(out)
     for name in before:
@@ -206,7 +206,7 @@ def test_block_diagonal_growth_keeps_the_new_chain_apart(tmp_path, env, corpus):
     _, grown = grown_model(air=False)
     save(grown, tmp_path / "grown", history=[])
     out = tmp_path / "apart"
-    run_cli("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
+    colm_in_process("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
             "--weight-decay", "0.5", "--block-diagonal", "1", "-o", out, env=env, check=True)
     before, after = weights(tmp_path / "grown"), weights(out)
     lateral = [n for n in after if chain_of(n) == 2 and after[n].ndim == 2 and not n.startswith(("embed", "lm_head"))]
@@ -317,7 +317,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "text.txt").write_text("some text " * 500)
     data = [] if "--data" in flags else ["--data", "text.txt"]
-    proc = run_cli("train", base, *data, "--seq-len", "32", *flags, "--steps", "1", cwd=tmp_path, env=env)
+    proc = colm_in_process("train", base, *data, "--seq-len", "32", *flags, "--steps", "1", cwd=tmp_path, env=env)
     assert_one_line_error(proc, 2, message)
     assert not any(p.name.startswith("base-train") for p in Path(base).parent.iterdir())
 
@@ -335,7 +335,7 @@ def test_large_vocabulary_tokenizer_json_and_token_cache(tmp_path, env, corpus, 
                                    tokenizer=tmp_path / "tokenizer.json", vocab_size=128 * 1024))
     save(model, tmp_path / "big", history=[])
     files_before = sorted(p.name for p in train_dir.iterdir())
-    run_cli("train", tmp_path / "big", "--data", train_dir, "--steps", "2", *FAST, "-o", tmp_path / "trained",
+    colm_in_process("train", tmp_path / "big", "--data", train_dir, "--steps", "2", *FAST, "-o", tmp_path / "trained",
             env=env, check=True)
     cached = list((tmp_path / "cache" / "tokens").iterdir())
     assert len(cached) == 1 and sorted(p.name for p in train_dir.iterdir()) == files_before
@@ -361,7 +361,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, env, base):
         model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
     save(model, tmp_path / "broken", history=[])
     (tmp_path / "text.txt").write_text("some text " * 500)
-    proc = run_cli("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
+    proc = colm_in_process("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
                    "-o", tmp_path / "out", env=env)
     assert_one_line_error(proc, 1, "non-finite loss at step 1")
     assert not (tmp_path / "out").exists()
