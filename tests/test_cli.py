@@ -20,6 +20,49 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_commands_do_not_import_triton_unless_flops_are_counted():
+    """torch.utils.flop_counter imports triton (about 75 MiB, 0.2 s): colm's FLOP formulas are registered
+    when something imports the counter, and then counted through the chain linear's custom ops."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import colm_core.train, colm_core.generation, colm_core.evaluate, colm_core.surgery\n"
+            "print('triton' in sys.modules)\n"
+            "import torch\n"
+            "from torch.utils.flop_counter import FlopCounterMode\n"
+            "from colm_kernels.chain_linear import op\n"
+            "x, w = torch.randn(3, 4, requires_grad=True), [torch.randn(2, 4)]\n"
+            "with FlopCounterMode(display=False) as counter:\n"
+            "    op.chain_linear(x, w, 'torch')\n"
+            "print(counter.get_total_flops())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.split() == ["False", str(2 * 3 * 2 * 4)]
+
+
+def test_in_process_runs_leave_no_state_behind(tmp_path):
+    """The suite runs most commands in its own process: each must leave the process as it found it."""
+    import os
+    import signal
+
+    import torch
+
+    from colm_cli import app
+
+    def state():
+        return (os.getcwd(), dict(os.environ), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
+                torch.get_num_threads(), torch.is_grad_enabled(), app.debug, app.stopped_by)
+
+    before, rng = state(), torch.get_rng_state()
+    data = tmp_path / "text.txt"
+    data.write_text("It is a truth universally acknowledged. " * 40)
+    colm_in_process("init", "-o", "m", "--layers", "1", cwd=tmp_path, env={"COLM_DEBUG": "1"}, check=True)
+    colm_in_process("train", "m", "--data", data, "--steps", "1", "--seq-len", "16", "--batch-size", "2", "-o", "t",
+                    cwd=tmp_path, check=True)  # installs its own SIGINT/SIGTERM handlers while it runs
+    assert colm_in_process("--debug", "eval", tmp_path / "t", "--chains", "9").returncode != 0
+    assert state() == before and torch.equal(torch.get_rng_state(), rng)
+
+
 def test_init_eval_pipeline(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("It is a truth universally acknowledged. " * 40)

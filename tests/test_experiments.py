@@ -5,21 +5,18 @@ JSON holds what docs/results.md reports and their plot is a PNG. A rerun reuses 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, child_environment
 
 PNG_MAGIC = b"\x89PNG"
 
 
 def run_experiment(name: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env |= {"PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "COLM_CACHE_DIR": str(tmp_path / "cache"),
-            "MPLBACKEND": "Agg"}
+    env = child_environment({"COLM_CACHE_DIR": str(tmp_path / "cache"), "MPLBACKEND": "Agg"})
     return subprocess.run([sys.executable, "-m", f"benchmarks.experiments.{name}", "--quick", *args,
                            "--out", str(tmp_path / f"{name}.json"), "--plot", str(tmp_path / f"{name}.png")],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -6,15 +6,13 @@ stdout, within the memory and time given."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import resource
 import signal
-import sys
 from pathlib import Path
 
 from hypothesis import strategies as st
 
+from tests.conftest import colm_in_process
 from tests.robustness.hostile import Hang, address_space
 
 NUMBERS = ["-1", "0", "1", "2", "3", "1.5", "nan", "inf", "-inf", "1e999", "9223372036854775807",
@@ -63,37 +61,26 @@ def command_lines(draw, ckpt: Path, data: Path, out: Path) -> list[str]:
     return args
 
 
-def run_main(args: list[str], seconds: int = 120, memory: int = 3 * 2**30) -> tuple[int, str, str]:
-    """colm_cli.app.main() on `args` in this process: (exit code, stdout, stderr). Raises Hang past
-    `seconds`; past `memory` bytes more address space, allocation fails (MemoryError)."""
-    from colm_cli import app
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+def run_main(args: list[str], seconds: int = 120, memory: int = 3 * 2**30, env: dict | None = None,
+             cwd: Path | None = None) -> tuple[int, str, str]:
+    """colm_cli.app.main() on `args` in this process (tests.conftest.colm_in_process): (exit code, stdout,
+    stderr). Raises Hang past `seconds`; past `memory` bytes more address space, allocation fails (MemoryError)."""
+    handler = signal.getsignal(signal.SIGALRM)
     limits = resource.getrlimit(resource.RLIMIT_AS)
 
     def alarm(signum, frame):
         raise Hang(f"colm {' '.join(args)}: still running after {seconds} s")
 
-    argv, stdin = sys.argv, sys.stdin
-    sys.argv, sys.stdin = ["colm", *args], io.StringIO("")
-    app.stopped_by = None
     try:
         signal.signal(signal.SIGALRM, alarm)
         resource.setrlimit(resource.RLIMIT_AS, (address_space() + memory, limits[1]))
         signal.alarm(seconds)
-        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-            app.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
+        proc = colm_in_process(*args, env=env, cwd=cwd)
     finally:
         signal.alarm(0)
         resource.setrlimit(resource.RLIMIT_AS, limits)
-        for s, handler in handlers.items():
-            signal.signal(s, handler)
-        sys.argv, sys.stdin = argv, stdin
-    return code, stdout.getvalue(), stderr.getvalue()
+        signal.signal(signal.SIGALRM, handler)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def check_outcome(args: list[str], code: int, stdout: str, stderr: str) -> None:

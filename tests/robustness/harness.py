@@ -13,7 +13,6 @@ the moment, afterwards
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -23,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import REPO, tiny_model
+from tests.conftest import child_environment, tiny_model
 from tests.robustness.cli_fuzz import run_main
 
 COMMANDS = ("train", "expand", "slice", "import", "export", "pull")
@@ -49,7 +48,7 @@ def make_workspace(root: Path) -> dict:
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     (root / "data.txt").write_text("It is a truth universally acknowledged, that a single man. " * 200)
-    return {"PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", "HF_HUB_CACHE": str(root / "hub"),
+    return {"HF_HUB_CACHE": str(root / "hub"),
             "HF_HUB_OFFLINE": "1", "COLM_CACHE_DIR": str(root / "cache"), "HOME": str(root)}
 
 
@@ -82,8 +81,8 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 def start(args: list, env: dict, cwd: Path, preexec_fn=None, wrapper: list[str] = ()) -> subprocess.Popen:
     """`colm ARGS` in a subprocess (under `wrapper`, e.g. setpriv), stdout and stderr piped."""
-    full_env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | env
-    return subprocess.Popen([*wrapper, sys.executable, "-m", "colm_cli", *map(str, args)], cwd=cwd, env=full_env,
+    return subprocess.Popen([*wrapper, sys.executable, "-m", "colm_cli", *map(str, args)], cwd=cwd,
+                            env=child_environment(env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
 
@@ -148,20 +147,6 @@ def leftovers(root: Path, out: Path) -> list[str]:
     return found
 
 
-@contextlib.contextmanager
-def environment(env: dict, cwd: Path):
-    """This process with `env` set and `cwd` as its working directory, as `start` gives a subprocess."""
-    saved, here = dict(os.environ), Path.cwd()
-    os.environ.update(env)
-    os.chdir(cwd)
-    try:
-        yield
-    finally:
-        os.chdir(here)
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def check_after_kill(command: str, root: Path, out: Path, env: dict, before: dict) -> None:
     """The guarantees after a kill (module docstring), including the rerun; raises AssertionError."""
     resumable = saved_a_step(out) and not out.exists()
@@ -178,8 +163,7 @@ def check_after_kill(command: str, root: Path, out: Path, env: dict, before: dic
         stdout, err = proc.communicate(timeout=600)
         code = proc.returncode
     else:
-        with environment(env, root):
-            code, stdout, err = run_main(list(map(str, args)))
+        code, stdout, err = run_main(list(map(str, args)), env=env, cwd=root)
     assert code == 0, f"{command} rerun: {err}"
     assert stdout.strip() == str(out), stdout
     if command == "train" and resumable:
