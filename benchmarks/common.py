@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Public-domain novels the experiments train on (Jane Austen's six, and Bierce's Devil's Dictionary as
+# a second author): plain text files, which a checkout does not ship. Put them in data/books/ of the
+# repository (git-ignored), or name their directory in COLM_BOOKS.
+BOOKS = Path(os.environ.get("COLM_BOOKS") or Path(__file__).resolve().parents[1] / "data" / "books")
 
 
 def parser(doc: str, name: str, threads: int | None = None) -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ heads, FFN 704), random weights (speed does not depend on them), with an LM head
 is the byte model itself). The vocabulary matters: lm-eval's `hf` model takes the log-softmax over every
 position of every row, colm's over the continuation positions only.
 Requests: multiple-choice-like loglikelihood requests over prose (Austen's Persuasion, or the corpus
-`colm train` embeds where /work/shared/data is absent): a context of 50-200 characters and 4
+`colm train` embeds where the books directory is absent): a context of 50-200 characters and 4
 continuations each, two of them one letter, which both models score in one shared row (lm-eval's
 Collator). Both models get the same batch size; the repeats are interleaved and the median is
 reported, with the largest log-likelihood difference between the two as a check that they computed
@@ -36,7 +36,7 @@ from colm_core.lm_eval_adapter import ColmLM
 from colm_core.model import CoLM
 from colm_core.tokenizer import ByteTokenizer
 
-PROSE = Path("/work/shared/data/persuasion.txt")
+PROSE = BOOKS / "persuasion.txt"
 
 
 def dense_model(preset: str, vocab_size: int, max_seq_len: int) -> CoLM:
@@ -49,7 +49,7 @@ def dense_model(preset: str, vocab_size: int, max_seq_len: int) -> CoLM:
 
 
 def prose() -> str:
-    """Persuasion, or where /work/shared/data is absent the corpus `colm train` embeds."""
+    """Persuasion from the books directory (benchmarks.common.BOOKS), or without it the corpus `colm train` embeds."""
     from colm_core.data import default_corpus_files, read_texts
 
     return " ".join(" ".join(read_texts([PROSE] if PROSE.is_file() else default_corpus_files())).split())

@@ -62,7 +62,7 @@ FIELD_TYPE_NAMES = {"int": "an integer below 2**31", "float": "a finite number",
 
 @dataclass
 class ColmConfig:
-    """Per-chain sizes are explicit lists, one entry per chain (SPEC.md section 1).
+    """Per-chain sizes are explicit lists, one entry per chain (docs/spec.md section 1).
 
     Chain i has heads[i] query heads (width heads[i] * head_dim), kv_heads[i] key/value
     heads and ffn[i] SwiGLU hidden units. With kv_share (CoLM-Air) only chain 1 has

@@ -1,4 +1,4 @@
-"""CoLM: a Llama-style Transformer whose hidden state is split into chains (SPEC.md sections 2-4).
+"""CoLM: a Llama-style Transformer whose hidden state is split into chains (docs/spec.md sections 2-4).
 
 Everything here is an ordinary Llama except two layers that carry the chain rule:
 ChainLinear (output chain i reads input chains 1..i) and ChainRMSNorm (statistics per chain).
@@ -234,7 +234,7 @@ class CoLM(nn.Module):
         return self.norm(x, k)
 
     def logits(self, h: torch.Tensor, chains: int | None = None) -> torch.Tensor:
-        """logits_k = sum_{i<=k} h_i H_i^T, accumulated chain by chain (SPEC.md section 3)."""
+        """logits_k = sum_{i<=k} h_i H_i^T, accumulated chain by chain (docs/spec.md section 3)."""
         out, start = None, 0
         for w in self.head_blocks(chains):
             part = F.linear(h[..., start : start + w.shape[1]], w)

@@ -1,4 +1,4 @@
-"""Chain expansion and slicing (SPEC.md section 5): list work over a checkpoint's tensors.
+"""Chain expansion and slicing (docs/spec.md section 5): list work over a checkpoint's tensors.
 
 Every tensor belongs to one chain and a chain's blocks only read earlier chains, so a kept
 chain's tensors never change: slicing drops the trailing chains' tensors, expanding appends new

@@ -58,3 +58,23 @@ def test_training_guide_shows_the_options_real_defaults():
             assert float(value) == default, (name, value, default)
         else:
             assert value == default, (name, value, default)
+
+
+def tracked_text_files() -> list:
+    names = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
+    return [REPO / n for n in names if n.endswith((".md", ".py", ".sh", ".toml", ".yaml", ".txt")) or n.startswith(".ci/")]
+
+
+def test_the_repository_stands_alone():
+    """A user's clone is all there is: no path into the project's shared folder or this machine's /work,
+    and every relative link of the Markdown resolves to a file of the repository."""
+    leaving = re.compile(r"\.\./shared|/work/")
+    outside = [f"{p.relative_to(REPO)}:{n}" for p in tracked_text_files() if p.name != "test_docs.py"
+               for n, line in enumerate(p.read_text().splitlines(), 1) if leaving.search(line)]
+    assert not outside, outside
+    broken = []
+    for doc in (p for p in tracked_text_files() if p.suffix == ".md"):
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if not re.match(r"[a-z]+:", target) and not (doc.parent / target).exists():
+                broken.append(f"{doc.relative_to(REPO)} -> {target}")
+    assert not broken, broken

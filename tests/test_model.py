@@ -1,4 +1,4 @@
-"""The chain invariants of the model itself (SPEC.md sections 1-4)."""
+"""The chain invariants of the model itself (docs/spec.md sections 1-4)."""
 
 import pytest
 import torch

@@ -18,7 +18,7 @@ Two settings:
                    on Bierce (issue 16)
 
     python -m benchmarks.experiments.chain_tuning [--quick]
-    python -m benchmarks.experiments.chain_tuning --base /work/models/SmolLM2-135M-Instruct.Q4_1.gguf
+    python -m benchmarks.experiments.chain_tuning --base SmolLM2-135M-Instruct.Q4_1.gguf
 
 Resumable: every stage's output is a checkpoint written atomically, and each training run saves step
 checkpoints, so running the same command again continues where it stopped. Writes JSON and a PNG
@@ -40,7 +40,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from benchmarks.common import RESULTS, set_threads
-from benchmarks.experiments.common import AUSTEN, DATA
+from benchmarks.common import BOOKS
+from benchmarks.experiments.common import AUSTEN
 from colm_core.cache import cache_root
 from colm_core.options import TrainOptions
 
@@ -61,7 +62,7 @@ class Setting:
     base_steps: int = 0  # training of the small base model (default setting only)
     base_heads: int = 4
     seed: int = 0  # of the adaptation (batches, the new chain's initialisation, LoRA's); the base is seed 0's
-    data: str = str(DATA)  # the directory of the books: AUSTEN (the small base model's), target and other
+    data: str = str(BOOKS)  # the directory of the books: AUSTEN (the small base model's), target and other
 
 
 SETTINGS = {
@@ -386,7 +387,7 @@ def main() -> None:
     p.add_argument("--lr-full", type=float)
     p.add_argument("--lr-lora", type=float)
     p.add_argument("--seed", type=int, default=0, help="Seed of the adaptation: batches and new weights (default: 0)")
-    p.add_argument("--data", type=Path, default=DATA, help="Directory of the books (default: ../shared/data)")
+    p.add_argument("--data", type=Path, default=BOOKS, help="Directory of the books (default: data/books/ or $COLM_BOOKS)")
     p.add_argument("--work", type=Path, help="Where checkpoints go (default: colm's cache)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Directory of the JSON and PNG")
     p.add_argument("--threads", type=int, default=2)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from benchmarks.common import RESULTS, set_threads
+from benchmarks.common import BOOKS, RESULTS, set_threads
 from colm_core.api import load, save
 from colm_core.evaluate import evaluate_tokens, token_stream
 from colm_core.init import InitOptions, init_model
@@ -28,7 +28,6 @@ from colm_core.options import TrainOptions
 from colm_core.train import complete_steps, train
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"  # ../shared/data beside the checkout
 HELD_OUT = "persuasion.txt"
 AUSTEN = ("prideprejudice.txt", "sensesensibility.txt", "northangerabbey.txt", "mansfieldpark.txt", "emma.txt")
 
@@ -49,9 +48,9 @@ def parser(doc: str, name: str, trains: bool = True) -> argparse.ArgumentParser:
 
 
 def add_training_flags(p: argparse.ArgumentParser, name: str) -> None:
-    p.add_argument("--train", nargs="+", type=Path, default=[DATA / f for f in AUSTEN],
-                   help="training text files (default: five Austen novels in ../shared/data)")
-    p.add_argument("--val", type=Path, default=DATA / HELD_OUT,
+    p.add_argument("--train", nargs="+", type=Path, default=[BOOKS / f for f in AUSTEN],
+                   help="training text files (default: five Austen novels in data/books/ or $COLM_BOOKS)")
+    p.add_argument("--val", type=Path, default=BOOKS / HELD_OUT,
                    help="held-out text file for bits/byte (default: %(default)s)")
     p.add_argument("--workdir", type=Path, default=REPO / "runs" / "experiments" / name,
                    help="checkpoints and per-arm results; rerun with the same one to continue (default: %(default)s)")
@@ -95,7 +94,8 @@ def parse(p: argparse.ArgumentParser, quick: dict) -> argparse.Namespace:
     if hasattr(args, "workdir"):
         for f in [*args.train, args.val]:
             if not f.is_file():
-                p.error(f"{f}: no such file; give --train FILES and --val FILE (plain text)")
+                p.error(f"{f}: no such file; put the novels in data/books/ (or name their directory in COLM_BOOKS), "
+                        "or give --train FILES and --val FILE (plain text)")
         check_workdir(p, args)
     set_threads(args.threads)
     return args

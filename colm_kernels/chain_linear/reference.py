@@ -1,4 +1,4 @@
-"""The chain linear as the SPEC defines it: a dense matmul with a block lower-triangular weight.
+"""The chain linear as docs/spec.md defines it: a dense matmul with a block lower-triangular weight.
 
 weights[i] has shape (out_i, in_1 + ... + in_i): output chain i reads input chains 1..i.
 """
