@@ -284,6 +284,8 @@ def completion_prompts(body: dict, tokenizer) -> tuple[list[str], list[list[int]
     if not (isinstance(prompt, list) and prompt and all(isinstance(p, str) or is_ids(p) for p in prompt)):
         raise RequestError("`prompt` must be a string, a list of token ids, or a non-empty list of either",
                            param="prompt")
+    if "" in prompt:
+        raise RequestError("the prompt is empty; give some text to continue", param="prompt")
     ids = [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompt]
     return [p if isinstance(p, str) else tokenizer.decode(p) for p in prompt], ids
 
