@@ -220,8 +220,10 @@ def parse_request(body: dict, models: Models, tokenizer, vocab_size: int, limits
     temperature = field_of(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "a number in 0..2")
     top_p = field_of(body, "top_p", (int, float), None, lambda v: 0 < v <= 1, "a number in (0, 1]")
     seed = field_of(body, "seed", int, 0, lambda v: 0 <= v < 2 ** 63, "a non-negative integer")
-    stop = field_of(body, "stop", (str, list), [], lambda v: isinstance(v, str) or (
-        len(v) <= 4 and all(isinstance(s, str) for s in v)), "a string or a list of at most 4 strings")
+    stop = field_of(body, "stop", (str, list), [], lambda v: all(
+        isinstance(s, str) and len(s) <= 256 for s in ([v] if isinstance(v, str) else v))
+        and (isinstance(v, str) or len(v) <= 4),
+        "a string or a list of at most 4 strings, each at most 256 characters")
     stop = [stop] if isinstance(stop, str) else stop
     stream = field_of(body, "stream", bool, False)
     if chat:
@@ -343,7 +345,7 @@ class Engine:
         self.wake = threading.Event()
         self.closed = False
         self.step_seconds = {k: 0.0 for k in range(1, self.cfg.n_chains + 1)}  # moving average per batch K
-        self.stats = {"steps": 0, "generated_tokens": 0, "relayouts": 0, "recomputed_rows": 0}
+        self.stats = {"steps": 0, "generated_tokens": 0, "relayouts": 0, "recomputed_rows": 0, "cancelled": 0}
         self.calibrate()
         self.thread = threading.Thread(target=self.run, name="colm-serve-engine", daemon=True)
         self.thread.start()
@@ -546,6 +548,7 @@ class Engine:
         """A job is done (or cancelled): release its place and tell its request."""
         if job.finished_at:
             return
+        self.stats["cancelled"] += job.cancelled
         if piece:
             self.emit(job, piece)
         rest = job.continuation.text.finish() if job.continuation else ""

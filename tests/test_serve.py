@@ -169,7 +169,7 @@ def test_a_larger_chain_count_joining_recomputes_the_running_rows():
         from colm_core.generation import Sampling
 
         first = threading.Event()
-        long = Job(model.tokenizer.encode(PROMPTS[1], True), 1, 200, Sampling(), [], None, False,
+        long = Job(model.tokenizer.encode(PROMPTS[1], True), 1, 120, Sampling(), [], None, False,
                    on_event=lambda job, piece: first.set())
         service.engine.submit([long])
         assert first.wait(30)
@@ -177,7 +177,7 @@ def test_a_larger_chain_count_joining_recomputes_the_running_rows():
         while not long.finished_at:
             time.sleep(0.01)
     assert service.engine.stats["recomputed_rows"] >= 1
-    assert long.continuation.tokens == greedy(model, PROMPTS[1], 1, 200)["token_ids"]
+    assert long.continuation.tokens == greedy(model, PROMPTS[1], 1, 120)["token_ids"]
     assert joined.continuation.tokens == greedy(model, PROMPTS[0], 3, 20)["token_ids"]
 
 
@@ -208,6 +208,7 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on():
             ("/completions", {**ok, "n": 2}, key, None, 400, "`n` must be 1"),
             ("/completions", {**ok, "logprobs": 9}, key, None, 400, "`logprobs`"),
             ("/completions", {**ok, "stop": [1]}, key, None, 400, "`stop`"),
+            ("/completions", {**ok, "stop": "x" * 257}, key, None, 400, "at most 256 characters"),
             ("/completions", {**ok, "best_of": 3}, key, None, 400, "`best_of` is not supported"),
             ("/completions", {**ok, "file": "/etc/passwd"}, key, None, 400, "unknown field `file`"),
             ("/completions", {"prompt": "Hi"}, key, None, 400, "`model` is required"),
@@ -223,6 +224,28 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on():
         assert got == 405 and answer["error"]["code"] == 405
         got, answer = post(url + "/completions", ok, key)
         assert got == 200 and answer["usage"]["completion_tokens"] == 2
+
+
+def test_a_client_that_leaves_a_stream_frees_its_place():
+    """A streaming client that disconnects after the first event: its job is cancelled and leaves the batch."""
+    import http.client
+
+    model = model_of(air=False)
+    assert len(greedy(model, "Hi", 3, 200)["token_ids"]) == 200  # the job cannot end by itself early
+    with served(model) as (url, service):
+        host, port = url.removeprefix("http://").removesuffix("/v1").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("POST", "/v1/completions", json.dumps(
+            {"model": "tiny", "prompt": "Hi", "max_tokens": 200, "stream": True, "temperature": 0}),
+            {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        assert response.status == 200 and response.readline().startswith(b"data: ")
+        connection.close()
+        deadline = time.monotonic() + 20
+        while service.engine.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.engine.in_flight == 0 and service.engine.stats["cancelled"] == 1
+        assert post(f"{url}/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 2})[0] == 200
 
 
 def test_echo_logprobs_score_the_prompt_as_colm_scores_it():
@@ -280,7 +303,8 @@ def test_lm_eval_local_completions_against_colm_serve_equals_colm_eval_tasks(tmp
     proc = colm_in_process("eval", tmp_path / "tiny", "--tasks", ",".join(TASKS), "--include-path", TASKS_DIR,
                            "--limit", "3", "--batch-size", "2", cwd=TASKS_DIR, env=offline, check=True)
     reference = json.loads(proc.stdout)["results"]
-    with served(model) as (url, _):
+    compared = []
+    with served(model) as (url, service):
         for k in ("1", "2"):
             args = (f"model=tiny@{k},base_url={url}/completions,tokenizer_backend=huggingface,"
                     f"tokenizer={tmp_path / 'hf'},add_bos_token=True,max_length={model.config.max_seq_len + 1},"
@@ -294,6 +318,10 @@ def test_lm_eval_local_completions_against_colm_serve_equals_colm_eval_tasks(tmp
                     got = out["results"][task][metric]
                     assert got == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), \
                         (k, task, metric)
+                    compared.append(metric)
+    assert {"bits_per_byte,none", "acc,none", "exact_match,none"} <= set(compared)
+    assert reference["1"]["results"] != reference["2"]["results"]  # two different sub-models, both matched
+    assert service.engine.stats["steps"] > 0
 
 
 def test_colm_serve_prints_its_url_answers_and_stops_on_sigterm_with_130(tmp_path):
