@@ -418,6 +418,9 @@ def serve(
     err.print(f"[green]serving[/] {name} ({model.config.n_chains} chains: {name}@1..{name}@{model.config.n_chains}"
               f"{f', {name}@auto' if elastic else ''}) on {url_of(sock)}"
               f"{'' if api_key else ' without an API key'}; Ctrl-C stops", highlight=False, soft_wrap=True)
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/]: --host {host} is reachable from the network and no API key is set; set "
+                  "COLM_API_KEY to require one", highlight=False, soft_wrap=True)
     print(url_of(sock), flush=True)
     run(service, sock)
 

@@ -150,17 +150,16 @@ def field_of(body: dict, name: str, types: type | tuple, default=None, check: Ca
     return value
 
 
-IGNORED_FIELDS = {"user", "stream_options", "suffix", "logit_bias", "frequency_penalty", "presence_penalty",
-                  "best_of", "response_format", "metadata", "store", "service_tier", "parallel_tool_calls"}
-NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "suffix": None}  # accepted at these values
+IGNORED_FIELDS = {"user", "stream_options", "metadata", "store", "service_tier"}  # nothing to do (usage always comes)
+NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "logit_bias": {},
+           "response_format": {"type": "text"}}  # what clients send at these values, which change nothing
 
 
 @dataclass
 class GenerationRequest:
     """One checked /v1/completions or /v1/chat/completions request: one or more prompts as token ids."""
 
-    model: str  # the name the response reports, NAME@k
-    chains: int
+    chains: int  # 0: NAME@auto
     prompts: list[list[int]]
     prompt_texts: list[str]
     max_tokens: int
@@ -202,13 +201,13 @@ def parse_request(body: dict, models: Models, tokenizer, vocab_size: int, limits
                   template: ChatTemplate | None, chat: bool) -> GenerationRequest:
     """Check a request body field by field; any problem is a RequestError naming the field.
     NAME@auto gives chains 0, which the engine fills in when it takes the job."""
-    unknown = sorted(set(body) - FIELDS[chat] - IGNORED_FIELDS)
+    unknown = sorted(set(body) - FIELDS[chat] - IGNORED_FIELDS - set(NEUTRAL))
     if unknown:
         raise RequestError(f"unknown field `{unknown[0]}`; this server takes {', '.join(sorted(FIELDS[chat]))}",
                            param=unknown[0])
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in (None, neutral):
-            raise RequestError(f"`{name}` is not supported; leave it out (or {neutral})", param=name)
+            raise RequestError(f"`{name}` is not supported; leave it out (or {json.dumps(neutral)})", param=name)
     model = field_of(body, "model", str)
     if model is None:
         raise RequestError("`model` is required; GET /v1/models lists the names", param="model")
@@ -261,7 +260,7 @@ def parse_request(body: dict, models: Models, tokenizer, vocab_size: int, limits
         if not all(0 <= i < vocab_size for i in ids):
             raise RequestError(f"a prompt token id is outside the vocabulary 0..{vocab_size - 1}", param="prompt")
     sampling = Sampling(float(temperature), None, None if top_p is None else float(top_p), seed)
-    return GenerationRequest(model, chains or 0, prompts, texts, max_tokens, sampling, stop, stream, logprobs,
+    return GenerationRequest(chains or 0, prompts, texts, max_tokens, sampling, stop, stream, logprobs,
                              echo, chat)
 
 
