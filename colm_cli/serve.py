@@ -146,7 +146,6 @@ def bind(host: str, port: int) -> socket.socket:
         raise ColmError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port, or 0 for any "
                         "free one") from None
     sock.listen(128)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -156,8 +155,8 @@ def url_of(sock: socket.socket) -> str:
 
 
 def run(service: Service, sock: socket.socket, graceful_s: float = 30.0) -> None:
-    """Serve until Ctrl-C or SIGTERM (in the main thread) or `server.should_exit`: in-flight requests get
-    `graceful_s` seconds to finish; the engine then answers what is left with an error."""
+    """Serve until Ctrl-C or SIGTERM: in-flight requests get `graceful_s` seconds to finish; the engine then
+    answers what is left with an error. (uvicorn hands the signal back afterwards: `colm` exits 130.)"""
     server = make_server(service, graceful_s)
     try:
         server.run(sockets=[sock])

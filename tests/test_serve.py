@@ -356,6 +356,16 @@ def test_colm_serve_prints_its_url_answers_and_stops_on_sigterm_with_130(tmp_pat
     assert stderr.strip().splitlines()[-1] == "colm: interrupted" and "Traceback" not in stderr
 
 
+def test_a_port_in_use_is_one_line_naming_the_fix(tmp_path):
+    save(model_of(air=False), tmp_path / "tiny")
+    taken = bind("127.0.0.1", 0)
+    try:
+        proc = colm_in_process("serve", tmp_path / "tiny", "--port", taken.getsockname()[1])
+    finally:
+        taken.close()
+    assert_one_line_error(proc, 2, "choose another --port, or 0 for any free one")
+
+
 def test_serve_without_the_extra_installed_is_one_line_naming_it(tmp_path):
     (tmp_path / "sitecustomize.py").write_text(
         "import sys\n\n\n"
