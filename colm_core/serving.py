@@ -338,6 +338,7 @@ class Engine:
         self.max_wait_s = max_wait_s  # --elastic: the queue wait NAME@auto keeps under
         self.queue: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self.rows: list[Row] = []
+        self.admitting: list[Job] = []
         self.cache: KVCache | None = None
         self.in_flight = 0
         self.lock = threading.Lock()
@@ -420,7 +421,7 @@ class Engine:
                 self.fail_all(f"generation failed: {type(e).__name__}: {e}")
 
     def admit(self) -> None:
-        new = []
+        new = self.admitting = []  # taken from the queue, not yet rows: fail_all must see them too
         while len(self.rows) + len(new) < self.limits.max_batch:
             try:
                 job = self.queue.get_nowait()
@@ -442,6 +443,7 @@ class Engine:
             row = self.prefill(job, batch_chains)
             if row is not None:
                 self.rows.append(row)
+        self.admitting = []
         self.layout(batch_chains)
 
     def prefill(self, job: Job, batch_chains: int) -> Row | None:
@@ -560,13 +562,13 @@ class Engine:
         self.emit(job, "")
 
     def fail_all(self, message: str) -> None:
-        jobs = [r.job for r in self.rows]
+        jobs = [r.job for r in self.rows] + self.admitting
         while True:
             try:
                 jobs.append(self.queue.get_nowait())
             except queue.Empty:
                 break
-        self.rows, self.cache = [], None
+        self.rows, self.cache, self.admitting = [], None, []
         for job in jobs:
             job.error = job.error or message
             self.finish(job, None)

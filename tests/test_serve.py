@@ -247,6 +247,27 @@ def test_a_client_that_leaves_a_stream_frees_its_place():
         assert post(f"{url}/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 2})[0] == 200
 
 
+def test_a_failing_step_answers_its_requests_with_500_and_the_engine_goes_on():
+    model = model_of(air=True)
+    with served(model) as (url, service):
+        forward = model.hidden_states
+        calls = []
+
+        def fails_once(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("out of memory, say")
+            return forward(*args, **kwargs)
+
+        model.hidden_states = fails_once
+        status, body = post(f"{url}/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 4})
+        assert status == 500 and "generation failed: RuntimeError: out of memory, say" in body["error"]["message"]
+        assert service.engine.in_flight == 0
+        status, body = post(f"{url}/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 4})
+        assert status == 200 and body["usage"]["completion_tokens"] == 4
+        del model.hidden_states
+
+
 def test_echo_logprobs_score_the_prompt_as_colm_scores_it():
     """echo + logprobs: the prompt's tokens scored by the k-chain sub-model (what lm-eval's loglikelihood
     reads), equal to a full forward of the prompt; max_tokens 0 scores without generating."""
