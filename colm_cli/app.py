@@ -373,6 +373,59 @@ def read_prompts(path: Path) -> list[str]:
 
 
 @app.command()
+def serve(
+    ckpt: CkptArg = None,
+    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")]
+        = "127.0.0.1",
+    port: Annotated[int, ranged("Port to listen on; 0 picks a free one (the URL is printed on stdout).",
+                                NON_NEGATIVE)] = 8000,
+    name: Annotated[Optional[str], typer.Option(
+        help="Model name clients ask for (default: the checkpoint directory's name); NAME@k is the k-chain "
+             "sub-model.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(
+        envvar="COLM_API_KEY", show_envvar=True,
+        help="Require `Authorization: Bearer KEY`; prefer COLM_API_KEY in the environment, which ps does not "
+             "show.")] = None,
+    elastic: Annotated[bool, typer.Option("--elastic", help="Serve NAME@auto: the largest chain count whose "
+                                                            "expected queue wait stays under --max-wait-ms.")] = False,
+    max_wait_ms: Annotated[float, ranged("The queue wait NAME@auto keeps under (with --elastic).", POSITIVE)] = 500.0,
+    max_prompt_tokens: Annotated[Optional[int], ranged("Longest prompt accepted (default: the model's context).",
+                                                       AT_LEAST_ONE)] = None,
+    max_tokens: Annotated[int, ranged("Largest max_tokens a request may ask for.", AT_LEAST_ONE)] = 512,
+    max_body_bytes: Annotated[int, ranged("Largest request body.", AT_LEAST_ONE)] = 1 << 20,
+    max_concurrent: Annotated[int, ranged("Prompts queued or running at once; more are refused with 429.",
+                                          AT_LEAST_ONE)] = 64,
+    max_batch: Annotated[int, ranged("Prompts per decode step; more wait in the queue.", AT_LEAST_ONE)] = 16,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+):
+    """Serve every k-chain sub-model of a checkpoint over an OpenAI-compatible HTTP API, batching concurrent
+    requests, until Ctrl-C or SIGTERM (exit 130). Prints the base URL on stdout."""
+    from colm_cli.serve import bind, run, url_of  # without the extra: the error that says what to install
+    from colm_core.checkpoint import load
+    from colm_core.serving import ServeLimits, Service, chat_template
+
+    path = input_path(ckpt)
+    sock = bind(host, port)
+    model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
+    limits = ServeLimits(max_prompt_tokens=min(max_prompt_tokens or model.config.max_seq_len,
+                                               model.config.max_seq_len),
+                         max_tokens=max_tokens, max_body_bytes=max_body_bytes, max_concurrent=max_concurrent,
+                         max_batch=max_batch)
+    name = name or Path(path).resolve().name
+    service = Service(model, name, limits, chat_template(path), path, api_key or None,
+                      max_wait_ms / 1000 if elastic else None)
+    err.print(f"[green]serving[/] {name} ({model.config.n_chains} chains: {name}@1..{name}@{model.config.n_chains}"
+              f"{f', {name}@auto' if elastic else ''}) on {url_of(sock)}"
+              f"{'' if api_key else ' without an API key'}; Ctrl-C stops", highlight=False, soft_wrap=True)
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/]: --host {host} is reachable from the network and no API key is set; set "
+                  "COLM_API_KEY to require one", highlight=False, soft_wrap=True)
+    print(url_of(sock), flush=True)
+    run(service, sock)
+
+
+@app.command()
 def inspect(ckpt: CkptArg = None,
             json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
             verify: Annotated[bool, typer.Option(

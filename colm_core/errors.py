@@ -24,6 +24,12 @@ class Interrupted(ColmRuntimeError):
     exit_code = 130
 
 
+def missing_extra(what: str, e: ImportError, extra: str) -> ColmError:
+    """The one-line error of an optional dependency that is not installed: what needs it, and the extra
+    that installs it."""
+    return ColmError(f"{what}, which is not installed ({e.msg}); install it with `pip install 'colm[{extra}]'`")
+
+
 def os_error(e: OSError) -> ColmError:
     """A failed read or write (disk full, a file-size limit, a read-only directory) as one line naming
     what failed and the fix. Writes go to a temporary directory that is removed on failure, so the fix

@@ -317,6 +317,34 @@ class TextStream:
         return piece
 
 
+class Continuation:
+    """One prompt's generated tokens, its final text, and why it stopped: EOS ("eos", not part of the
+    text), a stop string ("stop_string", cut from the text), max_new_tokens, or the model's context
+    ("context")."""
+
+    def __init__(self, tokenizer, cfg, prompt_tokens: int, max_new_tokens: int, eos_id: int | None,
+                 stop: list[str] = ()):
+        self.tokens: list[int] = []
+        self.text = TextStream(tokenizer, stop)
+        self.max_new_tokens = max_new_tokens
+        self.limit = min(max_new_tokens, cfg.max_seq_len - prompt_tokens + 1)  # the last token is never fed back
+        self.eos_id = eos_id
+        self.stop_reason: str | None = None
+
+    def take(self, token: int) -> str:
+        """Add a generated token; return the newly final text (stop_reason is set when this one ends it)."""
+        self.tokens.append(token)
+        if token == self.eos_id:
+            self.stop_reason = "eos"
+            return ""
+        piece = self.text.push(token)
+        if self.text.stopped:
+            self.stop_reason = "stop_string"
+        elif len(self.tokens) == self.limit:
+            self.stop_reason = "max_new_tokens" if self.limit == self.max_new_tokens else "context"
+        return piece
+
+
 def generate(model, prompt: str | list[int], *, max_new_tokens: int = 128, chains: int | None = None,
              switch: Schedule = (), prefill_chains: int | None = None, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop: list[str] = (),
@@ -352,43 +380,30 @@ def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int
     sampling = Sampling(temperature, top_k, top_p, seed).validate()
     eos_id = cfg.eos_token_id if eos_id is None else eos_id
     prefill_chains = default_prefill_chains(cfg, schedule) if prefill_chains is None else prefill_chains
-    texts = [TextStream(model.tokenizer, stop) for _ in prompts]
     emit = on_text or (lambda row, piece: None)
-    tokens, stop_reasons, report = [[] for _ in prompts], [None] * len(prompts), {}
-    limits = [min(max_new_tokens, cfg.max_seq_len - len(p) + 1) for p in prompts]  # each row's context
-
-    def take(row: int, token: int) -> str | None:
-        """Add a row's token; the reason the row stops, if it does."""
-        tokens[row].append(token)
-        if token == eos_id:
-            return "eos"
-        piece = texts[row].push(token)
-        if piece:
-            emit(row, piece)
-        if texts[row].stopped:
-            return "stop_string"
-        if len(tokens[row]) == limits[row]:
-            return "max_new_tokens" if limits[row] == max_new_tokens else "context"
-        return None
+    rows = [Continuation(model.tokenizer, cfg, len(p), max_new_tokens, eos_id, stop) for p in prompts]
+    report = {}
 
     start = time.perf_counter()
     first_token_at = None
     steps = stream_batch(model, prompts, schedule, max_new_tokens, prefill_chains, sampling, report, static)
     for step_tokens, _ in steps:
         first_token_at = first_token_at or time.perf_counter()
-        for row, token in enumerate(step_tokens):
-            if stop_reasons[row] is None:
-                stop_reasons[row] = take(row, token)
-        if all(stop_reasons):
+        for i, (row, token) in enumerate(zip(rows, step_tokens)):
+            if row.stop_reason is None:
+                piece = row.take(token)
+                if piece:
+                    emit(i, piece)
+        if all(row.stop_reason for row in rows):
             break
     steps.close()
     end = time.perf_counter()
-    for row, text in enumerate(texts):
-        rest = text.finish()
+    for i, row in enumerate(rows):
+        rest = row.text.finish()
         if rest:
-            emit(row, rest)
+            emit(i, rest)
     ttft = first_token_at - start
-    decoded = sum(len(t) - 1 for t in tokens)  # the tokens after each row's first
+    decoded = sum(len(row.tokens) - 1 for row in rows)  # the tokens after each row's first
     timings = {
         "time_to_first_token_s": ttft,
         "prefill_tokens_per_s": sum(map(len, prompts)) / ttft,
@@ -398,11 +413,11 @@ def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int
     return [{
         "prompt_ids": prompt_ids,
         "prompt_tokens": len(prompt_ids),
-        "text": text.text,
-        "token_ids": row_tokens,
-        "stop_reason": stop_reason,
+        "text": row.text.text,
+        "token_ids": row.tokens,
+        "stop_reason": row.stop_reason,
         "prefill_chains": prefill_chains,
         **report,
         "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
         "timings": timings,
-    } for prompt_ids, text, row_tokens, stop_reason in zip(prompts, texts, tokens, stop_reasons)]
+    } for prompt_ids, row in zip(prompts, rows)]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from colm_core.api import load
 from colm_core.checkpoint import parse_dtype
-from colm_core.errors import ColmError
+from colm_core.errors import ColmError, missing_extra
 from colm_core.generation import generate_batch
 
 try:
@@ -36,8 +36,7 @@ try:
     from lm_eval.models.utils import Collator, normalize_gen_kwargs
     from lm_eval.utils import get_rolling_token_windows, handle_non_serializable, make_disjoint_window
 except ImportError as e:
-    raise ColmError(f"--tasks runs lm-evaluation-harness, which is not installed ({e.msg}); "
-                    "install it with `pip install 'colm[eval]'`") from None
+    raise missing_extra("--tasks runs lm-evaluation-harness", e, "eval") from None
 
 __all__ = ["ColmLM", "evaluate_tasks", "results_table", "task_manager", "task_names"]
 

@@ -7,7 +7,7 @@ from tests.conftest import REPO, assert_one_line_error, colm_in_process
 
 def test_help_lists_commands():
     proc = colm_in_process("--help", check=True)
-    for command in ("init", "train", "expand", "slice", "eval", "generate", "inspect", "import", "export"):
+    for command in ("init", "train", "expand", "slice", "eval", "generate", "serve", "inspect", "import", "export"):
         assert command in proc.stdout
 
 

@@ -13,7 +13,7 @@ LAYERS = (
     ("tokenizer",),
     ("model", "losses"),
     ("evaluate", "generation", "parallel"),
-    ("card", "data", "init"),
+    ("card", "data", "init", "serving"),
     ("checkpoint",),
     ("verify",),
     ("surgery", "llama", "train"),
