@@ -28,7 +28,7 @@ import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from benchmarks.common import interleaved, medians, parser, report, set_threads
+from benchmarks.common import BOOKS, interleaved, medians, parser, report, set_threads
 from colm_core.checkpoint import parse_dtype, save
 from colm_core.config import PRESETS
 from colm_core.export import export
