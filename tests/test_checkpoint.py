@@ -238,3 +238,24 @@ def test_hash_range_of_unaligned_spans_over_many_chunks(tmp_path):
             hash_range(digest, f.fileno(), offset, nbytes, chunk=4096)
             assert digest.hexdigest() == hashlib.sha256(data[offset:offset + nbytes]).hexdigest()
 
+
+
+@pytest.mark.parametrize("field, value", [("vocab_size", "258"), ("kv_share", 1), ("rope_theta", "1e4"),
+                                          ("heads", [2, 2.5]), ("bos_token_id", True), ("rope_scaling", [8]),
+                                          ("tokenizer", 3), ("norm_eps", None)])
+def test_a_config_field_of_the_wrong_type_is_one_line_naming_it(tmp_path, field, value):
+    colm_in_process("init", "-o", tmp_path / "m", "--layers", "1", check=True)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config, field: value}))
+    assert_one_line_error(colm_in_process("inspect", tmp_path / "m"), 2, f"{field} must be")
+
+
+def test_config_checks_follow_the_field_types():
+    """The check of a field comes from its type, so a new field of any type in use is checked too."""
+    from colm_core.config import value_check
+
+    check, admits = value_check(float | None)
+    assert check(None) and check(1.5) and check(2) and not check("x") and not check(float("nan")) and not check(True)
+    assert admits == "a finite number or null"
+    with pytest.raises(TypeError, match="value_check"):
+        value_check(set)
