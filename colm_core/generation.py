@@ -5,7 +5,7 @@ tokens 0..31 come from 4 chains and tokens from 32 on from 1 chain. Whatever the
 is what that sub-model computes from the whole sequence so far (tests/test_generate.py checks this
 against full recomputation without a cache).
 
-Why the cache can be reused across chain counts (SPEC.md sections 3-4):
+Why the cache can be reused across chain counts (docs/spec.md sections 3-4):
 - CoLM-Air: keys and values come from chain 1 alone, so the cache is the same for every chain count.
   The prompt's cache can be built with chain 1 only, and switching is free.
 - CoLM: chain i's KV heads depend only on chains <= i, so the cache of k chains is the first

@@ -1,4 +1,4 @@
-"""Cross-entropy of several k-chain sub-models from one forward pass (SPEC.md section 3, Loss).
+"""Cross-entropy of several k-chain sub-models from one forward pass (docs/spec.md section 3, Loss).
 
 logits_k = sum_{i<=k} h_i H_i^T, so scale k's logits are scale k-1's plus one more block product.
 For a chunk of rows we build the logits chain by chain and take the CE of every requested scale

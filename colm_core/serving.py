@@ -7,7 +7,7 @@ new prompt but its last token is run once (prefill) into a cache of its own, the
 laid out again, right-aligned, into one left-padded KVCache (colm_core/generation.py), and the next step
 feeds every row's pending token at once. A row that ends leaves the batch at the next layout.
 
-Chain counts share a step (SPEC.md sections 3-4): chains 1..k never read a later chain, so the step runs
+Chain counts share a step (docs/spec.md sections 3-4): chains 1..k never read a later chain, so the step runs
 at K, the largest chain count in the batch, and each row reads the logits of its own k from the same
 hidden states. A CoLM-Air's keys and values come from chain 1 alone: a prompt is prefilled with chain 1,
 as `colm generate` does, and rows of any k share one cache. A CoLM without Air holds the heads of K
