@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from typer.exceptions import TyperException
 
-from colm_cli.common import emit_json, emit_path, err, input_path, number_list, output_path
+from colm_cli.common import emit_json, emit_path, err, input_path, input_paths, number_list, output_path
 from colm_cli.options import ranged, with_options
 from colm_core.config import INIT_STD
 from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted, os_error
@@ -128,12 +128,17 @@ def train(
 
         stdin_input = [] if ckpt else [str(input_path(None))]  # the workers do not share our stdin
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:]) + stdin_input))
-    from colm_core.train import train as run_training
+    from colm_core.checkpoint import refuse_overlap
+    from colm_core.data import matched_paths
+    from colm_core.train import partial_dir, train as run_training
     from colm_cli.render import TrainProgress
 
     opts = options_from(TrainOptions, config, options)
-    path = input_path(ckpt)
-    out = output_path(output, path, "train", force, inputs=[path])
+    path, read = input_paths(ckpt)
+    # --resume is left out: its step checkpoints live in OUT.partial by design
+    inputs = [*read, *matched_paths(opts.data or []), *([config] if config else [])]
+    out = output_path(output, path, "train", force, inputs=inputs)
+    refuse_overlap(partial_dir(out), inputs)
     progress = TrainProgress(err)
     try:
         result = run_training(path, out, opts, force=force, resume=resume, on_event=progress)
@@ -174,8 +179,8 @@ def expand(
     """Append chains; new LM-head blocks are zero, so the logits stay exactly the input's."""
     from colm_core.surgery import expand as expand_checkpoint
 
-    path = input_path(ckpt)
-    out = output_path(output, path, "expand", force, inputs=[path])
+    path, read = input_paths(ckpt)
+    out = output_path(output, path, "expand", force, inputs=read)
     report_verification(expand_checkpoint(path, out, add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn,
                                           air=air, init_std=init_std, seed=seed, verify=verify, force=force))
     err.print(f"[green]expanded[/] {path} by {add_chains} chain(s) -> {out}")
@@ -194,8 +199,8 @@ def slice_(
     from colm_core.checkpoint import open_checkpoint
     from colm_core.surgery import slice_ as slice_checkpoint
 
-    path = input_path(ckpt)
-    out = output_path(output, path, f"slice{chains}", force, inputs=[path])
+    path, read = input_paths(ckpt)
+    out = output_path(output, path, f"slice{chains}", force, inputs=read)
     n = open_checkpoint(path).config.n_chains
     if chains == n:
         err.print(f"--chains {chains} keeps all {n} chains: the output is a plain copy")
@@ -428,8 +433,8 @@ def export(
     """Write a directory that Hugging Face transformers loads (no quantization)."""
     from colm_core.export import export as export_checkpoint
 
-    path = input_path(ckpt)
-    out = output_path(output, path, fmt, force, inputs=[path])
+    path, read = input_paths(ckpt)
+    out = output_path(output, path, fmt, force, inputs=read)
     report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify,
                                           force=force))
     err.print(f"[green]exported[/] {path} as {fmt} -> {out}")

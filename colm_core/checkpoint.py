@@ -296,13 +296,9 @@ def save(model, path: str | Path, *, force: bool = False, history: list[dict] | 
 
 
 def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = ()) -> Path:
-    """Refuse an output that exists (without --force) or that lies inside an input checkpoint."""
+    """Refuse an output that exists (without --force), or that overlaps an input (see refuse_overlap)."""
     path = Path(path)
-    for inp in inputs:
-        inp = Path(inp).resolve()
-        out = path.resolve()
-        if out == inp or inp in out.parents:
-            raise ColmError(f"output {path} is inside the input {inp}; choose an output outside it")
+    refuse_overlap(path, inputs)
     if path.exists() and not force:
         raise ColmError(f"{path} already exists; pass --force to replace it or choose another -o/--output")
     if path.exists() and not path.is_dir():
@@ -311,6 +307,19 @@ def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = (
         raise ColmError(f"{path} is a non-empty directory that is not a checkpoint; even with --force colm "
                         "only replaces checkpoints: choose another -o/--output")
     return path
+
+
+def refuse_overlap(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is an input, lies inside one, or contains one: writing it (and with --force
+    replacing what is there) would change or delete what the command reads."""
+    out = Path(output).resolve()
+    for given in inputs:
+        inp = Path(given).resolve()
+        if out == inp or inp in out.parents:
+            raise ColmError(f"output {output} is inside the input {given}; choose an output outside it")
+        if out in inp.parents:
+            raise ColmError(f"output {output} contains the input {given}, which writing it would replace; "
+                            "choose an output that does not hold the command's inputs")
 
 
 def temporary_sibling(path: Path, kind: str) -> Path:

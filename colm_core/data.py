@@ -26,19 +26,14 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
     directories (.git, .cache, ...). Files that are not UTF-8 text are left out with one note on stderr.
     """
     files: list[Path] = []
-    for spec in specs:
-        spec = str(spec)
-        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
-        if not matches:
-            raise ColmError(f"--data {spec}: the pattern matches no file; check the path")
-        for m in map(Path, matches):
-            if m.is_dir():
-                files += sorted(p for p in m.rglob("*") if p.is_file()
-                                and not any(part.startswith(".") for part in p.relative_to(m).parts))
-            elif m.is_file():
-                files.append(m)
-            else:
-                raise ColmError(f"--data {m}: no such file or directory; check the path")
+    for m in matched_paths(specs):
+        if m.is_dir():
+            files += sorted(p for p in m.rglob("*") if p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(m).parts))
+        elif m.is_file():
+            files.append(m)
+        else:
+            raise ColmError(f"--data {m}: no such file or directory; check the path")
     text, binary = [], []
     for p in files:
         (text if is_text_file(p) else binary).append(p)
@@ -49,6 +44,17 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
     if binary:
         print(f"--data: skipped {skipped}", file=sys.stderr)
     return text
+
+
+def matched_paths(specs: list[str | Path]) -> list[Path]:
+    """The files and directories a --data list names, its glob patterns expanded."""
+    paths = []
+    for spec in map(str, specs):
+        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
+        if not matches:
+            raise ColmError(f"--data {spec}: the pattern matches no file; check the path")
+        paths += map(Path, matches)
+    return paths
 
 
 def is_text_file(path: Path, probe_bytes: int = 1 << 16) -> bool:
