@@ -324,8 +324,13 @@ def refuse_overlap(output: str | Path, inputs: Iterable[str | Path]) -> None:
 
 def temporary_sibling(path: Path, kind: str) -> Path:
     """A new hidden directory beside `path` named .NAME.KIND-PID-RANDOM: the pid tells a later run
-    whether the process that made it is gone (sweep_stale_siblings)."""
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+    whether the process that made it is gone (sweep_stale_siblings). mkdtemp makes it private; it gets
+    a normal directory's mode, as the umask says, since it is renamed into place as the output."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
 
 
 def sweep_stale_siblings(path: Path) -> None:
@@ -355,9 +360,6 @@ def atomic_directory(path: str | Path, force: bool = False):
     sweep_stale_siblings(path)
     tmp = temporary_sibling(path, "tmp")
     old = None
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets a normal directory's mode
     try:
         yield tmp
         if path.exists():

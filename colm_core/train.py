@@ -74,8 +74,11 @@ def check_for_model(opts: TrainOptions, cfg) -> None:
 
 def cut_lateral_input(model, k: int) -> None:
     """Zero the weight blocks by which chains after k read chains 1..k, and keep them zero by masking their
-    gradient: AdamW moves a zero weight with a zero gradient nowhere, weight decay included."""
-    from colm_core.model import lateral_blocks
+    gradient: AdamW moves a zero weight with a zero gradient nowhere, weight decay included.
+
+    A frozen chain stays bitwise unchanged: its blocks are left as they are, so one that does read
+    chains 1..k is refused rather than silently changed."""
+    from colm_core.model import chain_of, lateral_blocks
 
     def masked(columns: int):
         def hook(grad: torch.Tensor) -> torch.Tensor:
@@ -84,10 +87,18 @@ def cut_lateral_input(model, k: int) -> None:
             return grad
         return hook
 
+    names = {id(p): name for name, p in model.named_parameters()}
+    blocks = lateral_blocks(model, k)
+    for weight, columns in blocks:
+        if not weight.requires_grad and weight[:, :columns].any():
+            chain = chain_of(names[id(weight)])
+            raise ColmError(f"--block-diagonal {k} would zero how chain {chain} reads chains 1..{k}, but "
+                            f"--freeze-chains keeps chain {chain} unchanged ({names[id(weight)]} reads them); "
+                            f"freeze fewer chains (at most {chain - 1}) or drop --block-diagonal")
     with torch.no_grad():
-        for weight, columns in lateral_blocks(model, k):
-            weight[:, :columns] = 0
+        for weight, columns in blocks:
             if weight.requires_grad:
+                weight[:, :columns] = 0
                 weight.register_hook(masked(columns))
 
 
@@ -268,6 +279,10 @@ class Trainer:
             raise ColmError(f"--resume {self.resume_from}: that run trained a model of another shape than "
                             f"{ckpt.path}; resume with the input it started from")
         self.model = load(source, device=runtime.device, dtype=torch.float32)
+        broken = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if broken is not None:  # training cannot repair it, and a lower --lr would not help
+            raise ColmError(f"{source}: tensor {broken!r} holds NaN or infinite values: the input model is broken; "
+                            "restore it from its source or train another checkpoint")
         self.model.history = ckpt.history
         for name, p in self.model.named_parameters():
             p.requires_grad_(chain_of(name) > opts.freeze_chains)

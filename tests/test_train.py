@@ -355,16 +355,49 @@ def test_large_vocabulary_tokenizer_json_and_token_cache(tmp_path, env, corpus, 
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path, env, base):
+def test_non_finite_input_weights_are_a_broken_input_not_a_divergence(tmp_path, env, base):
     model = load(base)
     with torch.no_grad():
         model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
     save(model, tmp_path / "broken", history=[])
     (tmp_path / "text.txt").write_text("some text " * 500)
     proc = colm_in_process("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
-                   "-o", tmp_path / "out", env=env)
-    assert_one_line_error(proc, 1, "non-finite loss at step 1")
-    assert not (tmp_path / "out").exists()
+                           "-o", tmp_path / "out", env=env)
+    assert_one_line_error(proc, 2, "tensor 'lm_head.1' holds NaN or infinite values: the input model is broken")
+    assert "--lr" not in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_frozen_chains_stay_bitwise_with_block_diagonal_and_outputs_follow_the_umask(tmp_path, env):
+    """--block-diagonal zeroes only trainable chains' lateral blocks; a frozen chain that reads the earlier
+    chains is refused, not changed. The run's directories get the umask's mode, as every command's do."""
+    model = init_model(InitOptions(heads=[2, 2, 2], n_layers=1, head_dim=8, ffn=[16], max_seq_len=64))
+    save(model, tmp_path / "three", history=[])
+    (tmp_path / "text.txt").write_text("some text and more text " * 300)
+    train = ["train", "--data", tmp_path / "text.txt", "--steps", "2", *FAST, "--lr", "1e-2", "--weight-decay", "0.5"]
+    proc = colm_in_process(*train, tmp_path / "three", "--freeze-chains", "2", "--block-diagonal", "1",
+                           "-o", tmp_path / "refused", env=env)
+    assert_one_line_error(proc, 2, "--freeze-chains keeps chain 2 unchanged")
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
+
+    colm_in_process(*train, tmp_path / "three", "--freeze-chains", "1", "--block-diagonal", "1",
+                    "-o", tmp_path / "apart", env=env, check=True)
+    umask = os.umask(0o002)
+    try:  # chain 2 reads nothing of chain 1 now, so freezing it with --block-diagonal 1 changes nothing
+        colm_in_process(*train, tmp_path / "apart", "--freeze-chains", "2", "--block-diagonal", "1",
+                        "--save-every", "1", "-o", tmp_path / "again", env=env, check=True)
+    finally:
+        os.umask(umask)
+    original, apart, again = weights(tmp_path / "three"), weights(tmp_path / "apart"), weights(tmp_path / "again")
+    for name in original:
+        if chain_of(name) == 1:
+            assert torch.equal(original[name], apart[name]), name
+        if chain_of(name) <= 2:
+            assert torch.equal(apart[name], again[name]), name
+    assert any(not torch.equal(apart[n], again[n]) for n in apart if chain_of(n) == 3)
+    step = tmp_path / "again" / "steps" / "step-0000002"
+    for directory in (tmp_path / "again", tmp_path / "again" / "steps", step, step / "model"):
+        assert directory.stat().st_mode & 0o777 == 0o775, directory
 
 
 def test_config_file_then_flags(tmp_path):
