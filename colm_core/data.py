@@ -101,19 +101,26 @@ def tokenizer_fingerprint(tokenizer) -> bytes:
     return h.digest()
 
 
-def token_cache(files: list[Path], tokenizer) -> np.ndarray:
+def data_digest(files: list[Path], tokenizer) -> str:
+    """What a token stream is, whatever the files' names: the sha256 of the tokenizer's fingerprint and of
+    each file's contents, in order."""
+    h = hashlib.sha256(tokenizer_fingerprint(tokenizer))
+    for f in files:
+        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def token_cache(files: list[Path], tokenizer, digest: str | None = None) -> np.ndarray:
     """The token stream of `files` (BOS doc EOS ..., as evaluation reads them) as a read-only memory map.
 
-    Tokenized once: the cache file is named by the hash of the files' contents and the tokenizer, so
-    an edited file or another tokenizer gets a new entry. Concurrent writers (torchrun ranks) each
+    Tokenized once: the cache file is named by data_digest (`digest`, when the caller has it), so an
+    edited file or another tokenizer gets a new entry. Concurrent writers (torchrun ranks) each
     write a private temporary file and rename it into place, which is atomic.
     """
     from colm_core.evaluate import token_stream
 
-    h = hashlib.sha256(tokenizer_fingerprint(tokenizer))
-    for f in files:
-        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
-    path = cache_root() / "tokens" / f"{h.hexdigest()[:32]}.npy"
+    digest = digest or data_digest(files, tokenizer)
+    path = cache_root() / "tokens" / f"{digest[:32]}.npy"
     if not path.is_file():
         ids = np.asarray(token_stream(tokenizer, read_texts(files)), dtype=np.uint32)
         path.parent.mkdir(parents=True, exist_ok=True)

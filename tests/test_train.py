@@ -114,7 +114,9 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     for name in ("step-0000004", "step-0000006"):
         shutil.copytree(straight / "steps" / name, resumed.with_name("resumed.partial") / "steps" / name)
     (resumed.with_name("resumed.partial") / "steps" / "step-0000006" / "COMPLETE").unlink()
-    proc = colm_in_process(*args, "-o", resumed, "--resume", "auto", env=env, check=True)
+    # The same data spelled otherwise (relative, with ./) is the same data.
+    respelled = [a if a != train_dir else "./corpus/" for a in args]
+    proc = colm_in_process(*respelled, "-o", resumed, "--resume", "auto", cwd=tmp_path, env=env, check=True)
     assert "resuming from" in proc.stderr and "step-0000004" in proc.stderr
 
     final, halfway = weights(straight), weights(straight / "steps" / "step-0000004" / "model")
@@ -129,7 +131,7 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     step4 = straight / "steps" / "step-0000004"
     other_data = tmp_path / "other.txt"
     other_data.write_text("other text " * 2000)
-    changes = [({"--data": other_data}, f"--data {train_dir} -> {other_data}"),
+    changes = [({"--data": other_data}, f"other data (--data {train_dir} then, {other_data} now"),
                ({"--seq-len": "16", "--batch-size": "2"}, "--batch-size 4 -> 2; --seq-len 32 -> 16"),
                ({"--steps": "3"}, "at step 4, beyond --steps 3")]
     for changed, message in changes:  # each flag's value replaced in args
@@ -137,6 +139,12 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
         proc = colm_in_process(*changed_args, "-o", tmp_path / "other", "--resume", step4, env=env)
         assert_one_line_error(proc, 2, message)
         assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
+    # The same spelling with other contents is other data.
+    with open(sorted(train_dir.iterdir())[0], "a") as f:
+        f.write("# edited\n")
+    proc = colm_in_process(*args, "-o", tmp_path / "other", "--resume", step4, env=env)
+    assert_one_line_error(proc, 2, "that run trained on other data")
+    assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
 
 
 def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, base):
