@@ -382,7 +382,7 @@ def inspect(ckpt: CkptArg = None,
             json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
             verify: Annotated[bool, typer.Option(
                 "--verify", help="Re-hash the files and compare them with the sha256 digests recorded when the "
-                                 "checkpoint was written; exit 1 naming the first that differs.")] = False):
+                                 "checkpoint was written; exit 1 naming the first that differs or that has none.")] = False):
     """Show a checkpoint's chains, parameters, shapes, config and history (a Hugging Face directory is read
     in place, not imported)."""
     from colm_cli.render import render

@@ -116,6 +116,14 @@ class Checkpoint:
     def files(self) -> list[Path]:
         return [self.path / f for f in sorted(set(self.weight_map.values()))]
 
+    def needed_files(self) -> list[str]:
+        """Every file the checkpoint is read from: config, index, weights, tokenizer and history files
+        (what its digests must cover; not the card, which `colm push` regenerates)."""
+        from colm_core.tokenizer import TOKENIZER_FILES
+
+        kept = [CONFIG_FILE, INDEX_FILE, *TOKENIZER_FILES, HISTORY_FILE]
+        return sorted({f.name for f in self.files} | {name for name in kept if (self.path / name).is_file()})
+
 
 @dataclass(frozen=True)
 class StoredTensor:
@@ -242,6 +250,10 @@ def read_digests(path: Path) -> dict[str, str]:
     if not isinstance(digests, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
         raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list (expected {{\"sha256\": {{file: digest}}}}); "
                         f"{fix}")
+    for name in digests:
+        if name != Path(name).name or name in ("", ".", ".."):
+            raise ColmError(f"{path / DIGESTS_FILE} lists {name!r}, outside the checkpoint directory; it may only "
+                            f"name the checkpoint's own files: {fix}")
     return digests
 
 
@@ -560,10 +572,15 @@ def has_recorded_digests(ckpt) -> bool:
 
 
 def verify_digests(ckpt: Checkpoint) -> dict[str, str]:
-    """Hash every file digests.json lists and compare; a mismatch names the first file, in name order."""
+    """Hash every file digests.json lists and compare; a mismatch names the first file, in name order.
+    Every file the checkpoint needs must be listed: one that is not could have changed unseen."""
     if not ckpt.digests:
         raise ColmError(f"{ckpt.path} has no {DIGESTS_FILE} (written before colm recorded digests), so there is "
                         "nothing to verify against; omit --verify")
+    uncovered = [name for name in ckpt.needed_files() if name not in ckpt.digests]
+    if uncovered:
+        raise ColmRuntimeError(f"{ckpt.path / uncovered[0]} has no sha256 in {DIGESTS_FILE}, so it cannot be "
+                               "verified; restore the checkpoint (or its digests.json) from the source")
     for name, recorded in sorted(ckpt.digests.items()):
         file = ckpt.path / name
         if not file.is_file():
