@@ -332,3 +332,20 @@ def test_cli_bad_prompts_file_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
         assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path), 2, message)
     assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path, "--prompt", "hi"), 2,
                           "exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
+
+
+def test_a_closed_stdout_pipe_is_a_normal_end(byte_checkpoint):
+    """`colm generate ... | head -c 5`: the reader leaves; the process exits 0 and writes nothing to stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, child_environment
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first token: the first write fails, whatever the timing
+    proc = subprocess.run([sys.executable, "-m", "colm_cli", "generate", str(byte_checkpoint), "--prompt", "Hello",
+                           "--max-new-tokens", "8"], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                          cwd=REPO, env=child_environment(None), timeout=300)
+    os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
