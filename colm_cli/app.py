@@ -312,26 +312,31 @@ def generate(
 ):
     """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
     from colm_core.checkpoint import load
-    from colm_core.generation import Sampling, generate_batch, parse_switch
+    from colm_core.generation import Sampling, check_prompt, generate_batch, parse_switch
 
     Sampling(temperature, top_k, top_p, seed).validate()  # before the model loads: a bad flag fails at once
 
     if sum(source is not None for source in (prompt, prompt_file, prompts)) != 1:
         raise ColmError("give the prompt with exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
-    if prompt_file is not None:
-        if not prompt_file.is_file():
-            raise ColmError(f"--prompt-file {prompt_file}: no such file")
-        prompt = prompt_file.read_text()
-    texts = read_prompts(prompts) if prompts is not None else [prompt]
+    if prompts is not None:
+        named = read_prompts(prompts)
+    elif prompt_file is not None:
+        named = {"the prompt": read_utf8(prompt_file, "--prompt-file")}
+    else:
+        named = {"the prompt": utf8_text(prompt, "--prompt")}
+    texts = list(named.values())
     if not texts[0]:
         raise ColmError("the prompt is empty; give some text to continue")
     model = load(input_path(ckpt), device=torch_device(device), dtype=torch_dtype(dtype))
+    prompt_ids = [model.tokenizer.encode(text, add_special_tokens=True) for text in texts]
+    for name, ids in zip(named, prompt_ids):
+        check_prompt(model.config, ids, name)
 
     def stream(row: int, piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    results = generate_batch(model, texts, max_new_tokens=max_new_tokens, chains=chains,
+    results = generate_batch(model, prompt_ids, max_new_tokens=max_new_tokens, chains=chains,
                              switch=parse_switch(switch or ""), prefill_chains=prefill_chains,
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
                              on_text=None if json_out or prompts else stream)
@@ -350,31 +355,58 @@ def generate(
         for text, result in zip(texts, results):
             print(json.dumps({"prompt": text, **result}, separators=(",", ":")), flush=True)
     elif json_out:
-        emit_json({"prompt": prompt, **results[0]})
+        emit_json({"prompt": texts[0], **results[0]})
     else:
         stream(0, "\n")
 
 
-def read_prompts(path: Path) -> list[str]:
-    """The prompts of a JSON-lines file, one {"prompt": TEXT} object per line (blank lines skipped)."""
-    if not path.is_file():
-        raise ColmError(f"--prompts {path}: no such file")
-    texts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+def read_prompts(path: Path) -> dict[str, str]:
+    """The prompts of a JSON-lines file, one {"prompt": TEXT} object per line (blank lines skipped), each
+    under the name its errors give it: "--prompts FILE line N: the prompt"."""
+    texts = {}
+    for number, line in enumerate(read_utf8(path, "--prompts").splitlines(), 1):
         if not line.strip():
             continue
+        where = f"--prompts {path} line {number}"
         try:
-            text = json.loads(line)["prompt"]
-        except (ValueError, TypeError, KeyError):
-            text = None
-        if not isinstance(text, str):
-            raise ColmError(f'--prompts {path} line {number}: expected a JSON object like {{"prompt": "Once upon"}}')
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ColmError(f'{where}: expected a JSON object like {{"prompt": "Once upon"}}')
+        unknown = sorted(set(record) - {"prompt"})
+        if unknown:
+            raise ColmError(f'{where}: unknown key {unknown[0]!r}; a line holds only {{"prompt": TEXT}}')
+        text = utf8_text(record["prompt"], where)
         if not text:
-            raise ColmError(f"--prompts {path} line {number}: the prompt is empty; give some text to continue")
-        texts.append(text)
+            raise ColmError(f"{where}: the prompt is empty; give some text to continue")
+        texts[f"{where}: the prompt"] = text
     if not texts:
         raise ColmError(f'--prompts {path}: no prompts; write one {{"prompt": TEXT}} object per line')
     return texts
+
+
+def read_utf8(path: Path, flag: str) -> str:
+    """A text file's contents: UTF-8, a leading byte-order mark dropped; other bytes are refused."""
+    if not path.is_file():
+        raise ColmError(f"{flag} {path}: no such file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ColmError(f"{flag} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        "convert it to UTF-8") from None
+
+
+def utf8_text(text: str, where: str) -> str:
+    """Text that UTF-8 can encode: not bytes the command line could not decode, nor a lone surrogate
+    (a JSON "\\ud800"), which no tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ColmError(f"{where}: not UTF-8 text ({text[e.start]!r} at character {e.start}: a byte the command "
+                        "line could not decode, or a lone surrogate); give UTF-8 text") from None
+    return text
 
 
 @app.command()
