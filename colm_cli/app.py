@@ -217,7 +217,7 @@ def eval_(
         help="Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
              "`colm train` holds out for validation.")] = None,
     chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
-    seq_len: Annotated[int, ranged("Tokens per evaluation window.", AT_LEAST_ONE)] = 256,
+    seq_len: Annotated[Optional[int], ranged("Tokens per evaluation window (default: 256).", AT_LEAST_ONE)] = None,
     batch_size: Annotated[int, ranged("Windows per forward pass (with --tasks: requests per forward pass).",
                                       AT_LEAST_ONE)] = 8,
     max_tokens: Annotated[Optional[int], ranged("Evaluate at most this many tokens.", AT_LEAST_ONE)] = None,
@@ -233,9 +233,10 @@ def eval_(
         if given:
             raise ColmError(f"--{given[0].replace('_', '-')} applies to lm-eval tasks; give --tasks too, e.g. "
                             "--tasks hellaswag")
-    elif data or max_tokens is not None:
-        raise ColmError(f"{'--data' if data else '--max-tokens'} applies to text evaluation, not to --tasks; "
-                        "give one of them")
+    elif data or max_tokens is not None or seq_len is not None:
+        flag = "--data" if data else "--max-tokens" if max_tokens is not None else "--seq-len"
+        raise ColmError(f"{flag} applies to text evaluation, not to --tasks (a task's requests use the model's "
+                        "context); give one of them")
     else:
         from colm_core.lm_eval_adapter import task_names  # without lm-eval: the error that says what to install
 
@@ -253,7 +254,7 @@ def eval_(
         evaluate_on_tasks(model, path, sorted(set(ks)), tasks, batch_size)
         return
     from colm_core.data import default_validation_tokens, read_texts
-    from colm_core.evaluate import evaluate_tokens, token_stream
+    from colm_core.evaluate import DEFAULT_SEQ_LEN, evaluate_tokens, token_stream
     from colm_cli.render import eval_table
 
     if data:
@@ -262,8 +263,8 @@ def eval_(
         err.print("no --data: evaluating the held-out part of the embedded corpus (the validation split that "
                   "`colm train` without --data never trains on)", soft_wrap=True)
         ids = default_validation_tokens(model.tokenizer)
-    report = evaluate_tokens(model, ids, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size,
-                             max_tokens=max_tokens)
+    report = evaluate_tokens(model, ids, sorted(set(ks)), seq_len=seq_len or DEFAULT_SEQ_LEN,
+                             batch_size=batch_size, max_tokens=max_tokens)
     report["checkpoint"] = str(path)
     err.print(eval_table(report))
     emit_json(report)

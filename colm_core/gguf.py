@@ -135,7 +135,30 @@ def open_gguf(path: str | Path) -> GGUFModel:
     missing = [name for name in expected if name not in tensor_names]
     if missing:
         raise ColmError(f"{path}: tensor {missing[0]!r} is missing; the metadata says the model has it")
+    check_tensors(model)
     return model
+
+
+def check_tensors(model: GGUFModel) -> None:
+    """Every tensor has the shape the metadata's configuration gives it, and a type whose blocks tile its
+    rows: a tensor stored transposed, or metadata that lies about a size, would otherwise load scrambled."""
+    from gguf import GGML_QUANT_SIZES
+
+    from colm_core.model import expected_shapes
+
+    shapes = expected_shapes(model.config)
+    to_colm = model.colm_names()
+    for t in model.reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
+        expected = shapes[to_colm[t.name]]
+        if shape != expected:
+            raise ColmError(f"{model.path}: tensor {t.name!r} has shape {list(shape)}, but the metadata describes a "
+                            f"model whose {t.name} is {list(expected)}; the file is inconsistent: convert it again")
+        block = GGML_QUANT_SIZES[t.tensor_type][0]
+        if shape[-1] % block:
+            raise ColmError(f"{model.path}: tensor {t.name!r} is stored as {t.tensor_type.name}, whose blocks of "
+                            f"{block} values do not tile its rows of {shape[-1]}; the file is inconsistent: convert "
+                            "it again")
 
 
 def dequantizable(kind) -> bool:
@@ -158,18 +181,28 @@ def hf_config(meta: dict, tensor_names: set[str], path: Path) -> dict:
             raise ColmError(f"{path}: metadata {key!r} is missing; not a complete llama GGUF file")
         return meta[key]
 
+    def count(key, default=None):
+        value = need(key) if default is None else meta.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ColmError(f"{path}: metadata {key!r} is {value!r}, not a positive whole number; the file is "
+                            "inconsistent: convert it again")
+        return value
+
     scaling = meta.get("llama.rope.scaling.type", "none")
     if scaling != "none":
         raise ColmError(f"{path}: RoPE scaling {scaling!r} is not supported; colm imports GGUF files without it")
-    hidden, heads = need("llama.embedding_length"), need("llama.attention.head_count")
-    head_dim = meta.get("llama.rope.dimension_count", hidden // heads)
     tokens = need("tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens:
+        raise ColmError(f"{path}: metadata 'tokenizer.ggml.tokens' is not a list of tokens; the file is "
+                        "inconsistent: convert it again")
+    hidden, heads = count("llama.embedding_length"), count("llama.attention.head_count")
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": meta.get("llama.vocab_size", len(tokens)), "hidden_size": hidden,
-        "intermediate_size": need("llama.feed_forward_length"), "num_hidden_layers": need("llama.block_count"),
-        "num_attention_heads": heads, "num_key_value_heads": meta.get("llama.attention.head_count_kv", heads),
-        "head_dim": head_dim, "rope_theta": meta.get("llama.rope.freq_base", 10000.0),
+        "vocab_size": count("llama.vocab_size", len(tokens)), "hidden_size": hidden,
+        "intermediate_size": count("llama.feed_forward_length"), "num_hidden_layers": count("llama.block_count"),
+        "num_attention_heads": heads, "num_key_value_heads": count("llama.attention.head_count_kv", heads),
+        "head_dim": count("llama.rope.dimension_count", max(hidden // heads, 1)),
+        "rope_theta": meta.get("llama.rope.freq_base", 10000.0),
         "rms_norm_eps": need("llama.attention.layer_norm_rms_epsilon"),
         "max_position_embeddings": meta.get("llama.context_length", 2048),
         "tie_word_embeddings": "output.weight" not in tensor_names,
