@@ -124,7 +124,12 @@ def open_gguf(path: str | Path) -> GGUFModel:
         raise ColmError(f"{path}: tensor type {unsupported[0]} cannot be dequantized by the installed gguf "
                         "package; upgrade it (pip install -U gguf) or convert the file to another type")
     tensor_names = {t.name for t in reader.tensors}
-    cfg = config_from_hf(hf_config(meta, tensor_names, path), tokenizer="tokenizer.json")
+    try:
+        cfg = config_from_hf(hf_config(meta, tensor_names, path), tokenizer="tokenizer.json")
+    except ColmError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ColmError(f"{path}: its metadata describes no model colm can build: {e}") from None
     model = GGUFModel(path, reader, meta, cfg)
     expected = model.colm_names()
     extra = sorted(tensor_names - set(expected))
