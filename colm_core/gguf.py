@@ -113,9 +113,9 @@ def open_gguf(path: str | Path) -> GGUFModel:
     path = Path(path)
     try:
         reader = GGUFReader(path)
-    except Exception as e:  # gguf raises ValueError/struct.error/... on a truncated or foreign file
+        meta = {key: _field_value(field) for key, field in reader.fields.items()}  # strings decode here
+    except Exception as e:  # gguf raises ValueError/struct.error/UnicodeDecodeError... on a damaged or foreign file
         raise ColmError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); download it again") from None
-    meta = {key: _field_value(field) for key, field in reader.fields.items()}
     arch = meta.get("general.architecture")
     if arch != ARCHITECTURE:
         raise ColmError(f"{path}: GGUF architecture {arch!r} is not supported; colm imports 'llama' GGUF files")
