@@ -285,11 +285,13 @@ def overlap_case(root: Path, rng: random.Random) -> Case:
                                                                         else "data.txt")
     relation = rng.choice(["parent", "grandparent", "itself"] + ["inside"] * where.is_dir())
     output = {"parent": where.parent, "grandparent": run, "itself": where, "inside": where / "out"}[relation]
+    force = rng.random() < 0.8
     if command == "train" and args[1] == str(inner) and rng.random() < 0.3:  # OUT.partial holds the input
         args[1], output = str(root / "run.partial" / "steps" / "step-1" / "model"), run
         shutil.rmtree(root / "run.partial", ignore_errors=True)
         shutil.copytree(inner, args[1])
-    args += ["-o", str(output)] + (["--force"] if rng.random() < 0.8 else [])
+        force = True  # what would start the run over, deleting OUT.partial (without it, OUT exists: refused)
+    args += ["-o", str(output)] + (["--force"] if force else [])
     return Case(args, f"{command} with -o {output.relative_to(root)}", must_fail=True, message="the input",
                 unchanged=[run, root / "run.partial", root / "ckpt"])
 
