@@ -166,8 +166,8 @@ def gguf_case(root: Path, rng: random.Random) -> Case:
         name = rng.choice(["blk.1.attn_q.weight", "rope_freqs.weight", "blk.0.attn_q.bias", "junk"])
         tensors[name] = np.ones(HIDDEN, dtype=np.float32)
         what = f"extra tensor {name}"
-    else:
-        what = "a consistent file" if kind == "fine" else ""
+    else:  # "fine", or "damage" (done to the written file below)
+        what = "a consistent file"
     path = root / "case.gguf"
     write_gguf(path, tensors, metadata, types, architecture)
     if kind == "damage":
