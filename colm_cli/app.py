@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from typer.exceptions import TyperException
 
-from colm_cli.common import emit_json, emit_path, err, input_path, number_list, output_path
+from colm_cli.common import emit_json, emit_path, err, input_path, input_paths, number_list, output_path
 from colm_cli.options import ranged, with_options
 from colm_core.config import INIT_STD
 from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted, os_error
@@ -128,12 +128,17 @@ def train(
 
         stdin_input = [] if ckpt else [str(input_path(None))]  # the workers do not share our stdin
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:]) + stdin_input))
-    from colm_core.train import train as run_training
+    from colm_core.checkpoint import refuse_overlap
+    from colm_core.data import matched_paths
+    from colm_core.train import partial_dir, train as run_training
     from colm_cli.render import TrainProgress
 
     opts = options_from(TrainOptions, config, options)
-    path = input_path(ckpt)
-    out = output_path(output, path, "train", force, inputs=[path])
+    path, read = input_paths(ckpt)
+    # --resume is left out: its step checkpoints live in OUT.partial by design
+    inputs = [*read, *matched_paths(opts.data or []), *([config] if config else [])]
+    out = output_path(output, path, "train", force, inputs=inputs)
+    refuse_overlap(partial_dir(out), inputs)
     progress = TrainProgress(err)
     try:
         result = run_training(path, out, opts, force=force, resume=resume, on_event=progress)
@@ -174,8 +179,8 @@ def expand(
     """Append chains; new LM-head blocks are zero, so the logits stay exactly the input's."""
     from colm_core.surgery import expand as expand_checkpoint
 
-    path = input_path(ckpt)
-    out = output_path(output, path, "expand", force, inputs=[path])
+    path, read = input_paths(ckpt)
+    out = output_path(output, path, "expand", force, inputs=read)
     report_verification(expand_checkpoint(path, out, add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn,
                                           air=air, init_std=init_std, seed=seed, verify=verify, force=force))
     err.print(f"[green]expanded[/] {path} by {add_chains} chain(s) -> {out}")
@@ -194,8 +199,8 @@ def slice_(
     from colm_core.checkpoint import open_checkpoint
     from colm_core.surgery import slice_ as slice_checkpoint
 
-    path = input_path(ckpt)
-    out = output_path(output, path, f"slice{chains}", force, inputs=[path])
+    path, read = input_paths(ckpt)
+    out = output_path(output, path, f"slice{chains}", force, inputs=read)
     n = open_checkpoint(path).config.n_chains
     if chains == n:
         err.print(f"--chains {chains} keeps all {n} chains: the output is a plain copy")
@@ -212,7 +217,7 @@ def eval_(
         help="Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
              "`colm train` holds out for validation.")] = None,
     chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
-    seq_len: Annotated[int, ranged("Tokens per evaluation window.", AT_LEAST_ONE)] = 256,
+    seq_len: Annotated[Optional[int], ranged("Tokens per evaluation window (default: 256).", AT_LEAST_ONE)] = None,
     batch_size: Annotated[int, ranged("Windows per forward pass (with --tasks: requests per forward pass).",
                                       AT_LEAST_ONE)] = 8,
     max_tokens: Annotated[Optional[int], ranged("Evaluate at most this many tokens.", AT_LEAST_ONE)] = None,
@@ -228,9 +233,10 @@ def eval_(
         if given:
             raise ColmError(f"--{given[0].replace('_', '-')} applies to lm-eval tasks; give --tasks too, e.g. "
                             "--tasks hellaswag")
-    elif data or max_tokens is not None:
-        raise ColmError(f"{'--data' if data else '--max-tokens'} applies to text evaluation, not to --tasks; "
-                        "give one of them")
+    elif data or max_tokens is not None or seq_len is not None:
+        flag = "--data" if data else "--max-tokens" if max_tokens is not None else "--seq-len"
+        raise ColmError(f"{flag} applies to text evaluation, not to --tasks (a task's requests use the model's "
+                        "context); give one of them")
     else:
         from colm_core.lm_eval_adapter import task_names  # without lm-eval: the error that says what to install
 
@@ -248,7 +254,7 @@ def eval_(
         evaluate_on_tasks(model, path, sorted(set(ks)), tasks, batch_size)
         return
     from colm_core.data import default_validation_tokens, read_texts
-    from colm_core.evaluate import evaluate_tokens, token_stream
+    from colm_core.evaluate import DEFAULT_SEQ_LEN, evaluate_tokens, token_stream
     from colm_cli.render import eval_table
 
     if data:
@@ -257,8 +263,8 @@ def eval_(
         err.print("no --data: evaluating the held-out part of the embedded corpus (the validation split that "
                   "`colm train` without --data never trains on)", soft_wrap=True)
         ids = default_validation_tokens(model.tokenizer)
-    report = evaluate_tokens(model, ids, sorted(set(ks)), seq_len=seq_len, batch_size=batch_size,
-                             max_tokens=max_tokens)
+    report = evaluate_tokens(model, ids, sorted(set(ks)), seq_len=seq_len or DEFAULT_SEQ_LEN,
+                             batch_size=batch_size, max_tokens=max_tokens)
     report["checkpoint"] = str(path)
     err.print(eval_table(report))
     emit_json(report)
@@ -307,26 +313,31 @@ def generate(
 ):
     """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
     from colm_core.checkpoint import load
-    from colm_core.generation import Sampling, generate_batch, parse_switch
+    from colm_core.generation import Sampling, check_prompt, generate_batch, parse_switch
 
     Sampling(temperature, top_k, top_p, seed).validate()  # before the model loads: a bad flag fails at once
 
     if sum(source is not None for source in (prompt, prompt_file, prompts)) != 1:
         raise ColmError("give the prompt with exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
-    if prompt_file is not None:
-        if not prompt_file.is_file():
-            raise ColmError(f"--prompt-file {prompt_file}: no such file")
-        prompt = prompt_file.read_text()
-    texts = read_prompts(prompts) if prompts is not None else [prompt]
+    if prompts is not None:
+        named = read_prompts(prompts)
+    elif prompt_file is not None:
+        named = {"the prompt": read_utf8(prompt_file, "--prompt-file")}
+    else:
+        named = {"the prompt": utf8_text(prompt, "--prompt")}
+    texts = list(named.values())
     if not texts[0]:
         raise ColmError("the prompt is empty; give some text to continue")
     model = load(input_path(ckpt), device=torch_device(device), dtype=torch_dtype(dtype))
+    prompt_ids = [model.tokenizer.encode(text, add_special_tokens=True) for text in texts]
+    for name, ids in zip(named, prompt_ids):
+        check_prompt(model.config, ids, name)
 
     def stream(row: int, piece: str) -> None:
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    results = generate_batch(model, texts, max_new_tokens=max_new_tokens, chains=chains,
+    results = generate_batch(model, prompt_ids, max_new_tokens=max_new_tokens, chains=chains,
                              switch=parse_switch(switch or ""), prefill_chains=prefill_chains,
                              temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
                              on_text=None if json_out or prompts else stream)
@@ -345,31 +356,58 @@ def generate(
         for text, result in zip(texts, results):
             print(json.dumps({"prompt": text, **result}, separators=(",", ":")), flush=True)
     elif json_out:
-        emit_json({"prompt": prompt, **results[0]})
+        emit_json({"prompt": texts[0], **results[0]})
     else:
         stream(0, "\n")
 
 
-def read_prompts(path: Path) -> list[str]:
-    """The prompts of a JSON-lines file, one {"prompt": TEXT} object per line (blank lines skipped)."""
-    if not path.is_file():
-        raise ColmError(f"--prompts {path}: no such file")
-    texts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+def read_prompts(path: Path) -> dict[str, str]:
+    """The prompts of a JSON-lines file, one {"prompt": TEXT} object per line (blank lines skipped), each
+    under the name its errors give it: "--prompts FILE line N: the prompt"."""
+    texts = {}
+    for number, line in enumerate(read_utf8(path, "--prompts").splitlines(), 1):
         if not line.strip():
             continue
+        where = f"--prompts {path} line {number}"
         try:
-            text = json.loads(line)["prompt"]
-        except (ValueError, TypeError, KeyError):
-            text = None
-        if not isinstance(text, str):
-            raise ColmError(f'--prompts {path} line {number}: expected a JSON object like {{"prompt": "Once upon"}}')
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise ColmError(f'{where}: expected a JSON object like {{"prompt": "Once upon"}}')
+        unknown = sorted(set(record) - {"prompt"})
+        if unknown:
+            raise ColmError(f'{where}: unknown key {unknown[0]!r}; a line holds only {{"prompt": TEXT}}')
+        text = utf8_text(record["prompt"], where)
         if not text:
-            raise ColmError(f"--prompts {path} line {number}: the prompt is empty; give some text to continue")
-        texts.append(text)
+            raise ColmError(f"{where}: the prompt is empty; give some text to continue")
+        texts[f"{where}: the prompt"] = text
     if not texts:
         raise ColmError(f'--prompts {path}: no prompts; write one {{"prompt": TEXT}} object per line')
     return texts
+
+
+def read_utf8(path: Path, flag: str) -> str:
+    """A text file's contents: UTF-8, a leading byte-order mark dropped; other bytes are refused."""
+    if not path.is_file():
+        raise ColmError(f"{flag} {path}: no such file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ColmError(f"{flag} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                        "convert it to UTF-8") from None
+
+
+def utf8_text(text: str, where: str) -> str:
+    """Text that UTF-8 can encode: not bytes the command line could not decode, nor a lone surrogate
+    (a JSON "\\ud800"), which no tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ColmError(f"{where}: not UTF-8 text ({text[e.start]!r} at character {e.start}: a byte the command "
+                        "line could not decode, or a lone surrogate); give UTF-8 text") from None
+    return text
 
 
 @app.command()
@@ -430,7 +468,7 @@ def inspect(ckpt: CkptArg = None,
             json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
             verify: Annotated[bool, typer.Option(
                 "--verify", help="Re-hash the files and compare them with the sha256 digests recorded when the "
-                                 "checkpoint was written; exit 1 naming the first that differs.")] = False):
+                                 "checkpoint was written; exit 1 naming the first that differs or that has none.")] = False):
     """Show a checkpoint's chains, parameters, shapes, config and history (a Hugging Face directory is read
     in place, not imported)."""
     from colm_cli.render import render
@@ -481,8 +519,8 @@ def export(
     """Write a directory that Hugging Face transformers loads (no quantization)."""
     from colm_core.export import export as export_checkpoint
 
-    path = input_path(ckpt)
-    out = output_path(output, path, fmt, force, inputs=[path])
+    path, read = input_paths(ckpt)
+    out = output_path(output, path, fmt, force, inputs=read)
     report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify,
                                           force=force))
     err.print(f"[green]exported[/] {path} as {fmt} -> {out}")
@@ -552,12 +590,31 @@ def stop_on_signal(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def silence_stdout() -> None:
+    """Point stdout's file descriptor at /dev/null: what is still buffered for a closed pipe is then
+    flushed there at exit, instead of failing again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (the in-process test harness's stdout)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
 def main() -> None:
     """Entry point: run the app, turning every expected failure into one line on stderr and an exit code."""
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, stop_on_signal)
     try:
         code = app(prog_name="colm", standalone_mode=False)  # typer turns KeyboardInterrupt into 130
+    except SystemExit as e:
+        # typer's answer to a closed stdout is exit 1, but in a pipeline (`colm generate | head`) the
+        # reader leaving is a normal end: exit 0, and nothing more is written to the closed pipe.
+        if not isinstance(e.__context__, BrokenPipeError):
+            raise
+        silence_stdout()
+        code = 0
     except KeyboardInterrupt:
         code = 130
     except typer.Abort:

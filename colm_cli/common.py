@@ -33,6 +33,12 @@ def input_path(arg: str | None, import_hf: bool = True) -> Path:
     """The input checkpoint: the argument, else the first line of stdin (a pipeline's previous command).
 
     A Hugging Face directory (or hf:// reference to one) is imported into the cache, unless import_hf is False."""
+    return input_paths(arg, import_hf)[0]
+
+
+def input_paths(arg: str | None, import_hf: bool = True) -> tuple[Path, list[Path]]:
+    """input_path, and every local path the command reads it from: the path given (a Hugging Face
+    directory or GGUF file) as well as its imported copy, which an output must overlap neither of."""
     if arg is None:
         if sys.stdin is None or sys.stdin.isatty():
             raise ColmError("no input checkpoint: pass its path, or pipe one in (e.g. `colm init | colm inspect`)")
@@ -46,7 +52,9 @@ def input_path(arg: str | None, import_hf: bool = True) -> Path:
                             "pipe in the path a colm command prints, or pass it as an argument")
     from colm_core.resolve import resolve_checkpoint, resolve_input
 
-    return resolve_checkpoint(arg) if import_hf else resolve_input(arg)
+    given = resolve_input(arg)
+    path = resolve_checkpoint(given) if import_hf else given
+    return path, [given, path]
 
 
 def output_path(output: Path | None, derived_from: Path, suffix: str, force: bool, inputs=()) -> Path:

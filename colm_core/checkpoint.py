@@ -116,6 +116,14 @@ class Checkpoint:
     def files(self) -> list[Path]:
         return [self.path / f for f in sorted(set(self.weight_map.values()))]
 
+    def needed_files(self) -> list[str]:
+        """Every file the checkpoint is read from: config, index, weights, tokenizer and history files
+        (what its digests must cover; not the card, which `colm push` regenerates)."""
+        from colm_core.tokenizer import TOKENIZER_FILES
+
+        kept = [CONFIG_FILE, INDEX_FILE, *TOKENIZER_FILES, HISTORY_FILE]
+        return sorted({f.name for f in self.files} | {name for name in kept if (self.path / name).is_file()})
+
 
 @dataclass(frozen=True)
 class StoredTensor:
@@ -242,6 +250,10 @@ def read_digests(path: Path) -> dict[str, str]:
     if not isinstance(digests, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
         raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list (expected {{\"sha256\": {{file: digest}}}}); "
                         f"{fix}")
+    for name in digests:
+        if name != Path(name).name or name in ("", ".", ".."):
+            raise ColmError(f"{path / DIGESTS_FILE} lists {name!r}, outside the checkpoint directory; it may only "
+                            f"name the checkpoint's own files: {fix}")
     return digests
 
 
@@ -296,13 +308,9 @@ def save(model, path: str | Path, *, force: bool = False, history: list[dict] | 
 
 
 def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = ()) -> Path:
-    """Refuse an output that exists (without --force) or that lies inside an input checkpoint."""
+    """Refuse an output that exists (without --force), or that overlaps an input (see refuse_overlap)."""
     path = Path(path)
-    for inp in inputs:
-        inp = Path(inp).resolve()
-        out = path.resolve()
-        if out == inp or inp in out.parents:
-            raise ColmError(f"output {path} is inside the input {inp}; choose an output outside it")
+    refuse_overlap(path, inputs)
     if path.exists() and not force:
         raise ColmError(f"{path} already exists; pass --force to replace it or choose another -o/--output")
     if path.exists() and not path.is_dir():
@@ -313,10 +321,28 @@ def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = (
     return path
 
 
+def refuse_overlap(output: str | Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is an input, lies inside one, or contains one: writing it (and with --force
+    replacing what is there) would change or delete what the command reads."""
+    out = Path(output).resolve()
+    for given in inputs:
+        inp = Path(given).resolve()
+        if out == inp or inp in out.parents:
+            raise ColmError(f"output {output} is inside the input {given}; choose an output outside it")
+        if out in inp.parents:
+            raise ColmError(f"output {output} contains the input {given}, which writing it would replace; "
+                            "choose an output that does not hold the command's inputs")
+
+
 def temporary_sibling(path: Path, kind: str) -> Path:
     """A new hidden directory beside `path` named .NAME.KIND-PID-RANDOM: the pid tells a later run
-    whether the process that made it is gone (sweep_stale_siblings)."""
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+    whether the process that made it is gone (sweep_stale_siblings). mkdtemp makes it private; it gets
+    a normal directory's mode, as the umask says, since it is renamed into place as the output."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{kind}-{os.getpid()}-", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
+    return tmp
 
 
 def sweep_stale_siblings(path: Path) -> None:
@@ -346,9 +372,6 @@ def atomic_directory(path: str | Path, force: bool = False):
     sweep_stale_siblings(path)
     tmp = temporary_sibling(path, "tmp")
     old = None
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the checkpoint gets a normal directory's mode
     try:
         yield tmp
         if path.exists():
@@ -549,10 +572,15 @@ def has_recorded_digests(ckpt) -> bool:
 
 
 def verify_digests(ckpt: Checkpoint) -> dict[str, str]:
-    """Hash every file digests.json lists and compare; a mismatch names the first file, in name order."""
+    """Hash every file digests.json lists and compare; a mismatch names the first file, in name order.
+    Every file the checkpoint needs must be listed: one that is not could have changed unseen."""
     if not ckpt.digests:
         raise ColmError(f"{ckpt.path} has no {DIGESTS_FILE} (written before colm recorded digests), so there is "
                         "nothing to verify against; omit --verify")
+    uncovered = [name for name in ckpt.needed_files() if name not in ckpt.digests]
+    if uncovered:
+        raise ColmRuntimeError(f"{ckpt.path / uncovered[0]} has no sha256 in {DIGESTS_FILE}, so it cannot be "
+                               "verified; restore the checkpoint (or its digests.json) from the source")
     for name, recorded in sorted(ckpt.digests.items()):
         file = ckpt.path / name
         if not file.is_file():

@@ -26,19 +26,14 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
     directories (.git, .cache, ...). Files that are not UTF-8 text are left out with one note on stderr.
     """
     files: list[Path] = []
-    for spec in specs:
-        spec = str(spec)
-        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
-        if not matches:
-            raise ColmError(f"--data {spec}: the pattern matches no file; check the path")
-        for m in map(Path, matches):
-            if m.is_dir():
-                files += sorted(p for p in m.rglob("*") if p.is_file()
-                                and not any(part.startswith(".") for part in p.relative_to(m).parts))
-            elif m.is_file():
-                files.append(m)
-            else:
-                raise ColmError(f"--data {m}: no such file or directory; check the path")
+    for m in matched_paths(specs):
+        if m.is_dir():
+            files += sorted(p for p in m.rglob("*") if p.is_file()
+                            and not any(part.startswith(".") for part in p.relative_to(m).parts))
+        elif m.is_file():
+            files.append(m)
+        else:
+            raise ColmError(f"--data {m}: no such file or directory; check the path")
     text, binary = [], []
     for p in files:
         (text if is_text_file(p) else binary).append(p)
@@ -49,6 +44,17 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
     if binary:
         print(f"--data: skipped {skipped}", file=sys.stderr)
     return text
+
+
+def matched_paths(specs: list[str | Path]) -> list[Path]:
+    """The files and directories a --data list names, its glob patterns expanded."""
+    paths = []
+    for spec in map(str, specs):
+        matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
+        if not matches:
+            raise ColmError(f"--data {spec}: the pattern matches no file; check the path")
+        paths += map(Path, matches)
+    return paths
 
 
 def is_text_file(path: Path, probe_bytes: int = 1 << 16) -> bool:
@@ -95,19 +101,26 @@ def tokenizer_fingerprint(tokenizer) -> bytes:
     return h.digest()
 
 
-def token_cache(files: list[Path], tokenizer) -> np.ndarray:
+def data_digest(files: list[Path], tokenizer) -> str:
+    """What a token stream is, whatever the files' names: the sha256 of the tokenizer's fingerprint and of
+    each file's contents, in order."""
+    h = hashlib.sha256(tokenizer_fingerprint(tokenizer))
+    for f in files:
+        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def token_cache(files: list[Path], tokenizer, digest: str | None = None) -> np.ndarray:
     """The token stream of `files` (BOS doc EOS ..., as evaluation reads them) as a read-only memory map.
 
-    Tokenized once: the cache file is named by the hash of the files' contents and the tokenizer, so
-    an edited file or another tokenizer gets a new entry. Concurrent writers (torchrun ranks) each
+    Tokenized once: the cache file is named by data_digest (`digest`, when the caller has it), so an
+    edited file or another tokenizer gets a new entry. Concurrent writers (torchrun ranks) each
     write a private temporary file and rename it into place, which is atomic.
     """
     from colm_core.evaluate import token_stream
 
-    h = hashlib.sha256(tokenizer_fingerprint(tokenizer))
-    for f in files:
-        h.update(hashlib.sha256(Path(f).read_bytes()).digest())
-    path = cache_root() / "tokens" / f"{h.hexdigest()[:32]}.npy"
+    digest = digest or data_digest(files, tokenizer)
+    path = cache_root() / "tokens" / f"{digest[:32]}.npy"
     if not path.is_file():
         ids = np.asarray(token_stream(tokenizer, read_texts(files)), dtype=np.uint32)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,11 @@ def evaluate(model, texts: list[str], chains: list[int], seq_len: int = 256, bat
                            progress)
 
 
+DEFAULT_SEQ_LEN = 256  # tokens per evaluation window
+
+
 @torch.no_grad()
-def evaluate_tokens(model, ids: list[int], chains: list[int], seq_len: int = 256, batch_size: int = 8,
+def evaluate_tokens(model, ids: list[int], chains: list[int], seq_len: int = DEFAULT_SEQ_LEN, batch_size: int = 8,
                     max_tokens: int | None = None, progress=None) -> dict:
     """Mean next-token loss of each k-chain sub-model over a token stream (BOS doc EOS ...).
 

@@ -187,15 +187,16 @@ def make_schedule(n_chains: int, chains: int | None = None, switch: Schedule = (
     return schedule
 
 
-def check_prompt(cfg, prompt_ids: list[int]) -> None:
+def check_prompt(cfg, prompt_ids: list[int], name: str = "the prompt") -> None:
+    """A prompt the model can continue; `name` says which one (a line of a prompts file)."""
     if not prompt_ids:
-        raise ColmError("the prompt is empty; give some text to continue")
+        raise ColmError(f"{name} is empty; give some text to continue")
     if len(prompt_ids) > cfg.max_seq_len:
-        raise ColmError(f"the prompt is {len(prompt_ids)} tokens, longer than the model's context of "
+        raise ColmError(f"{name} is {len(prompt_ids)} tokens, longer than the model's context of "
                         f"{cfg.max_seq_len}; shorten it")
     bad = [i for i in prompt_ids if not 0 <= i < cfg.vocab_size]
     if bad:
-        raise ColmError(f"prompt token id {bad[0]} is outside the vocabulary 0..{cfg.vocab_size - 1}")
+        raise ColmError(f"{name} has token id {bad[0]}, outside the vocabulary 0..{cfg.vocab_size - 1}")
 
 
 def default_prefill_chains(cfg, schedule: Schedule) -> int:

@@ -113,9 +113,9 @@ def open_gguf(path: str | Path) -> GGUFModel:
     path = Path(path)
     try:
         reader = GGUFReader(path)
-    except Exception as e:  # gguf raises ValueError/struct.error/... on a truncated or foreign file
+        meta = {key: _field_value(field) for key, field in reader.fields.items()}  # strings decode here
+    except Exception as e:  # gguf raises ValueError/struct.error/UnicodeDecodeError... on a damaged or foreign file
         raise ColmError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); download it again") from None
-    meta = {key: _field_value(field) for key, field in reader.fields.items()}
     arch = meta.get("general.architecture")
     if arch != ARCHITECTURE:
         raise ColmError(f"{path}: GGUF architecture {arch!r} is not supported; colm imports 'llama' GGUF files")
@@ -124,7 +124,12 @@ def open_gguf(path: str | Path) -> GGUFModel:
         raise ColmError(f"{path}: tensor type {unsupported[0]} cannot be dequantized by the installed gguf "
                         "package; upgrade it (pip install -U gguf) or convert the file to another type")
     tensor_names = {t.name for t in reader.tensors}
-    cfg = config_from_hf(hf_config(meta, tensor_names, path), tokenizer="tokenizer.json")
+    try:
+        cfg = config_from_hf(hf_config(meta, tensor_names, path), tokenizer="tokenizer.json")
+    except ColmError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise ColmError(f"{path}: its metadata describes no model colm can build: {e}") from None
     model = GGUFModel(path, reader, meta, cfg)
     expected = model.colm_names()
     extra = sorted(tensor_names - set(expected))
@@ -135,7 +140,30 @@ def open_gguf(path: str | Path) -> GGUFModel:
     missing = [name for name in expected if name not in tensor_names]
     if missing:
         raise ColmError(f"{path}: tensor {missing[0]!r} is missing; the metadata says the model has it")
+    check_tensors(model)
     return model
+
+
+def check_tensors(model: GGUFModel) -> None:
+    """Every tensor has the shape the metadata's configuration gives it, and a type whose blocks tile its
+    rows: a tensor stored transposed, or metadata that lies about a size, would otherwise load scrambled."""
+    from gguf import GGML_QUANT_SIZES
+
+    from colm_core.model import expected_shapes
+
+    shapes = expected_shapes(model.config)
+    to_colm = model.colm_names()
+    for t in model.reader.tensors:
+        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
+        expected = shapes[to_colm[t.name]]
+        if shape != expected:
+            raise ColmError(f"{model.path}: tensor {t.name!r} has shape {list(shape)}, but the metadata describes a "
+                            f"model whose {t.name} is {list(expected)}; the file is inconsistent: convert it again")
+        block = GGML_QUANT_SIZES[t.tensor_type][0]
+        if shape[-1] % block:
+            raise ColmError(f"{model.path}: tensor {t.name!r} is stored as {t.tensor_type.name}, whose blocks of "
+                            f"{block} values do not tile its rows of {shape[-1]}; the file is inconsistent: convert "
+                            "it again")
 
 
 def dequantizable(kind) -> bool:
@@ -158,23 +186,35 @@ def hf_config(meta: dict, tensor_names: set[str], path: Path) -> dict:
             raise ColmError(f"{path}: metadata {key!r} is missing; not a complete llama GGUF file")
         return meta[key]
 
+    def positive(key, default=None, kind=(int, float)):
+        value = need(key) if default is None else meta.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < float("inf"):
+            what = "whole number" if kind is int else "number"
+            raise ColmError(f"{path}: metadata {key!r} is {value!r}, not a positive {what}; the file is "
+                            "inconsistent: convert it again")
+        return value
+
+    def count(key, default=None):
+        return positive(key, default, int)
+
     scaling = meta.get("llama.rope.scaling.type", "none")
     if scaling != "none":
         raise ColmError(f"{path}: RoPE scaling {scaling!r} is not supported; colm imports GGUF files without it")
-    hidden, heads = need("llama.embedding_length"), need("llama.attention.head_count")
-    head_dim = meta.get("llama.rope.dimension_count", hidden // heads)
-    tokens = need("tokenizer.ggml.tokens")
+    need("tokenizer.ggml.tokens")
+    tokens = listed(meta, "tokenizer.ggml.tokens", str, path)
+    hidden, heads = count("llama.embedding_length"), count("llama.attention.head_count")
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": meta.get("llama.vocab_size", len(tokens)), "hidden_size": hidden,
-        "intermediate_size": need("llama.feed_forward_length"), "num_hidden_layers": need("llama.block_count"),
-        "num_attention_heads": heads, "num_key_value_heads": meta.get("llama.attention.head_count_kv", heads),
-        "head_dim": head_dim, "rope_theta": meta.get("llama.rope.freq_base", 10000.0),
-        "rms_norm_eps": need("llama.attention.layer_norm_rms_epsilon"),
-        "max_position_embeddings": meta.get("llama.context_length", 2048),
+        "vocab_size": count("llama.vocab_size", len(tokens)), "hidden_size": hidden,
+        "intermediate_size": count("llama.feed_forward_length"), "num_hidden_layers": count("llama.block_count"),
+        "num_attention_heads": heads, "num_key_value_heads": count("llama.attention.head_count_kv", heads),
+        "head_dim": count("llama.rope.dimension_count", max(hidden // heads, 1)),
+        "rope_theta": positive("llama.rope.freq_base", 10000.0),
+        "rms_norm_eps": positive("llama.attention.layer_norm_rms_epsilon"),
+        "max_position_embeddings": count("llama.context_length", 2048),
         "tie_word_embeddings": "output.weight" not in tensor_names,
-        "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"), "eos_token_id": meta.get("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
+        **{f"{hf}_token_id": token_id(meta, f"tokenizer.ggml.{gguf}_token_id", tokens, path)
+           for hf, gguf in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))},
     }
 
 
@@ -182,15 +222,15 @@ def hf_config(meta: dict, tensor_names: set[str], path: Path) -> dict:
 
 def build_tokenizer(meta: dict, path: Path) -> "tokenizers.Tokenizer":
     """The tokenizer the `tokenizer.ggml.*` metadata describes, as transformers' GGUF loading builds it."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
 
     kind = meta.get("tokenizer.ggml.model")
-    tokens = meta["tokenizer.ggml.tokens"]
-    types = meta.get("tokenizer.ggml.token_type") or [0] * len(tokens)
+    tokens = listed(meta, "tokenizer.ggml.tokens", str, path)
+    types = listed(meta, "tokenizer.ggml.token_type", int, path) or [0] * len(tokens)
     vocab = {token: i for i, token in enumerate(tokens)}
     if kind == "gpt2":
-        merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
-        tok = Tokenizer(models.BPE(vocab, merges))
+        merges = [tuple(m.split(" ", 1)) for m in listed(meta, "tokenizer.ggml.merges", str, path)]
+        tok = Tokenizer(bpe(path, vocab, merges))
         split = _SPLITS.get(meta.get("tokenizer.ggml.pre"))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if split is None else \
             pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
@@ -198,11 +238,13 @@ def build_tokenizer(meta: dict, path: Path) -> "tokenizers.Tokenizer":
         tok.decoder = decoders.ByteLevel()
         default_bos = False
     elif kind == "llama":
-        merges = ([tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]] if "tokenizer.ggml.merges" in meta
-                  else merges_from_scores(tokens, meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)))
-        unk = meta.get("tokenizer.ggml.unknown_token_id")
-        tok = Tokenizer(models.BPE(vocab, merges, unk_token=None if unk is None else tokens[unk], fuse_unk=True,
-                                   byte_fallback=True))
+        merges = ([tuple(m.split(" ", 1)) for m in listed(meta, "tokenizer.ggml.merges", str, path)]
+                  if "tokenizer.ggml.merges" in meta else
+                  merges_from_scores(tokens, listed(meta, "tokenizer.ggml.scores", (int, float), path)
+                                     or [0.0] * len(tokens)))
+        unk = token_id(meta, "tokenizer.ggml.unknown_token_id", tokens, path)
+        tok = Tokenizer(bpe(path, vocab, merges, unk_token=None if unk is None else tokens[unk], fuse_unk=True,
+                            byte_fallback=True))
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
         tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
                                          decoders.Strip(" ", 1, 0)])
@@ -215,7 +257,7 @@ def build_tokenizer(meta: dict, path: Path) -> "tokenizers.Tokenizer":
                             if kind_ == CONTROL and (byte_alphabet is None or set(t) <= byte_alphabet)])
     tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, kind_ in zip(tokens, types)
                     if kind_ == USER_DEFINED])
-    bos, eos = meta.get("tokenizer.ggml.bos_token_id"), meta.get("tokenizer.ggml.eos_token_id")
+    bos, eos = (token_id(meta, f"tokenizer.ggml.{which}_token_id", tokens, path) for which in ("bos", "eos"))
     add_bos = meta.get("tokenizer.ggml.add_bos_token", default_bos) and bos is not None
     add_eos = meta.get("tokenizer.ggml.add_eos_token", False) and eos is not None
     if add_bos or add_eos:
@@ -226,6 +268,35 @@ def build_tokenizer(meta: dict, path: Path) -> "tokenizers.Tokenizer":
             single=" ".join(first + ["$A"] + last), pair=" ".join(first + ["$A"] + last + first + ["$B"] + last),
             special_tokens=special)
     return tok
+
+
+def listed(meta: dict, key: str, kind, path: Path) -> list:
+    """A list metadata value whose items are all of `kind` ([] when absent)."""
+    value = meta.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ColmError(f"{path}: metadata {key!r} is not a list of {getattr(kind, '__name__', 'number')}s; the file "
+                        "is inconsistent: convert it again")
+    return value
+
+
+def token_id(meta: dict, key: str, tokens: list[str], path: Path) -> int | None:
+    """A token id metadata value (None when absent): one of the vocabulary's."""
+    value = meta.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(tokens)):
+        raise ColmError(f"{path}: metadata {key!r} is {value!r}, not a token id of its {len(tokens)}-token vocabulary; "
+                        "the file is inconsistent: convert it again")
+    return value
+
+
+def bpe(path: Path, vocab: dict, merges: list, **options):
+    """tokenizers' BPE model, its refusal (a merge of tokens the vocabulary lacks, ...) as a ColmError."""
+    from tokenizers import models
+
+    try:
+        return models.BPE(vocab, merges, **options)
+    except Exception as e:  # tokenizers raises plain Exceptions
+        raise ColmError(f"{path}: its tokenizer metadata builds no tokenizer ({' '.join(str(e).split())}); the file is "
+                        "inconsistent: convert it again") from None
 
 
 def decoders_byte_alphabet() -> list[str]:

@@ -194,15 +194,17 @@ def task_names(text: str) -> list[str]:
 
 def task_manager(names: list[str], include_path: str | Path | None = None):
     """lm-eval's TaskManager for these tasks. Indexing lm-eval's own thousands of task files takes many
-    seconds, so when every task is found under include_path, that directory alone is indexed."""
+    seconds, so when every task (and every task of a group) is found under include_path, that directory
+    alone is indexed. A YAML file there that does not parse is refused: lm-eval would skip it unsaid."""
     from lm_eval.tasks import TaskManager
 
     if include_path is not None:
         if not Path(include_path).is_dir():
             raise ColmError(f"--include-path {include_path}: no such directory; give the directory of your task "
                             "YAML files")
+        check_task_files(Path(include_path))
         local = TaskManager(include_path=str(include_path), include_defaults=False)
-        if all(name in local.all_tasks for name in names):
+        if all(defined_in(local, name) for name in names):
             return local
     manager = TaskManager(include_path=None if include_path is None else str(include_path))
     unknown = [name for name in names if name not in manager.all_tasks and not Path(name).is_file()]
@@ -210,6 +212,65 @@ def task_manager(names: list[str], include_path: str | Path | None = None):
         raise ColmError(f"unknown lm-eval task {unknown[0]!r}; list the tasks with `lm_eval ls tasks`, or give "
                         "the directory of your own task YAML files with --include-path")
     return manager
+
+
+def check_task_files(directory: Path) -> None:
+    """Every YAML file lm-eval would index under `directory` parses, with lm-eval's own loader."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    for path in sorted(directory.glob("**/*.yaml")):
+        try:
+            load_yaml(path, resolve_func=False, recursive=True)
+        except Exception as e:  # yaml's errors, a top level that is not a mapping, a missing include
+            raise ColmError(f"--include-path {directory}: {path} is not a valid task file ({one_line(e)}); fix it, "
+                            "or move it out of the directory") from None
+
+
+def defined_in(manager, name: str, seen: frozenset = frozenset()) -> bool:
+    """Whether the manager's index holds the task, group or tag `name`, and every task a group names."""
+    entry = manager.task_index.get(name)
+    if entry is None or name in seen:
+        return entry is not None
+    members = entry.cfg.get("task", []) if entry.kind.name == "GROUP" else []
+    members = [members] if isinstance(members, str) else members
+    return all(defined_in(manager, m, seen | {name}) for m in members if isinstance(m, str))
+
+
+def check_tasks(manager, names: list[str], num_fewshot: int | None) -> None:
+    """Build each task as lm-eval will (its configuration checked, its templates rendered on a document, its
+    data read), and check that it has the few-shot examples asked for: a task's error is one line naming it,
+    before any model runs."""
+    from lm_eval.api.task import Task
+    from lm_eval.tasks import get_task_dict
+
+    def leaves(tree: dict):
+        for key, value in tree.items():
+            yield from leaves(value) if isinstance(value, dict) else [(key, value)]
+
+    for name in names:
+        try:
+            built = list(leaves(get_task_dict([name], manager)))
+        except ColmError:
+            raise
+        except Exception as e:  # lm-eval's errors for a task's YAML, template or data
+            raise ColmError(f"lm-eval task {name!r} cannot be loaded ({one_line(e)}); fix its YAML file, or check "
+                            "that its dataset can be read") from None
+        for task_name, task in built:
+            shots = num_fewshot if num_fewshot is not None else task.get_config("num_fewshot") or 0
+            if not isinstance(task, Task) or not shots:
+                continue
+            # lm-eval draws one more example when they come from the split evaluated, and drops the document itself
+            drawn = shots + (task.fewshot_cfg.split == task.config.test_split)
+            pool = task.fewshot_docs()
+            available = 0 if pool is None else len(pool)
+            if available < drawn:
+                raise ColmError(f"{shots} few-shot examples: task {task_name!r} has {available} to draw from"
+                                f"{' (the document evaluated is left out)' if drawn > shots else ''}; give "
+                                f"--num-fewshot {max(available - (drawn - shots), 0)} or less")
+
+
+def one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def evaluate_tasks(model, tasks: str | list[str], chains: list[int] | None = None, *, num_fewshot: int | None = None,
@@ -225,6 +286,7 @@ def evaluate_tasks(model, tasks: str | list[str], chains: list[int] | None = Non
     n = model.config.n_chains
     chains = sorted(set(chains or range(1, n + 1)))
     manager = task_manager(names, include_path)
+    check_tasks(manager, names, num_fewshot)
     results = {}
     for k in chains:
         out = lm_eval.simple_evaluate(model=ColmLM(model, chains=k, batch_size=batch_size), tasks=names,

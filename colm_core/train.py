@@ -74,8 +74,11 @@ def check_for_model(opts: TrainOptions, cfg) -> None:
 
 def cut_lateral_input(model, k: int) -> None:
     """Zero the weight blocks by which chains after k read chains 1..k, and keep them zero by masking their
-    gradient: AdamW moves a zero weight with a zero gradient nowhere, weight decay included."""
-    from colm_core.model import lateral_blocks
+    gradient: AdamW moves a zero weight with a zero gradient nowhere, weight decay included.
+
+    A frozen chain stays bitwise unchanged: its blocks are left as they are, so one that does read
+    chains 1..k is refused rather than silently changed."""
+    from colm_core.model import chain_of, lateral_blocks
 
     def masked(columns: int):
         def hook(grad: torch.Tensor) -> torch.Tensor:
@@ -84,10 +87,18 @@ def cut_lateral_input(model, k: int) -> None:
             return grad
         return hook
 
+    names = {id(p): name for name, p in model.named_parameters()}
+    blocks = lateral_blocks(model, k)
+    for weight, columns in blocks:
+        if not weight.requires_grad and weight[:, :columns].any():
+            chain = chain_of(names[id(weight)])
+            raise ColmError(f"--block-diagonal {k} would zero how chain {chain} reads chains 1..{k}, but "
+                            f"--freeze-chains keeps chain {chain} unchanged ({names[id(weight)]} reads them); "
+                            f"freeze fewer chains (at most {chain - 1}) or drop --block-diagonal")
     with torch.no_grad():
-        for weight, columns in lateral_blocks(model, k):
-            weight[:, :columns] = 0
+        for weight, columns in blocks:
             if weight.requires_grad:
+                weight[:, :columns] = 0
                 weight.register_hook(masked(columns))
 
 
@@ -130,6 +141,8 @@ def find_resume(resume: str, partial: Path) -> Path | None:
 # Options a resumed run may change: how it runs and reports, not what it computes. --steps may grow.
 CHANGEABLE_ON_RESUME = ("steps", "dtype", "device", "compile", "strategy", "log_every", "eval_every", "eval_windows",
                         "save_every", "keep_checkpoints")
+# --data is compared by what it holds (check_resume_data), not by how the paths were spelled.
+COMPARED_BY_CONTENT = ("data",)
 
 
 def check_resume(step_dir: Path, opts: TrainOptions) -> None:
@@ -139,13 +152,24 @@ def check_resume(step_dir: Path, opts: TrainOptions) -> None:
     shown = lambda v: "unset" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
     changed = [f"--{name.replace('_', '-')} {shown(saved['options'].get(name))} -> {shown(value)}"
                for name, value in now.items()
-               if name not in CHANGEABLE_ON_RESUME and saved["options"].get(name) != value]
+               if name not in CHANGEABLE_ON_RESUME + COMPARED_BY_CONTENT and saved["options"].get(name) != value]
     if changed:
         raise ColmError(f"--resume {step_dir}: that run used other settings ({'; '.join(changed)}); resume with "
                         "the same ones, or start a new run without --resume")
     if saved["step"] > opts.steps:
         raise ColmError(f"--resume {step_dir}: that checkpoint is at step {saved['step']}, beyond --steps "
                         f"{opts.steps}; give --steps {saved['step']} or more")
+
+
+def check_resume_data(step_dir: Path, opts: TrainOptions, digest: str) -> None:
+    """The resumed run reads the same token stream: the same files' contents and tokenizer (data_digest)."""
+    saved = json.loads((step_dir / STATE_FILE).read_text())
+    if saved.get("data_sha256") != digest:
+        was = " ".join(map(str, saved["options"].get("data") or ["(the embedded corpus)"]))
+        now = " ".join(map(str, opts.data or ["(the embedded corpus)"]))
+        raise ColmError(f"--resume {step_dir}: that run trained on other data (--data {was} then, {now} now: the "
+                        "files' contents or the tokenizer differ); resume with the same data, or start a new run "
+                        "without --resume")
 
 
 def lock_run(partial: Path) -> int:
@@ -220,7 +244,7 @@ def train(ckpt_path: Path, out: Path, opts: TrainOptions, *, force: bool = False
 class Trainer:
     def __init__(self, runtime, ckpt_path, out, opts, force, resume, on_event):
         from colm_core.checkpoint import history_entry, load, open_checkpoint
-        from colm_core.data import default_corpus_files, resolve_text_files, split_tokens, token_cache
+        from colm_core.data import data_digest, default_corpus_files, resolve_text_files, split_tokens, token_cache
         from colm_core.losses import MultiScaleLoss
         from colm_core.model import chain_of
 
@@ -254,7 +278,10 @@ class Trainer:
 
         files = resolve_text_files(opts.data) if opts.data else default_corpus_files()
         tokenizer = ckpt.tokenizer()
-        tokens = token_cache(files, tokenizer)
+        self.data_sha256 = data_digest(files, tokenizer)
+        if self.resume_from is not None:
+            check_resume_data(self.resume_from, opts, self.data_sha256)
+        tokens = token_cache(files, tokenizer, self.data_sha256)
         top = int(tokens.max()) if len(tokens) else 0
         if top >= cfg.vocab_size:  # the embedding lookup would fail mid-step
             raise ColmError(f"the tokenizer gives token id {top}, but the model's vocabulary has {cfg.vocab_size} "
@@ -268,6 +295,10 @@ class Trainer:
             raise ColmError(f"--resume {self.resume_from}: that run trained a model of another shape than "
                             f"{ckpt.path}; resume with the input it started from")
         self.model = load(source, device=runtime.device, dtype=torch.float32)
+        broken = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if broken is not None:  # training cannot repair it, and a lower --lr would not help
+            raise ColmError(f"{source}: tensor {broken!r} holds NaN or infinite values: the input model is broken; "
+                            "restore it from its source or train another checkpoint")
         self.model.history = ckpt.history
         for name, p in self.model.named_parameters():
             p.requires_grad_(chain_of(name) > opts.freeze_chains)
@@ -477,7 +508,7 @@ class Trainer:
             trainer_state = {"step": st.step, "tokens": st.tokens, "seconds": st.seconds,
                              "last_loss": st.last_loss, "val_loss": st.val_loss, "param_groups": groups,
                              "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
-                             "options": dataclasses.asdict(self.opts)}
+                             "options": dataclasses.asdict(self.opts), "data_sha256": self.data_sha256}
             with atomic_directory(path) as tmp:
                 # float32 master weights, whatever the input's dtype: resuming continues from them exactly
                 write_checkpoint(tmp / "model", self.model.config, tensors.items(), self.model.tokenizer,

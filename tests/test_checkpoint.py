@@ -197,6 +197,29 @@ def test_inspect_verify_rehashes_every_file(tmp_path):
     assert_one_line_error(colm_in_process("inspect", "--verify", tmp_path / "m"), 2, "nothing to verify against")
 
 
+@pytest.mark.parametrize("needed", ["model.safetensors", "config.json", "colm_history.json"])
+def test_inspect_verify_fails_where_a_needed_file_is_not_covered(tmp_path, needed):
+    """An entry removed from digests.json, then the file edited: not verified, exit 1."""
+    save(tiny_model(), tmp_path / "m")
+    digests = tmp_path / "m" / "digests.json"
+    recorded = json.loads(digests.read_text())
+    del recorded["sha256"][needed]
+    digests.write_text(json.dumps(recorded))
+    proc = colm_in_process("inspect", "--verify", tmp_path / "m")
+    assert_one_line_error(proc, 1, f"{tmp_path / 'm' / needed} has no sha256 in digests.json")
+
+
+@pytest.mark.parametrize("name", ["../secret", "/etc/passwd", "sub/model.safetensors", ".."])
+def test_digests_naming_files_outside_the_checkpoint_are_refused(tmp_path, name):
+    save(tiny_model(), tmp_path / "m")
+    (tmp_path / "secret").write_text("not the checkpoint's")
+    digests = tmp_path / "m" / "digests.json"
+    recorded = json.loads(digests.read_text())
+    recorded["sha256"][name] = "0" * 64
+    digests.write_text(json.dumps(recorded))
+    assert_one_line_error(colm_in_process("inspect", "--verify", tmp_path / "m"), 2, "outside the checkpoint")
+
+
 @pytest.mark.parametrize("copy_file_range", ["kernel", "missing", "fails part-way"])
 def test_surgery_copies_stored_bytes_exactly_and_records_their_sha256(tmp_path, monkeypatch, copy_file_range):
     """Slicing copies the kept tensors' bytes file to file (copy_file_range where the system has it, reads

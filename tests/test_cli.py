@@ -151,3 +151,44 @@ def test_eval_without_data_scores_the_held_out_part_of_the_default_corpus(tmp_pa
     assert loss == evaluate_tokens(model, held_out[:65], [1], seq_len=64)["results"][0]["loss"]
     assert loss != evaluate_tokens(model, stream[:65], [1], seq_len=64)["results"][0]["loss"]
 
+
+
+def tree(root) -> dict:
+    """Every file below root with its bytes: what a refused command must leave as it was."""
+    from pathlib import Path
+
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def test_an_output_that_holds_an_input_is_refused_before_anything_is_touched(tmp_path):
+    """Whatever the input (checkpoint, --data, --config, a GGUF file) and whichever way round (output
+    inside an input, or an input inside the output or OUT.partial that --force would replace)."""
+    from colm_core.checkpoint import save
+    from tests.conftest import tiny_model
+
+    run = tmp_path / "run"
+    save(tiny_model(), run / "steps" / "step-2" / "model", history=[])
+    save(tiny_model(), tmp_path / "base", history=[])
+    (run / "config.json").write_text("{}")  # a checkpoint, as far as --force is concerned
+    (run / "data.txt").write_text("some text " * 200)
+    (run / "train.json").write_text('{"steps": 1}')
+    (tmp_path / "out.partial").mkdir()
+    save(tiny_model(), tmp_path / "out.partial" / "m", history=[])
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    inner = str(run / "steps" / "step-2" / "model")
+    train = ["train", "--steps", "1", "--seq-len", "16", "--batch-size", "1"]
+    cases = [
+        (["slice", inner, "--chains", "1", "-o", run, "--force"], "contains the input"),
+        (["expand", inner, "-o", run, "--force"], "contains the input"),
+        (["export", inner, "--format", "hf", "-o", run, "--force"], "contains the input"),
+        (["slice", tmp_path / "base", "--chains", "1", "-o", tmp_path / "base", "--force"], "inside the input"),
+        ([*train, tmp_path / "base", "--data", run / "data.txt", "-o", run, "--force"], "contains the input"),
+        ([*train, tmp_path / "base", "--data", str(run / "*.txt"), "-o", run, "--force"], "contains the input"),
+        ([*train, tmp_path / "base", "--config", run / "train.json", "-o", run, "--force"], "contains the input"),
+        ([*train, tmp_path / "out.partial" / "m", "-o", tmp_path / "out", "--force"], "out.partial contains"),
+        (["import", tmp_path / "m.gguf", "-o", tmp_path, "--force"], "contains the input"),
+    ]
+    before = tree(tmp_path)
+    for args, message in cases:
+        assert_one_line_error(colm_in_process(*args, cwd=tmp_path), 2, message)
+        assert tree(tmp_path) == before, args

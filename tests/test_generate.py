@@ -332,3 +332,51 @@ def test_cli_bad_prompts_file_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
         assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path), 2, message)
     assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path, "--prompt", "hi"), 2,
                           "exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
+
+
+def test_a_closed_stdout_pipe_is_a_normal_end(byte_checkpoint):
+    """`colm generate ... | head -c 5`: the reader leaves; the process exits 0 and writes nothing to stderr."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, child_environment
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first token: the first write fails, whatever the timing
+    proc = subprocess.run([sys.executable, "-m", "colm_cli", "generate", str(byte_checkpoint), "--prompt", "Hello",
+                           "--max-new-tokens", "8"], stdout=write_end, stderr=subprocess.PIPE, text=True,
+                          cwd=REPO, env=child_environment(None), timeout=300)
+    os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_cli_prompt_text_must_be_utf8_and_each_batch_line_is_named(byte_checkpoint, tmp_path):
+    """Bytes that are not UTF-8 (in a file, or undecodable on the command line: a lone surrogate) are refused
+    in one line; a byte-order mark is not part of the prompt; a batch's errors name the line."""
+    gen = ["generate", byte_checkpoint, "--max-new-tokens", "4"]
+    plain = json.loads(colm_in_process(*gen, "--prompt", "Hello", "--json", check=True).stdout)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfHello")
+    bom_lines = tmp_path / "bom.jsonl"
+    bom_lines.write_bytes(b'\xef\xbb\xbf{"prompt": "Hello"}\n')
+    for source in (["--prompt-file", bom, "--json"], ["--prompts", bom_lines]):
+        record = json.loads(colm_in_process(*gen, *source, check=True).stdout)
+        assert (record["prompt"], record["prompt_ids"], record["token_ids"]) == \
+            ("Hello", plain["prompt_ids"], plain["token_ids"])
+
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\u00e9".encode("latin-1"))
+    assert_one_line_error(colm_in_process(*gen, "--prompt-file", latin1), 2, "not UTF-8 text (byte 0xe9 at offset 3)")
+    assert_one_line_error(colm_in_process(*gen, "--prompt", "caf\udce9"), 2, "--prompt: not UTF-8 text")
+    lines = tmp_path / "prompts.jsonl"
+    for content, message in [
+        ('{"prompt": "hi"}\n{"prompt": "\\ud800"}\n', "line 2: not UTF-8 text"),
+        ('{"prompt": "hi"}\n\n{"prompt": "hi", "max_new_tokens": 5}\n', "line 3: unknown key 'max_new_tokens'"),
+        ('{"prompt": "hi"}\n{"prompt": "' + "x" * 80 + '"}\n', "line 2: the prompt is 81 tokens, longer than"),
+        ('["hi"]\n', "line 1: expected a JSON object"),
+    ]:
+        lines.write_text(content)
+        assert_one_line_error(colm_in_process(*gen, "--prompts", lines), 2, message)
+    lines.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    assert_one_line_error(colm_in_process(*gen, "--prompts", lines), 2, "not UTF-8 text (byte 0xe9 at offset 15)")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as T
-from gguf import GGUFWriter, quants
+from gguf import GGUFValueType, GGUFWriter, quants
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -90,8 +90,11 @@ def gguf_tensor(w: np.ndarray, kind: T, rng: np.random.Generator):
 
 
 def write_gguf(path, vocab: dict, kind: T = T.F32, tie: bool = False, architecture: str = "llama",
-               extra_tensor: tuple[str, np.ndarray] | None = None):
-    """A tiny Llama GGUF file as llama.cpp's converter writes one; returns the transformers model it holds."""
+               extra_tensor: tuple[str, np.ndarray] | None = None, meta: dict | None = None, store=None):
+    """A tiny Llama GGUF file as llama.cpp's converter writes one; returns the transformers model it holds.
+
+    meta: metadata key -> (value, GGUFValueType) written over the converter's; store(name, array): the
+    array stored for each weight (a file that disagrees with its metadata)."""
     ref = reference_llama(len(vocab["tokens"]), tie)
     w = GGUFWriter(str(path), architecture)
     w.add_block_count(2)
@@ -134,6 +137,8 @@ def write_gguf(path, vocab: dict, kind: T = T.F32, tie: bool = False, architectu
             data = permute(data, HEADS)
         elif "k_proj" in hf_name:
             data = permute(data, KV_HEADS)
+        if store is not None:
+            data = store(names[hf_name], data)
         if data.ndim == 1:  # norms stay float32, as llama.cpp keeps them
             w.add_tensor(names[hf_name], data)
         else:
@@ -141,6 +146,8 @@ def write_gguf(path, vocab: dict, kind: T = T.F32, tie: bool = False, architectu
             w.add_tensor(names[hf_name], stored, raw_dtype=raw)
     if extra_tensor:
         w.add_tensor(*extra_tensor)
+    for key, (value, value_type) in (meta or {}).items():
+        w.add_key_value(key, value, value_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -225,3 +232,37 @@ def test_what_cannot_be_imported_is_one_line_error(tmp_path):
     with pytest.raises(ColmError, match="not a readable GGUF file"):
         import_gguf(tmp_path / "junk.gguf", tmp_path / "d")
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("transposed", "tensor 'blk.0.ffn_gate.weight' has shape [256, 512], but the metadata describes a model whose "
+                   "blk.0.ffn_gate.weight is [512, 256]"),
+    ("wider", "its metadata describes no model colm can build: hidden_size 258 != heads 4 x head_dim 64"),
+    ("wider heads", "tensor 'token_embd.weight' has shape [400, 256], but the metadata describes a model whose "
+                    "token_embd.weight is [400, 512]"),
+    ("no heads", "metadata 'llama.attention.head_count' is 0, not a positive whole number"),
+    ("text heads", "metadata 'llama.attention.head_count' is 'four', not a positive whole number"),
+    ("fewer kv heads", "tensor 'blk.0.attn_k.weight' has shape [128, 256], but the metadata describes a model whose "
+                       "blk.0.attn_k.weight is [64, 256]"),
+])
+def test_a_gguf_whose_tensors_disagree_with_its_metadata_is_refused_on_every_path(tmp_path, case, message):
+    """Every command that takes a .gguf (import, inspect, and the implicit import of the others) checks each
+    tensor's shape against the configuration the metadata describes: one line naming file and tensor, exit 2."""
+    u32 = GGUFValueType.UINT32
+    meta, store = {
+        "transposed": ({}, lambda name, w: w.T.copy() if name == "blk.0.ffn_gate.weight" else w),
+        "wider": ({"llama.embedding_length": (HIDDEN + 2, u32)}, None),
+        "wider heads": ({"llama.embedding_length": (2 * HIDDEN, u32), "llama.rope.dimension_count": (128, u32)}, None),
+        "no heads": ({"llama.attention.head_count": (0, u32)}, None),
+        "text heads": ({"llama.attention.head_count": ("four", GGUFValueType.STRING)}, None),
+        "fewer kv heads": ({"llama.attention.head_count_kv": (1, u32)}, None),
+    }[case]
+    src = tmp_path / "bad.gguf"
+    write_gguf(src, byte_level_vocab(), meta=meta, store=store)
+    env = {"COLM_CACHE_DIR": str(tmp_path / "cache")}
+    for args in (["import", src, "-o", tmp_path / "out"], ["inspect", src], ["expand", src, "-o", tmp_path / "out"],
+                 ["generate", src, "--prompt", "Hi", "--max-new-tokens", "2"], ["eval", src, "--max-tokens", "8"]):
+        proc = colm_in_process(*args, cwd=tmp_path, env=env)
+        assert_one_line_error(proc, 2, f"{src}: ")
+        assert message in proc.stderr
+    assert not (tmp_path / "out").exists() and not list((tmp_path / "cache").glob("imports/*"))

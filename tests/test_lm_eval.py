@@ -126,3 +126,43 @@ def test_task_flags_are_checked_before_anything_loads(tmp_path):
                           (["--tasks", " , "], "--tasks ' , ': give lm-eval task names"),
                           (["--tasks", "x", "--limit", "0"], "--limit 0: must be >= 1")]:
         assert_one_line_error(colm_in_process("eval", tmp_path / "colm", *args), 2, message)
+
+
+def test_bad_task_directories_and_flags_are_one_line_exit_2(tmp_path, offline):
+    """Each task error names the task or file: a YAML that does not parse, a local group that includes a
+    task lm-eval's own index holds (but offline cannot read), more few-shot examples than the task has, a bad
+    output_type, a template that does not parse, --seq-len (which the tasks do not use)."""
+    import shutil
+
+    save(tiny_model(heads=[2, 2], kv_heads=[1, 1], ffn=[24, 16], **BYTE_VOCAB), tmp_path / "colm")
+    choice = (TASKS_DIR / "colm_tiny_choice.yaml").read_text()
+    cases = {
+        "unparsable": ({"broken.yaml": "task: broken\n  x: [\n"}, "broken", [],
+                       "broken.yaml is not a valid task file (ScannerError"),
+        "group": ({"g.yaml": "group: mine\ntask:\n  - colm_tiny_choice\n  - hellaswag\n"}, "mine", [],
+                  "lm-eval task 'mine' cannot be loaded (ConnectionError"),
+        "fewshot": ({}, "colm_tiny_choice", ["--num-fewshot", "4"],
+                    "4 few-shot examples: task 'colm_tiny_choice' has 4 to draw from (the document evaluated is left "
+                    "out); give --num-fewshot 3 or less"),
+        "output_type": ({"t.yaml": choice.replace("task: colm_tiny_choice", "task: t")
+                         .replace("multiple_choice", "choose")}, "t", [], "invalid output_type 'choose'"),
+        "template": ({"t.yaml": choice.replace("task: colm_tiny_choice", "task: t")
+                      .replace("{{question}}", "{{ question")}, "t", [], "(TemplateSyntaxError"),
+        "seq_len": ({}, "colm_tiny_choice", ["--seq-len", "64"], "--seq-len applies to text evaluation"),
+    }
+    # First a good run, which also builds the datasets cache: later runs print no progress bar before their error.
+    good = tmp_path / "good"
+    good.mkdir()
+    for source in ("colm_tiny_choice.yaml", "colm_tiny_choice.jsonl"):
+        shutil.copy(TASKS_DIR / source, good)
+    colm_in_process("eval", tmp_path / "colm", "--tasks", "colm_tiny_choice", "--include-path", good, "--num-fewshot",
+                    "3", "--limit", "2", cwd=good, env=offline, check=True)
+    for name, (files, task, flags, message) in cases.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        shutil.copy(TASKS_DIR / "colm_tiny_choice.yaml", directory)
+        for file, text in files.items():
+            (directory / file).write_text(text)
+        proc = colm_in_process("eval", tmp_path / "colm", "--tasks", task, "--include-path", directory, "--limit", "2",
+                               *flags, cwd=good, env=offline)  # data_files are read from the working directory
+        assert_one_line_error(proc, 2, message)

@@ -114,7 +114,9 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     for name in ("step-0000004", "step-0000006"):
         shutil.copytree(straight / "steps" / name, resumed.with_name("resumed.partial") / "steps" / name)
     (resumed.with_name("resumed.partial") / "steps" / "step-0000006" / "COMPLETE").unlink()
-    proc = colm_in_process(*args, "-o", resumed, "--resume", "auto", env=env, check=True)
+    # The same data spelled otherwise (relative, with ./) is the same data.
+    respelled = [a if a != train_dir else "./corpus/" for a in args]
+    proc = colm_in_process(*respelled, "-o", resumed, "--resume", "auto", cwd=tmp_path, env=env, check=True)
     assert "resuming from" in proc.stderr and "step-0000004" in proc.stderr
 
     final, halfway = weights(straight), weights(straight / "steps" / "step-0000004" / "model")
@@ -129,7 +131,7 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     step4 = straight / "steps" / "step-0000004"
     other_data = tmp_path / "other.txt"
     other_data.write_text("other text " * 2000)
-    changes = [({"--data": other_data}, f"--data {train_dir} -> {other_data}"),
+    changes = [({"--data": other_data}, f"other data (--data {train_dir} then, {other_data} now"),
                ({"--seq-len": "16", "--batch-size": "2"}, "--batch-size 4 -> 2; --seq-len 32 -> 16"),
                ({"--steps": "3"}, "at step 4, beyond --steps 3")]
     for changed, message in changes:  # each flag's value replaced in args
@@ -137,6 +139,12 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
         proc = colm_in_process(*changed_args, "-o", tmp_path / "other", "--resume", step4, env=env)
         assert_one_line_error(proc, 2, message)
         assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
+    # The same spelling with other contents is other data.
+    with open(sorted(train_dir.iterdir())[0], "a") as f:
+        f.write("# edited\n")
+    proc = colm_in_process(*args, "-o", tmp_path / "other", "--resume", step4, env=env)
+    assert_one_line_error(proc, 2, "that run trained on other data")
+    assert not (tmp_path / "other").exists() and not (tmp_path / "other.partial").exists()
 
 
 def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, base):
@@ -355,16 +363,49 @@ def test_large_vocabulary_tokenizer_json_and_token_cache(tmp_path, env, corpus, 
     assert len(list((tmp_path / "cache" / "tokens").iterdir())) == 2
 
 
-def test_non_finite_loss_stops_with_a_clear_message(tmp_path, env, base):
+def test_non_finite_input_weights_are_a_broken_input_not_a_divergence(tmp_path, env, base):
     model = load(base)
     with torch.no_grad():
         model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
     save(model, tmp_path / "broken", history=[])
     (tmp_path / "text.txt").write_text("some text " * 500)
     proc = colm_in_process("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
-                   "-o", tmp_path / "out", env=env)
-    assert_one_line_error(proc, 1, "non-finite loss at step 1")
-    assert not (tmp_path / "out").exists()
+                           "-o", tmp_path / "out", env=env)
+    assert_one_line_error(proc, 2, "tensor 'lm_head.1' holds NaN or infinite values: the input model is broken")
+    assert "--lr" not in proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_frozen_chains_stay_bitwise_with_block_diagonal_and_outputs_follow_the_umask(tmp_path, env):
+    """--block-diagonal zeroes only trainable chains' lateral blocks; a frozen chain that reads the earlier
+    chains is refused, not changed. The run's directories get the umask's mode, as every command's do."""
+    model = init_model(InitOptions(heads=[2, 2, 2], n_layers=1, head_dim=8, ffn=[16], max_seq_len=64))
+    save(model, tmp_path / "three", history=[])
+    (tmp_path / "text.txt").write_text("some text and more text " * 300)
+    train = ["train", "--data", tmp_path / "text.txt", "--steps", "2", *FAST, "--lr", "1e-2", "--weight-decay", "0.5"]
+    proc = colm_in_process(*train, tmp_path / "three", "--freeze-chains", "2", "--block-diagonal", "1",
+                           "-o", tmp_path / "refused", env=env)
+    assert_one_line_error(proc, 2, "--freeze-chains keeps chain 2 unchanged")
+    assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
+
+    colm_in_process(*train, tmp_path / "three", "--freeze-chains", "1", "--block-diagonal", "1",
+                    "-o", tmp_path / "apart", env=env, check=True)
+    umask = os.umask(0o002)
+    try:  # chain 2 reads nothing of chain 1 now, so freezing it with --block-diagonal 1 changes nothing
+        colm_in_process(*train, tmp_path / "apart", "--freeze-chains", "2", "--block-diagonal", "1",
+                        "--save-every", "1", "-o", tmp_path / "again", env=env, check=True)
+    finally:
+        os.umask(umask)
+    original, apart, again = weights(tmp_path / "three"), weights(tmp_path / "apart"), weights(tmp_path / "again")
+    for name in original:
+        if chain_of(name) == 1:
+            assert torch.equal(original[name], apart[name]), name
+        if chain_of(name) <= 2:
+            assert torch.equal(apart[name], again[name]), name
+    assert any(not torch.equal(apart[n], again[n]) for n in apart if chain_of(n) == 3)
+    step = tmp_path / "again" / "steps" / "step-0000002"
+    for directory in (tmp_path / "again", tmp_path / "again" / "steps", step, step / "model"):
+        assert directory.stat().st_mode & 0o777 == 0o775, directory
 
 
 def test_config_file_then_flags(tmp_path):

@@ -6,6 +6,9 @@
           inputs, that nothing incomplete looks valid, and that a rerun (training: --resume auto) succeeds
 --files   hostile checkpoint directories (hostile.py), opened, loaded and described in process
 --cli     hypothesis-drawn command lines (cli_fuzz.py), run in process
+--gguf, --tasks, --prompts, --overlap
+          hostile inputs (inputs.py): GGUF files whose shapes, types and metadata disagree, lm-eval task
+          directories, prompt files, outputs that overlap the command's inputs; run in process
 
 Prints a table of cases tried and failures found, writes it as JSON, and exits 1 if any failed."""
 
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import random
@@ -21,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tests.robustness.inputs import FAMILIES, run_family
 
 # the longest a command's write lasts on the workspace's tiny models, roughly: kills land within it
 KILL_WINDOW_S = {"train": 4.0, "expand": 0.5, "slice": 0.5, "import": 0.5, "export": 0.5, "pull": 0.2}
@@ -102,11 +108,14 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=0, help="SIGKILL cases (spread over the writing commands)")
     parser.add_argument("--files", type=int, default=0, help="hostile checkpoint directories")
     parser.add_argument("--cli", type=int, default=0, help="hypothesis-drawn command lines")
+    for family in FAMILIES:
+        parser.add_argument(f"--{family}", type=int, default=0, help=f"hostile inputs: {family} cases")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     results = {}
-    for name, run in (("files", files), ("kills", kills), ("cli", cli)):
+    families = {family: functools.partial(run_family, family) for family in FAMILIES}
+    for name, run in (("files", files), ("kills", kills), ("cli", cli), *families.items()):
         n = getattr(args, name)
         if n:
             start = time.perf_counter()
