@@ -376,10 +376,9 @@ class Trainer:
         for a in range(opts.grad_accum):
             rows = batch[a * self.micro_rows : (a + 1) * self.micro_rows].to(rt.device)
             with rt.gradient_sync(self.module, a == opts.grad_accum - 1), self.autocast():
-                per_scale = self.module(rows[:, :-1], rows[:, 1:])
-                loss = (per_scale * self.weights).sum() / n_targets
-            self.scaler.scale(loss).backward()
-            sums += per_scale.detach().float()
+                weighted, per_scale = self.module(rows[:, :-1], rows[:, 1:], weights=self.weights)
+            self.scaler.scale(weighted / n_targets).backward()
+            sums += per_scale.float()
         mean = rt.sum(sums) / (opts.batch_size * opts.seq_len)
         losses = {str(k): v for k, v in zip(self.scales, mean.tolist())}
         failure = None if all(math.isfinite(v) for v in losses.values()) else "loss"
@@ -423,7 +422,7 @@ class Trainer:
         for s in range(0, len(windows), self.micro_rows):
             rows = windows[s : s + self.micro_rows].to(self.rt.device)
             with self.autocast():
-                sums += self.module(rows[:, :-1], rows[:, 1:], all_scales).float()
+                sums += self.module(rows[:, :-1], rows[:, 1:], all_scales).per_scale.float()
         mean = sums / (len(windows) * self.opts.seq_len)
         return {str(k): v for k, v in zip(all_scales, mean.tolist())}
 

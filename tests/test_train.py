@@ -245,29 +245,30 @@ def test_all_scales_loss_is_the_sum_of_separate_losses(monkeypatch):
 
     def combined():
         model.zero_grad()
-        per_scale = MultiScaleLoss(model, [1, 2, 3])(x, y)
-        per_scale.sum().backward()
-        return per_scale.sum().detach(), [p.grad.clone() for p in model.parameters()]
+        total = MultiScaleLoss(model, [1, 2, 3])(x, y).total
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in model.parameters()]
 
     ref_loss, ref_grads = separate()
-    for chunk in (losses.LOGITS_PER_CHUNK, 7 * 97):  # one chunk, and 7-row chunks recomputed in backward
-        monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", chunk)
+    for chunk in (losses.LOSS_CHUNK_BYTES, 7 * 97 * 12):  # one chunk, and 7-row chunks (3 float32 gradients a logit)
+        monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", chunk)
         loss, grads = combined()
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
         for g, ref in zip(grads, ref_grads):
             torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)  # float32 rounding of a different summation order
 
 
-@pytest.mark.parametrize("logits_per_chunk, loss_calls", [(losses.LOGITS_PER_CHUNK, 2), (97 * 50, 3)])
-def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, logits_per_chunk, loss_calls):
+@pytest.mark.parametrize("chunk_bytes, chunks", [(losses.LOSS_CHUNK_BYTES, [1, 1]), (97 * 50 * 8, [2, 1])])
+def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, chunk_bytes, chunks):
     """colm eval goes through training's chunked multi-scale loss and still gives each k-chain model's CE."""
     from colm_core.evaluate import evaluate_tokens
 
-    # 97 * 50: chunks of 50 rows, so the batch of two 32-token windows takes two calls, the last window one
-    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", logits_per_chunk)
+    # 97 * 50 * 8: chunks of at most 50 rows (two scales, 4 bytes each), so the batch of two 32-token windows
+    # is cut in two chunks of 32 rows; the last window goes alone
+    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", chunk_bytes)
     calls = []
-    monkeypatch.setattr(losses, "chain_cross_entropy",
-                        lambda *a, _f=losses.chain_cross_entropy: calls.append(1) or _f(*a))
+    monkeypatch.setattr(losses, "chunk_rows",
+                        lambda n, *a, _f=losses.chunk_rows: calls.append(-(-n // _f(n, *a))) or _f(n, *a))
     model = tiny_model(seed=2)
     ids = torch.randint(0, 97, (3 * 32 + 1,), generator=torch.Generator().manual_seed(0)).tolist()
     report = evaluate_tokens(model, ids, [3, 1], seq_len=32, batch_size=2)
@@ -278,12 +279,12 @@ def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, logits_per
                                      windows[:, 1:].flatten())
             assert r["loss"] == pytest.approx(direct.item(), rel=1e-6)
     assert [r["chains"] for r in report["results"]] == [1, 3] and report["tokens"] == 96
-    assert len(calls) == loss_calls
+    assert calls == chunks
 
 
 def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
     """Training every scale with a large vocabulary keeps no full logits tensor per scale for backward."""
-    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", 2**16)
+    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", 2**18)
     vocab = 8192
     model = CoLM(tiny_config(vocab_size=vocab)).init_weights(seed=0)
     x = torch.randint(0, vocab, (4, 64))
@@ -297,7 +298,7 @@ def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            MultiScaleLoss(model, scales)(x, x).sum()
+            MultiScaleLoss(model, scales)(x, x).total
         return total
 
     one_logits = x.numel() * vocab * 4
