@@ -10,8 +10,11 @@ suffix sum D_i = sum_{k>=i} dZ_k, and then
     dh_i = D_i H_i        dH_i += D_i^T h_i   (accumulated in float32 over the chunks)
 
 Nothing is recomputed: the backward pass only scales the stored gradients by the incoming one.
-No (tokens, vocab) tensor is ever whole: a chunk's logits and their gradients fit LOSS_CHUNK_BYTES.
-The head is cast to the compute dtype (autocast's) once per call, not once per chunk.
+No (tokens, vocab) tensor is ever whole: a chunk's logits and their gradients take at most as much
+memory as the head itself in the compute dtype (or LOSS_CHUNK_BYTES, if more): the loss this replaced
+summed the head's gradient chunk by chunk in a buffer that large, which the float32 accumulator here
+does not need, since it becomes the gradient. The head is cast to the compute dtype (autocast's) once
+per call, not once per chunk.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-LOSS_CHUNK_BYTES = 2**27  # working memory of one chunk's logits and their gradients: 128 MiB
+LOSS_CHUNK_BYTES = 2**26  # the least working memory of a chunk, its logits and their gradients: 64 MiB
 
 
 class ScaleLosses(NamedTuple):
@@ -49,9 +52,9 @@ def add_matmul(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         acc.add_(a @ b)
 
 
-def chunk_rows(n_rows: int, vocab: int, bytes_per_logit: int) -> int:
-    """Rows per chunk: the fewest chunks whose working memory fits LOSS_CHUNK_BYTES, evenly sized."""
-    fit = max(1, LOSS_CHUNK_BYTES // (vocab * bytes_per_logit))
+def chunk_rows(n_rows: int, vocab: int, bytes_per_logit: int, budget: int) -> int:
+    """Rows per chunk: the fewest chunks whose working memory fits the budget, evenly sized."""
+    fit = max(1, budget // (vocab * bytes_per_logit))
     return math.ceil(n_rows / math.ceil(n_rows / fit))
 
 
@@ -74,7 +77,8 @@ def chain_cross_entropy(h: torch.Tensor, blocks: list[torch.Tensor], targets: to
                   if gradients and b.requires_grad else None for b in blocks]
         # What a row holds at once: the logits, one stored gradient per scale below the top, and their casts.
         per_logit = len(scales) * acc.itemsize + (2 * dtype.itemsize if dtype != acc else 0)
-        rows = chunk_rows(len(targets), blocks[0].shape[0], per_logit)
+        head_bytes = blocks[0].shape[0] * starts[-1] * dtype.itemsize
+        rows = chunk_rows(len(targets), blocks[0].shape[0], per_logit, max(LOSS_CHUNK_BYTES, head_bytes))
         for r in range(0, len(targets), rows):
             hc, y = h[r : r + rows].detach().to(dtype), targets[r : r + rows, None]
             logits, grads = None, {}

@@ -27,10 +27,11 @@ def gradients(model, total, grad=1.0):
 @pytest.mark.parametrize("tied", [False, True])
 @pytest.mark.parametrize("scales, weights", [([3], [1.0]), ([1, 2, 3], [1.0, 1.0, 1.0]), ([1, 3], [0.5, 2.0]),
                                              ([2, 3], [0.0, 1.5])])
-@pytest.mark.parametrize("chunk_bytes", [losses.LOSS_CHUNK_BYTES, 97 * 7 * 16])  # one chunk; 2-4 rows, uneven
+@pytest.mark.parametrize("rows_per_chunk", [None, 7])  # one chunk (what fits); chunks of 7 rows, the last of 4
 def test_fused_loss_and_every_gradient_are_the_direct_ones(monkeypatch, dtype, tol, tied, scales, weights,
-                                                           chunk_bytes):
-    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", chunk_bytes)
+                                                           rows_per_chunk):
+    if rows_per_chunk:
+        monkeypatch.setattr(losses, "chunk_rows", lambda *args: rows_per_chunk)
     model = tiny_model(seed=5, tie_embeddings=tied).to(dtype).train()
     x, y = torch.randint(0, 97, (2, 3, 13), generator=torch.Generator().manual_seed(1))  # 39 rows: odd
     w = torch.tensor(weights, dtype=dtype)
@@ -46,7 +47,7 @@ def test_fused_loss_and_every_gradient_are_the_direct_ones(monkeypatch, dtype, t
 
 
 def test_frozen_chains_and_head_get_no_gradient_and_the_rest_the_direct_one(monkeypatch):
-    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", 97 * 10 * 12)
+    monkeypatch.setattr(losses, "chunk_rows", lambda *args: 10)
     model = tiny_model(seed=6).train()
     frozen = {"embed.0", "lm_head.0", "lm_head.2", "norm.gains.0"}
     for name, p in model.named_parameters():
@@ -86,7 +87,7 @@ def test_without_gradients_the_loss_is_the_same_and_no_gradient_is_built():
 
 
 def test_under_autocast_the_head_is_cast_once_and_its_gradient_is_float32(monkeypatch):
-    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", 97 * 8 * 12)  # several chunks
+    monkeypatch.setattr(losses, "chunk_rows", lambda *args: 6)  # several chunks
     model = tiny_model(seed=9).train()
     x, y = torch.randint(0, 97, (2, 2, 16))
     exact_total, _ = direct(model, x, y, [1, 2, 3], torch.ones(3))
@@ -117,8 +118,7 @@ def test_under_autocast_the_head_is_cast_once_and_its_gradient_is_float32(monkey
 
 
 @pytest.mark.parametrize("rows, fit, chunks", [(39, 39, 1), (39, 16, 3), (4096, 1000, 5), (5, 1, 5)])
-def test_chunks_are_the_fewest_that_fit_and_evenly_sized(monkeypatch, rows, fit, chunks):
-    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", fit * 100 * 4)
-    size = losses.chunk_rows(rows, 100, 4)
+def test_chunks_are_the_fewest_that_fit_and_evenly_sized(rows, fit, chunks):
+    size = losses.chunk_rows(rows, 100, 4, fit * 100 * 4)
     assert size <= fit and -(-rows // size) == chunks
     assert rows - size * (chunks - 1) > size - chunks  # the last chunk is not much smaller than the others
