@@ -369,6 +369,87 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path, env, base):
     assert not (tmp_path / "out").exists()
 
 
+def fused_adamw(monkeypatch) -> None:
+    """colm train with the optimizer it takes on CUDA, on the CPU: the fused AdamW, which skips a non-finite
+    update on the device instead of the host deciding whether to step."""
+    from colm_core.train import Trainer
+
+    make = Trainer.make_optimizer
+
+    def fused(self):
+        groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in make(self).param_groups]
+        return torch.optim.AdamW(groups, fused=True)
+
+    monkeypatch.setattr(Trainer, "make_optimizer", fused)
+
+
+def count_device_reads(monkeypatch) -> list[int]:
+    """Per training step, how often the host read a tensor's value (on a GPU, each read is a sync)."""
+    from colm_core.train import Trainer
+
+    reads: list[int] = []
+    inside = [False]
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        def counting(t, *args, _real=getattr(torch.Tensor, name)):
+            if inside[0]:
+                reads[-1] += 1
+            return _real(t, *args)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    step = Trainer.train_step
+
+    def counted(self):
+        reads.append(0)
+        inside[0] = True
+        try:
+            return step(self)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    return reads
+
+
+def test_with_the_fused_adamw_a_step_reads_the_device_once(monkeypatch, tmp_path, env, corpus, base):
+    fused_adamw(monkeypatch)
+    reads = count_device_reads(monkeypatch)
+    out = tmp_path / "out"
+    colm_in_process("train", base, "--data", corpus[0], "--steps", "3", *FAST, "-o", out, env=env, check=True)
+    assert reads == [1, 1, 1]  # the losses, the gradient norm and the weights' check, read together
+    trained, before = weights(out), weights(base)
+    assert all(t.isfinite().all() for t in trained.values())
+    assert any(not torch.equal(trained[name], before[name]) for name in before)
+
+
+@pytest.mark.parametrize("optimizer", ["foreach", "fused"])
+def test_a_non_finite_loss_skips_the_update_with_either_optimizer(monkeypatch, tmp_path, env, base, optimizer):
+    """A skipped step leaves the weights as they were: with the fused AdamW the device skips it, by found_inf."""
+    from colm_core.train import Trainer
+
+    if optimizer == "fused":
+        fused_adamw(monkeypatch)
+    model = load(base)
+    with torch.no_grad():
+        model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
+    save(model, tmp_path / "broken", history=[])
+    (tmp_path / "text.txt").write_text("some text " * 500)
+    seen = {}
+    step = Trainer.train_step
+
+    def watched(self):
+        before = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        result = step(self)
+        seen.update(failure=result[1], unchanged=all(torch.equal(before[name].nan_to_num(), p.detach().nan_to_num())
+                                                     for name, p in self.model.named_parameters()))
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", watched)
+    proc = colm_in_process("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
+                           "-o", tmp_path / "out", env=env)
+    assert_one_line_error(proc, 1, "non-finite loss at step 1")
+    assert seen == {"failure": "loss", "unchanged": True}
+    assert not (tmp_path / "out").exists()
+
+
 def test_config_file_then_flags(tmp_path):
     from colm_core.errors import ColmError
     from colm_core.train import TrainOptions
