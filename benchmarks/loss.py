@@ -49,13 +49,17 @@ def checkpointed_chunk(h, head_blocks, targets, scales):
     return torch.stack(sums)
 
 
-def checkpointed_loss(model, ids, targets, scales):
-    """The replaced MultiScaleLoss: chunks of 2^24 logits, each recomputed in the backward pass."""
-    h = model.hidden_states(ids, scales[-1]).flatten(0, 1)
-    y, blocks = targets.flatten(), model.head_blocks(scales[-1])
-    rows = max(1, CHECKPOINTED_LOGITS_PER_CHUNK // model.config.vocab_size)
+def checkpointed_head_loss(h, blocks, y, scales):
+    """The replaced loss on hidden rows h (N, D): chunks of 2^24 logits, each recomputed in the backward pass."""
+    rows = max(1, CHECKPOINTED_LOGITS_PER_CHUNK // blocks[0].shape[0])
     return sum(checkpoint(checkpointed_chunk, h[s : s + rows], blocks, y[s : s + rows], scales, use_reentrant=False)
                for s in range(0, len(y), rows))
+
+
+def checkpointed_loss(model, ids, targets, scales):
+    """The replaced MultiScaleLoss."""
+    h = model.hidden_states(ids, scales[-1]).flatten(0, 1)
+    return checkpointed_head_loss(h, model.head_blocks(scales[-1]), targets.flatten(), scales)
 
 
 def materialised_loss(model, ids, targets, scales):

@@ -122,3 +122,17 @@ def test_chunks_are_the_fewest_that_fit_and_evenly_sized(rows, fit, chunks):
     size = losses.chunk_rows(rows, 100, 4, fit * 100 * 4)
     assert size <= fit and -(-rows // size) == chunks
     assert rows - size * (chunks - 1) > size - chunks  # the last chunk is not much smaller than the others
+
+
+def test_compiled_loss_is_bitwise_the_eager_one():
+    """`colm train --compile` compiles MultiScaleLoss: the fused loss traces whole (fullgraph), gradients included."""
+    model = tiny_model(seed=10).train()
+    x, y = torch.randint(0, 97, (2, 2, 20), generator=torch.Generator().manual_seed(3))
+    w = torch.tensor([0.5, 1.0, 2.0])
+    loss = MultiScaleLoss(model, [1, 2, 3])
+    eager = loss(x, y, weights=w)
+    expected = gradients(model, eager.total, 0.3)
+    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)(x, y, weights=w)
+    got = gradients(model, compiled.total, 0.3)
+    assert torch.equal(compiled.total, eager.total) and torch.equal(compiled.per_scale, eager.per_scale)
+    assert all(torch.equal(got[name], expected[name]) for name in expected)
