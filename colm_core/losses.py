@@ -75,8 +75,8 @@ def chain_cross_entropy(h: torch.Tensor, blocks: list[torch.Tensor], targets: to
         dh = torch.empty_like(h) if gradients and h.requires_grad else None
         dheads = [torch.zeros(b.shape, dtype=torch.promote_types(b.dtype, torch.float32), device=b.device)
                   if gradients and b.requires_grad else None for b in blocks]
-        # What a row holds at once: the logits, one stored gradient per scale below the top, and their casts.
-        per_logit = len(scales) * acc.itemsize + (2 * dtype.itemsize if dtype != acc else 0)
+        # What a row holds at once: the logits, one stored gradient per scale below the top, and a cast of one.
+        per_logit = len(scales) * acc.itemsize + (dtype.itemsize if dtype != acc else 0)
         head_bytes = blocks[0].shape[0] * starts[-1] * dtype.itemsize
         rows = chunk_rows(len(targets), blocks[0].shape[0], per_logit, max(LOSS_CHUNK_BYTES, head_bytes))
         for r in range(0, len(targets), rows):
@@ -84,9 +84,11 @@ def chain_cross_entropy(h: torch.Tensor, blocks: list[torch.Tensor], targets: to
             logits, grads = None, {}
             for k, head in enumerate(heads, start=1):
                 block_input = hc[:, starts[k - 1] : starts[k]]
-                if logits is None:
-                    logits = (block_input @ head.t()).to(acc)
-                else:
+                if logits is None and dtype == acc:
+                    logits = block_input @ head.t()
+                else:  # low-precision GEMMs sum into float32 logits, never rounded to the GEMMs' dtype
+                    if logits is None:
+                        logits = torch.zeros(len(y), head.shape[0], dtype=acc, device=h.device)
                     add_matmul(logits, block_input, head.t())
                 if k not in scales:
                     continue
