@@ -93,12 +93,12 @@ def chain_cross_entropy(h: torch.Tensor, blocks: list[torch.Tensor], targets: to
                 if k not in scales:
                     continue
                 j = scales.index(k)
-                peak = logits.amax(1, keepdim=True)
+                row_max = logits.amax(1, keepdim=True)
                 target_logit = logits.gather(1, y)
                 # softmax's numerator; the top scale's logits are not needed again: it overwrites them
-                p = torch.sub(logits, peak, out=logits if k == top else None).exp_()
+                p = torch.sub(logits, row_max, out=logits if k == top else None).exp_()
                 denominator = p.sum(1, keepdim=True)
-                sums[j] += (peak + denominator.log() - target_logit).sum()
+                sums[j] += (row_max + denominator.log() - target_logit).sum()
                 if gradients:
                     w = weights[j].to(acc)
                     p.mul_(w / denominator)
