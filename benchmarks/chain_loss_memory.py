@@ -44,7 +44,7 @@ def measure(mode: str, vocab: int, tokens: int, chains: int) -> float:
         loss = sum(F.cross_entropy(model.logits(h, k).flatten(0, 1), y.flatten()) for k in range(1, chains + 1))
     else:
         scales = [chains] if mode == "full" else list(range(1, chains + 1))
-        loss = MultiScaleLoss(model, scales)(x, y).sum()
+        loss = MultiScaleLoss(model, scales)(x, y).total
     loss.backward()
     return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 

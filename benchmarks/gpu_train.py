@@ -85,7 +85,8 @@ def colm_loss(shape: dict, chains: int, device: str):
                      heads=per_chain(shape["heads"]), kv_heads=per_chain(shape["kv_heads"]), ffn=per_chain(shape["ffn"]),
                      max_seq_len=shape["seq"], tie_embeddings=True).validate()
     model = CoLM(cfg).init_weights().to(device).train()
-    return MultiScaleLoss(model, [chains])  # the full model's loss only, as Llama's
+    module = MultiScaleLoss(model, [chains])  # the full model's loss only, as Llama's
+    return lambda ids, targets: module(ids, targets).total
 
 
 def llama_loss(shape: dict, device: str):

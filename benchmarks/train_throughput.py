@@ -21,7 +21,7 @@ from colm_core.model import CoLM
 def colm_step(cfg: ColmConfig, scales_of):
     model = CoLM(cfg).init_weights(seed=0)
     loss_module = MultiScaleLoss(model, scales_of(cfg.n_chains))
-    return model, lambda ids: loss_module(ids[:, :-1], ids[:, 1:]).sum() / ids[:, 1:].numel()
+    return model, lambda ids: loss_module(ids[:, :-1], ids[:, 1:]).total / ids[:, 1:].numel()
 
 
 def llama_step(cfg: ColmConfig):

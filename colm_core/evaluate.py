@@ -63,7 +63,7 @@ def evaluate_tokens(model, ids: list[int], chains: list[int], seq_len: int = DEF
     for batch in batches:
         xy = torch.tensor(batch, device=device)
         x, y = xy[:, :-1], xy[:, 1:]
-        nll += loss(x, y).double().cpu()
+        nll += loss(x, y).per_scale.double().cpu()
         n_tokens += y.numel()
         n_bytes += sum(model.tokenizer.byte_length(w[1:]) for w in batch)
         if progress is not None:

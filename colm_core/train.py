@@ -324,8 +324,10 @@ class Trainer:
         params = [p for p in self.module.parameters() if p.requires_grad]
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.opts.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        # Fused on CUDA: one kernel for every tensor, and it can skip a non-finite step without a host sync.
+        cuda = self.rt.device.type == "cuda"
         return torch.optim.AdamW(groups, lr=self.opts.lr, betas=(self.opts.beta1, self.opts.beta2),
-                                 foreach=self.rt.device.type == "cuda" or None)
+                                 fused=cuda or None)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -407,28 +409,37 @@ class Trainer:
         for a in range(opts.grad_accum):
             rows = batch[a * self.micro_rows : (a + 1) * self.micro_rows].to(rt.device)
             with rt.gradient_sync(self.module, a == opts.grad_accum - 1), self.autocast():
-                per_scale = self.module(rows[:, :-1], rows[:, 1:])
-                loss = (per_scale * self.weights).sum() / n_targets
-            self.scaler.scale(loss).backward()
-            sums += per_scale.detach().float()
+                weighted, per_scale = self.module(rows[:, :-1], rows[:, 1:], weights=self.weights)
+            self.scaler.scale(weighted / n_targets).backward()
+            sums += per_scale.float()
         mean = rt.sum(sums) / (opts.batch_size * opts.seq_len)
-        losses = {str(k): v for k, v in zip(self.scales, mean.tolist())}
-        failure = None if all(math.isfinite(v) for v in losses.values()) else "loss"
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if failure is None:
-            self.scaler.unscale_(self.optimizer)
-            if opts.grad_clip > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-            else:
-                grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-            # A float16 GradScaler skips steps with overflowing gradients by itself, and lowers its scale.
-            if not self.scaler.is_enabled() and not torch.isfinite(grad_norm).item():
-                failure = "gradient"
-        if failure is None:
+        self.scaler.unscale_(self.optimizer)
+        if opts.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP: a DTensor
+        # A float16 GradScaler skips steps with overflowing gradients by itself, and lowers its scale.
+        finite = torch.isfinite(mean).all() & (torch.isfinite(grad_norm) | self.scaler.is_enabled())
+        if self.optimizer.defaults["fused"] and not self.scaler.is_enabled():
+            # The fused AdamW skips the update on the device when found_inf is 1: no host sync before it.
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif self.scaler.is_enabled() or finite:  # a GradScaler skips by itself; on a CPU, reading waits for nothing
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            if rt.any(not all_finite(params)):
-                failure = "weights"
+        weights_bad = rt.sum((~all_finite(params)).float().reshape(1))
+        # The step's one host sync: losses, gradient norm and the weights' check, read together.
+        *values, norm, bad = torch.cat([mean.float(), grad_norm.float().reshape(1), weights_bad]).tolist()
+        losses = {str(k): v for k, v in zip(self.scales, values)}
+        if not all(math.isfinite(v) for v in values):
+            failure = "loss"  # the update was skipped
+        elif not self.scaler.is_enabled() and not math.isfinite(norm):
+            failure = "gradient"  # the update was skipped
+        else:
+            failure = "weights" if bad else None
         self.optimizer.zero_grad(set_to_none=True)
         return losses, failure
 
@@ -454,7 +465,7 @@ class Trainer:
         for s in range(0, len(windows), self.micro_rows):
             rows = windows[s : s + self.micro_rows].to(self.rt.device)
             with self.autocast():
-                sums += self.module(rows[:, :-1], rows[:, 1:], all_scales).float()
+                sums += self.module(rows[:, :-1], rows[:, 1:], all_scales).per_scale.float()
         mean = sums / (len(windows) * self.opts.seq_len)
         return {str(k): v for k, v in zip(all_scales, mean.tolist())}
 
@@ -571,10 +582,11 @@ class Trainer:
         return self.out
 
 
-def all_finite(tensors: list[torch.Tensor]) -> bool:
-    """No NaN or infinity in any of the tensors (this rank's shards of FSDP ones), with one device sync."""
-    local = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
-    return bool(torch.stack([torch.isfinite(t.detach()).all() for t in local]).all())
+def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A device bool: no NaN or infinity in any of the tensors (this rank's shards of FSDP ones). One fused
+    reduction (the largest magnitude of each tensor, which a finite tensor never overflows), no sync."""
+    local = [t.detach().to_local() if hasattr(t, "to_local") else t.detach() for t in tensors]
+    return torch.isfinite(torch.stack(torch._foreach_norm(local, float("inf")))).all()
 
 
 def step_name(step: int) -> str:

@@ -4,6 +4,8 @@
   CUDA that is cuBLAS per chain, which brought a training step to 0.87x of transformers' Llama
   where the Triton kernels reached 0.12x (docs/kernels.md), so it stays the default until the
   Triton kernels are measured faster;
+- masked: the chain linear as three dense GEMMs on one packed block lower-triangular weight (cuBLAS's
+  dense speed on CUDA: the floor for the block-sparse formulations); the norm as with torch;
 - triton: the Triton kernels; CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 (the tests);
 - reference: the obviously-correct dense formulations (debugging, the tests' ground truth).
 """
@@ -13,7 +15,7 @@ import os
 
 import torch
 
-BACKENDS = ("torch", "triton", "reference")
+BACKENDS = ("torch", "masked", "triton", "reference")
 DEFAULT = "torch"
 
 

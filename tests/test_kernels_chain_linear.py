@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from colm_kernels.chain_linear import chain_linear, op, pytorch, reference  # noqa: E402
+from colm_kernels.chain_linear import chain_linear, masked, op, pytorch, reference  # noqa: E402
 from colm_kernels.chain_linear import triton as triton_impl  # noqa: E402
 from tests.conftest import select_kernels  # noqa: E402
 
@@ -43,6 +43,15 @@ def make_case(ins, outs, lead=(3, 37), extra=0, dtype=torch.float32, seed=0):
 def backend(name):
     """The custom op with one backend, whatever COLM_KERNELS says."""
     return lambda x, weights: op.chain_linear(x, weights, name)
+
+
+def eager(name):
+    """The autograd.Function (eager mode's path) with one backend."""
+    return lambda x, weights: op.ChainLinear.apply(x, name, *weights)
+
+
+IMPLS = {"triton": backend("triton"), "torch": backend("torch"), "masked": backend("masked"),
+         "torch-eager": eager("torch"), "masked-eager": eager("masked")}
 
 
 def forward_and_grads(fn, x, weights, grad_y):
@@ -97,7 +106,7 @@ def test_triton_matches_reference(chains, dtype):
         torch.testing.assert_close(g.float(), e, **TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("impl", [backend("triton"), backend("torch")], ids=["triton", "torch"])
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
 @pytest.mark.parametrize("chains", [([24], [16]), ([20, 30, 14], [17, 40, 9])], ids=["air", "3-odd"])
 def test_reads_only_the_prefix(impl, chains):
     """x wider than the chains read (the Air case: one weight on x[..., :d_1]): the extra
@@ -115,16 +124,17 @@ def test_reads_only_the_prefix(impl, chains):
     assert (got[1][..., -9:] == 0).all()
 
 
+@pytest.mark.parametrize("name", ["torch", "masked"])
 @pytest.mark.parametrize("chains", CHAINS.values(), ids=CHAINS.keys())
-def test_torch_matches_reference(chains):
+def test_torch_and_masked_match_reference(chains, name):
     x, weights = make_case(*chains, lead=(3, 4, 2))
     grad_y = torch.randn(*x.shape[:-1], sum(chains[1]))
-    got = forward_and_grads(backend("torch"), x, weights, grad_y)
+    got = forward_and_grads(eager(name), x, weights, grad_y)
     for g, e in zip(got, reference_fp32(x, weights, grad_y)):
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("impl", [backend("triton"), backend("torch")], ids=["triton", "torch"])
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
 def test_frozen_chain_gets_no_gradient(impl):
     """Chain tuning freezes earlier chains: their weights get no gradient, the rest still do."""
     x, weights = make_case([8, 8], [8, 8])
@@ -134,11 +144,28 @@ def test_frozen_chain_gets_no_gradient(impl):
     assert weights[1].grad is not None and x.grad is not None
 
 
-@pytest.mark.parametrize("impl", [backend("triton"), backend("torch")], ids=["triton", "torch"])
+@pytest.mark.parametrize("impl", IMPLS.values(), ids=IMPLS.keys())
 def test_gradcheck_fp64(impl):
     # The interpreter runs tl.dot in fp64 too, so the Triton path is gradchecked as well.
     x, weights = make_case([3, 2, 4], [2, 3, 1], lead=(2, 2), dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x, *w: impl(x, list(w)), (x, *weights))
+
+
+@pytest.mark.parametrize("name", ["torch", "masked", "triton"])
+@pytest.mark.parametrize("chains", [CHAINS["1"], CHAINS["4-uneven"]], ids=["1", "4-uneven"])
+def test_eager_function_and_custom_op_give_bitwise_the_same(chains, name):
+    """Eager mode's autograd.Function and torch.compile's custom ops run the same passes."""
+    x, weights = make_case(*chains, lead=(2, 9))
+    weights[0].requires_grad_(len(weights) == 1)  # a frozen chain too, where there are several
+    grad_y = torch.randn(*x.shape[:-1], sum(chains[1]))
+    inputs = [x, *(w for w in weights if w.requires_grad)]
+
+    def run(impl):
+        y = impl(x, weights)
+        return [y, *torch.autograd.grad(y, inputs, grad_y)]
+
+    for got, expected in zip(run(eager(name)), run(backend(name))):
+        assert torch.equal(got, expected)
 
 
 def fail(*args):
@@ -147,11 +174,13 @@ def fail(*args):
 
 @pytest.mark.parametrize("grad", [True, False], ids=["training", "inference"])
 def test_dispatch(monkeypatch, grad):
-    """COLM_KERNELS picks the backend (default: torch, on CPU and CUDA alike), with and without autograd."""
+    """COLM_KERNELS picks the backend (default: torch, on CPU and CUDA alike), with and without autograd;
+    eager mode never goes through the custom op (torch.compile's path)."""
     x, weights = make_case([8, 8], [8, 8])
     expected = reference.chain_linear(x, weights)
-    calls = {"torch": pytorch, "triton": triton_impl}
-    for chosen in ["torch", "triton", "reference", None]:
+    calls = {"torch": pytorch, "masked": masked, "triton": triton_impl}
+    monkeypatch.setattr(op, "chain_linear", fail)
+    for chosen in ["torch", "masked", "triton", "reference", None]:
         select_kernels(monkeypatch, chosen)
         for name, module in calls.items():
             if name != (chosen or "torch"):
@@ -165,7 +194,7 @@ def test_dispatch(monkeypatch, grad):
 def test_bad_backend_setting_names_the_choices(monkeypatch):
     x, weights = make_case([8, 8], [8, 8])
     monkeypatch.setenv("COLM_KERNELS", "cuda")
-    with pytest.raises(ValueError, match="torch, triton, reference"):
+    with pytest.raises(ValueError, match="torch, masked, triton, reference"):
         chain_linear(x, weights)
     monkeypatch.setenv("COLM_KERNELS", "triton")
     monkeypatch.delenv("TRITON_INTERPRET")  # the kernels stay interpreted: triton read it at import
@@ -193,7 +222,8 @@ def test_triton_rejects_shapes_its_pointer_arithmetic_cannot_trust():
 
 
 def test_flop_counter_counts_the_lower_triangular_blocks():
-    """torch's FLOP counter sees through the custom ops: 2 x rows x (the blocks' multiply-adds) per pass."""
+    """torch's FLOP counter counts 2 x rows x (the blocks' multiply-adds) per pass: the per-chain GEMMs in eager
+    mode, the custom ops' registered formulas under torch.compile."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x, weights = make_case([8, 4, 4], [4, 8, 4], lead=(5,))

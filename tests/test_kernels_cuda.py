@@ -52,9 +52,30 @@ def check_chain_linear(backend: str, dtype: str) -> None:
     for ins, outs in CHAINS:
         x, *weights = chain_case(ins, outs, dtype)
         grad_y = torch.randn(x.shape[0], sum(outs), device="cuda")
-        got = forward_and_grads(lambda x, *w: op.chain_linear(x, list(w), backend), [x, *weights], grad_y.to(dtype))
         expected = forward_and_grads(lambda x, *w: reference.chain_linear(x, list(w)), fp32([x, *weights]), grad_y)
-        assert_matches(got, expected, dtype)
+        for path in (lambda x, *w: op.chain_linear(x, list(w), backend), lambda x, *w: op.ChainLinear.apply(x, backend, *w)):
+            assert_matches(forward_and_grads(path, [x, *weights], grad_y.to(dtype)), expected, dtype)
+
+
+def check_fused_loss(dtype: str) -> None:
+    """The fused multi-scale loss on CUDA against every scale's materialised float32 logits: float32 exactly
+    (to rounding), bf16 autocast (the float32-accumulating GEMMs) within bf16's error, head gradients float32."""
+    from colm_core.losses import FusedChainCrossEntropy
+
+    gen = torch.Generator().manual_seed(0)
+    tokens, vocab, widths = 300, 1000, [64, 32, 96]
+    h = torch.randn(tokens, sum(widths), generator=gen).cuda().requires_grad_()
+    blocks = [(torch.randn(vocab, d, generator=gen) * 0.05).cuda().requires_grad_() for d in widths]
+    y = torch.randint(0, vocab, (tokens,), generator=gen).cuda()
+    weights = torch.tensor([0.5, 1.0, 2.0], device="cuda")
+    starts = [0, 64, 96, 192]
+    direct = sum(w * F.cross_entropy(h[:, : starts[k]] @ torch.cat(blocks[:k], 1).t(), y, reduction="sum")
+                 for w, k in zip(weights, (1, 2, 3)))
+    expected = [direct, *torch.autograd.grad(direct, [h, *blocks])]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+        total, _ = FusedChainCrossEntropy.apply(h, y, weights, (1, 2, 3), *blocks)
+    got = [total, *torch.autograd.grad(total, [h, *blocks])]
+    assert_matches(got, [e.detach().float() for e in expected], getattr(torch, dtype), result_dtype=torch.float32)
 
 
 def check_chain_rms_norm(backend: str, dtype: str) -> None:
@@ -112,7 +133,8 @@ def check_compile(backend: str) -> None:
 
 
 CHECKS = [
-    *[("check_chain_linear", b, d) for b in ("torch", "triton") for d in ("float32", "float16", "bfloat16")],
+    *[("check_chain_linear", b, d) for b in ("torch", "masked", "triton") for d in ("float32", "float16", "bfloat16")],
+    *[("check_fused_loss", d) for d in ("float32", "bfloat16")],
     *[("check_chain_rms_norm", b, d) for b in ("torch", "triton") for d in ("float32", "float16", "bfloat16")],
     *[("check_autocast", b) for b in ("torch", "triton")],
     *[("check_compile", b) for b in ("torch", "triton")],

@@ -253,29 +253,31 @@ def test_all_scales_loss_is_the_sum_of_separate_losses(monkeypatch):
 
     def combined():
         model.zero_grad()
-        per_scale = MultiScaleLoss(model, [1, 2, 3])(x, y)
-        per_scale.sum().backward()
-        return per_scale.sum().detach(), [p.grad.clone() for p in model.parameters()]
+        total = MultiScaleLoss(model, [1, 2, 3])(x, y).total
+        total.backward()
+        return total.detach(), [p.grad.clone() for p in model.parameters()]
 
     ref_loss, ref_grads = separate()
-    for chunk in (losses.LOGITS_PER_CHUNK, 7 * 97):  # one chunk, and 7-row chunks recomputed in backward
-        monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", chunk)
+    for rows in (None, 7):  # one chunk (what fits), and 7-row chunks
+        if rows:
+            monkeypatch.setattr(losses, "chunk_rows", lambda *args: rows)
         loss, grads = combined()
         torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-5)
         for g, ref in zip(grads, ref_grads):
             torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)  # float32 rounding of a different summation order
 
 
-@pytest.mark.parametrize("logits_per_chunk, loss_calls", [(losses.LOGITS_PER_CHUNK, 2), (97 * 50, 3)])
-def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, logits_per_chunk, loss_calls):
+@pytest.mark.parametrize("chunk_bytes, chunks", [(losses.LOSS_CHUNK_BYTES, [1, 1]), (97 * 50 * 8, [2, 1])])
+def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, chunk_bytes, chunks):
     """colm eval goes through training's chunked multi-scale loss and still gives each k-chain model's CE."""
     from colm_core.evaluate import evaluate_tokens
 
-    # 97 * 50: chunks of 50 rows, so the batch of two 32-token windows takes two calls, the last window one
-    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", logits_per_chunk)
+    # 97 * 50 * 8: chunks of at most 50 rows (two scales, 4 bytes each), so the batch of two 32-token windows
+    # is cut in two chunks of 32 rows; the last window goes alone
+    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", chunk_bytes)
     calls = []
-    monkeypatch.setattr(losses, "chain_cross_entropy",
-                        lambda *a, _f=losses.chain_cross_entropy: calls.append(1) or _f(*a))
+    monkeypatch.setattr(losses, "chunk_rows",
+                        lambda n, *a, _f=losses.chunk_rows: calls.append(-(-n // _f(n, *a))) or _f(n, *a))
     model = tiny_model(seed=2)
     ids = torch.randint(0, 97, (3 * 32 + 1,), generator=torch.Generator().manual_seed(0)).tolist()
     report = evaluate_tokens(model, ids, [3, 1], seq_len=32, batch_size=2)
@@ -286,12 +288,12 @@ def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, logits_per
                                      windows[:, 1:].flatten())
             assert r["loss"] == pytest.approx(direct.item(), rel=1e-6)
     assert [r["chains"] for r in report["results"]] == [1, 3] and report["tokens"] == 96
-    assert len(calls) == loss_calls
+    assert calls == chunks
 
 
 def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
     """Training every scale with a large vocabulary keeps no full logits tensor per scale for backward."""
-    monkeypatch.setattr(losses, "LOGITS_PER_CHUNK", 2**16)
+    monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", 2**18)
     vocab = 8192
     model = CoLM(tiny_config(vocab_size=vocab)).init_weights(seed=0)
     x = torch.randint(0, vocab, (4, 64))
@@ -305,7 +307,7 @@ def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            MultiScaleLoss(model, scales)(x, x).sum()
+            MultiScaleLoss(model, scales)(x, x).total
         return total
 
     one_logits = x.numel() * vocab * 4
@@ -406,6 +408,87 @@ def test_frozen_chains_stay_bitwise_with_block_diagonal_and_outputs_follow_the_u
     step = tmp_path / "again" / "steps" / "step-0000002"
     for directory in (tmp_path / "again", tmp_path / "again" / "steps", step, step / "model"):
         assert directory.stat().st_mode & 0o777 == 0o775, directory
+
+
+def fused_adamw(monkeypatch) -> None:
+    """colm train with the optimizer it takes on CUDA, on the CPU: the fused AdamW, which skips a non-finite
+    update on the device instead of the host deciding whether to step."""
+    from colm_core.train import Trainer
+
+    make = Trainer.make_optimizer
+
+    def fused(self):
+        groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in make(self).param_groups]
+        return torch.optim.AdamW(groups, fused=True)
+
+    monkeypatch.setattr(Trainer, "make_optimizer", fused)
+
+
+def count_device_reads(monkeypatch) -> list[int]:
+    """Per training step, how often the host read a tensor's value (on a GPU, each read is a sync)."""
+    from colm_core.train import Trainer
+
+    reads: list[int] = []
+    inside = [False]
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        def counting(t, *args, _real=getattr(torch.Tensor, name)):
+            if inside[0]:
+                reads[-1] += 1
+            return _real(t, *args)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    step = Trainer.train_step
+
+    def counted(self):
+        reads.append(0)
+        inside[0] = True
+        try:
+            return step(self)
+        finally:
+            inside[0] = False
+
+    monkeypatch.setattr(Trainer, "train_step", counted)
+    return reads
+
+
+def test_with_the_fused_adamw_a_step_reads_the_device_once(monkeypatch, tmp_path, env, corpus, base):
+    fused_adamw(monkeypatch)
+    reads = count_device_reads(monkeypatch)
+    out = tmp_path / "out"
+    colm_in_process("train", base, "--data", corpus[0], "--steps", "3", *FAST, "-o", out, env=env, check=True)
+    assert reads == [1, 1, 1]  # the losses, the gradient norm and the weights' check, read together
+    trained, before = weights(out), weights(base)
+    assert all(t.isfinite().all() for t in trained.values())
+    assert any(not torch.equal(trained[name], before[name]) for name in before)
+
+
+@pytest.mark.parametrize("optimizer", ["foreach", "fused"])
+def test_a_non_finite_loss_skips_the_update_with_either_optimizer(monkeypatch, tmp_path, env, base, optimizer):
+    """A skipped step leaves the weights as they were: with the fused AdamW the device skips it, by found_inf."""
+    from colm_core.train import Trainer
+
+    if optimizer == "fused":
+        fused_adamw(monkeypatch)
+    model = load(base)
+    with torch.no_grad():
+        model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
+    save(model, tmp_path / "broken", history=[])
+    (tmp_path / "text.txt").write_text("some text " * 500)
+    seen = {}
+    step = Trainer.train_step
+
+    def watched(self):
+        before = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        result = step(self)
+        seen.update(failure=result[1], unchanged=all(torch.equal(before[name].nan_to_num(), p.detach().nan_to_num())
+                                                     for name, p in self.model.named_parameters()))
+        return result
+
+    monkeypatch.setattr(Trainer, "train_step", watched)
+    proc = colm_in_process("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
+                           "-o", tmp_path / "out", env=env)
+    assert_one_line_error(proc, 1, "non-finite loss at step 1")
+    assert seen == {"failure": "loss", "unchanged": True}
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_file_then_flags(tmp_path):

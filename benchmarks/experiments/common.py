@@ -228,7 +228,7 @@ def train_step_flops(checkpoint: Path, opts: TrainOptions) -> int:
     loss = MultiScaleLoss(model, opts.scales(model.config.n_chains))
     ids = torch.randint(0, 256, (opts.batch_size, opts.seq_len + 1))
     with FlopCounterMode(display=False) as counter:
-        loss(ids[:, :-1], ids[:, 1:]).sum().backward()
+        loss(ids[:, :-1], ids[:, 1:]).total.backward()
     return counter.get_total_flops()
 
 

@@ -24,14 +24,14 @@ def chain_linear(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     if torch.is_autocast_enabled(x.device.type):
         dtype = torch.get_autocast_dtype(x.device.type)
         x, weights = autocast_operand(x, dtype), [autocast_operand(w, dtype) for w in weights]
-    if backend == "torch" and len(weights) == 1:  # a plain linear on a prefix (the Air key/value case)
+    if backend in ("torch", "masked") and len(weights) == 1:  # a plain linear on a prefix (the Air key/value case)
         return F.linear(x[..., : weights[0].shape[1]], weights[0])
-    if torch.compiler.is_compiling() or (
-        torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights))
-    ):
-        return op.chain_linear(x, weights, backend)
-    # Nothing to differentiate (inference, decoding): the same GEMMs without the op's dispatch
-    # and autograd bookkeeping, which cost about as much as a decode step's small GEMMs themselves.
+    if torch.compiler.is_compiling():
+        return op.chain_linear(x, weights, backend)  # one opaque op per pass in the compiled graph
+    if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights)):
+        return op.ChainLinear.apply(x, backend, *weights)
+    # Nothing to differentiate (inference, decoding): the same GEMMs without autograd's bookkeeping,
+    # which costs about as much as a decode step's small GEMMs themselves.
     y = op.implementation(backend).forward(op.rows(x), weights)
     return y.view(*x.shape[:-1], y.shape[-1])
 
