@@ -549,9 +549,17 @@ def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tup
         digests[CONFIG_FILE] = hashlib.sha256(config_text.encode()).hexdigest()
         (tmp / CARD_FILE).write_text(model_card(config, history))
         (tmp / DIGESTS_FILE).write_text(json.dumps({"sha256": dict(sorted(digests.items()))}, indent=2) + "\n")
-        # Last: a directory without config.json is no checkpoint, so no write cut short looks like one.
-        (tmp / CONFIG_FILE).write_text(config_text)
+        write_last_file(tmp / CONFIG_FILE, config_text.encode())
     return path
+
+
+def write_last_file(path: Path, data: bytes) -> None:
+    """Write the file that makes a directory a checkpoint (config.json), last and whole: a directory without
+    it is no checkpoint, so no write cut short looks like one, and a kill in the middle of this write
+    leaves no half-written config.json (it is written beside, then renamed into place)."""
+    part = path.with_name(f".{path.name}.part")
+    part.write_bytes(data)
+    os.replace(part, path)
 
 
 # --- provenance ------------------------------------------------------------------------------

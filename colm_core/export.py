@@ -21,7 +21,7 @@ import torch
 from colm_core.card import model_card
 from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, DTYPE_NAMES, Checkpoint, atomic_directory,
                                   check_output, expected_shapes, history_entry, open_checkpoint, write_history,
-                                  write_weights)
+                                  write_last_file, write_weights)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
 from colm_core.llama import COLM_EXPORT_TYPE, colm_to_hf_names, config_to_hf
@@ -132,6 +132,5 @@ def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None,
         write_tokenizer(ckpt, tmp)
         write_history(tmp, history)
         (tmp / CARD_FILE).write_text(model_card(cfg, history))
-        # Last: a directory without config.json is no model, so no write cut short looks like one.
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        write_last_file(tmp / "config.json", (json.dumps(config, indent=2) + "\n").encode())
         return verify_export(ckpt.path, tmp, fmt, dtype) if verify else {}

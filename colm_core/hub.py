@@ -78,16 +78,17 @@ def pull(reference: str, revision: str | None = None, output: Path | None = None
     repo_id, revision = parse_reference(reference, revision)
     if output is None:
         return download(repo_id, revision)
-    from colm_core.checkpoint import CONFIG_FILE, atomic_directory, check_output  # torch: only when copying
+    from colm_core.checkpoint import CONFIG_FILE, atomic_directory, check_output, write_last_file  # torch: only now
 
     check_output(output, force)
     snapshot = download(repo_id, revision)
     names = [p.name for p in snapshot.iterdir() if p.is_file()]
     with atomic_directory(output, force) as tmp:
-        # config.json last, as every writer does: a copy cut short never looks like a checkpoint
-        copied = filter_repo_objects(names, allow_patterns=CHECKPOINT_PATTERNS)
-        for name in sorted(copied, key=lambda n: (n == CONFIG_FILE, n)):
-            shutil.copyfile(snapshot / name, tmp / name)  # follows the cache's symlinks into its blobs
+        for name in filter_repo_objects(names, allow_patterns=CHECKPOINT_PATTERNS):
+            if name != CONFIG_FILE:
+                shutil.copyfile(snapshot / name, tmp / name)  # follows the cache's symlinks into its blobs
+        if CONFIG_FILE in names:
+            write_last_file(tmp / CONFIG_FILE, (snapshot / CONFIG_FILE).read_bytes())
     return Path(output)
 
 

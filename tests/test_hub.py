@@ -299,14 +299,17 @@ def test_python_load_resolves_hf_references_like_the_commands(hub_cache):
 
 
 def test_pull_copies_config_json_last(hub_cache, tmp_path, monkeypatch):
-    """A copy killed part-way must not look like a checkpoint: config.json, which makes a directory one, comes last."""
+    """A copy killed part-way must not look like a checkpoint: config.json, which makes a directory one, comes
+    last, and whole (written beside and renamed into place by write_last_file)."""
     import shutil
 
-    from colm_core import hub
+    from colm_core import checkpoint, hub
 
     monkeypatch.setattr(hub, "download", lambda repo_id, revision: Path(hub_cache["main_snapshot"]))
-    copied, copyfile = [], shutil.copyfile
+    copied, copyfile, write_last_file = [], shutil.copyfile, checkpoint.write_last_file
     monkeypatch.setattr(shutil, "copyfile", lambda src, dst: (copied.append(Path(dst).name), copyfile(src, dst))[1])
+    monkeypatch.setattr(checkpoint, "write_last_file",
+                        lambda path, data: (copied.append(f"whole {path.name}"), write_last_file(path, data))[1])
     hub.pull(REPO_ID, output=tmp_path / "out")
-    assert len(copied) > 3 and copied[-1] == "config.json"
-    assert sorted(copied) == sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert len(copied) > 3 and copied[-1] == "whole config.json"
+    assert sorted(name.removeprefix("whole ") for name in copied) == sorted(p.name for p in (tmp_path / "out").iterdir())

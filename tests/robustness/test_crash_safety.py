@@ -13,6 +13,7 @@ import pytest
 from colm_core.checkpoint import open_checkpoint
 from colm_core.data import token_cache
 from colm_core.tokenizer import ByteTokenizer
+from tests.conftest import tiny_model
 from tests.robustness.harness import (COMMANDS, check_after_kill, command_args, inputs, kill_during, make_workspace,
                                       saved_a_step, tree_digest)
 
@@ -74,3 +75,17 @@ def test_the_history_of_a_diverged_run_is_strict_json(tmp_path):
     write_history(tmp_path, [{"command": "train", "eval": {"val_loss": {"1": float("nan"), "2": float("inf")}}}])
     strict = json.loads((tmp_path / HISTORY_FILE).read_text(), parse_constant=lambda c: pytest.fail(c))
     assert strict[0]["eval"]["val_loss"] == {"1": None, "2": None}
+
+
+def test_config_json_appears_only_whole(tmp_path, monkeypatch):
+    """config.json, written last, makes a directory a checkpoint: it must appear by a rename, so that a
+    kill in the middle of writing it (seen once in `pull`'s copy) leaves no half-written one."""
+    from colm_core import checkpoint
+
+    def killed(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tiny_model(), tmp_path / "m")
+    assert not list(tmp_path.rglob("config.json"))
