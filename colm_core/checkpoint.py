@@ -291,7 +291,6 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: torc
             params[name].copy_(tensor)
     model.tokenizer = ckpt.tokenizer()
     model.history = ckpt.history
-    model.source_path = ckpt.path
     return model
 
 

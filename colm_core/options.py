@@ -174,6 +174,7 @@ def from_sources(cls, config_file: Path | None, flags: dict):
 
 
 SCHEDULES = ("cosine", "linear", "constant")
+STRATEGIES = ("ddp", "fsdp")  # how `train --nproc N` spreads the model over its processes
 
 
 @dataclass
@@ -215,7 +216,7 @@ class TrainOptions:
     save_every: int = option(0, "Steps between step checkpoints, 0 for none (SIGINT/SIGTERM always save).",
                              range=NON_NEGATIVE)
     keep_checkpoints: int = option(2, "Step checkpoints kept.", range=AT_LEAST_ONE)
-    strategy: str = option("ddp", "ddp or fsdp, under torchrun.", choices=("ddp", "fsdp"))
+    strategy: str = option("ddp", "ddp or fsdp, under torchrun.", choices=STRATEGIES)
 
     def __post_init__(self):
         check(self)

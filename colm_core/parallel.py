@@ -22,15 +22,15 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_optimizer_state_dict)
 
 from colm_core.errors import WORKER_ERRORS_ENV, ColmError
+from colm_core.options import STRATEGIES
 
-STRATEGIES = ("ddp", "fsdp")
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 class Runtime:
     """One process: wrapping and reductions are the identity."""
 
-    rank, world_size, distributed = 0, 1, False
+    rank, world_size = 0, 1
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -69,8 +69,6 @@ class Runtime:
 
 
 class DistributedRuntime(Runtime):
-    distributed = True
-
     def __init__(self, strategy: str):
         self.strategy = strategy
         cuda = torch.cuda.is_available()
