@@ -46,9 +46,9 @@ def spy_on_forward(model, monkeypatch):
     """Record (new tokens, chains) of every forward pass the generator makes."""
     calls, forward = [], model.hidden_states
 
-    def recording(ids, chains=None, cache=None):
+    def recording(ids, chains=None, cache=None, at=0):
         calls.append((ids.shape[1], chains))
-        return forward(ids, chains, cache)
+        return forward(ids, chains, cache, at)
 
     monkeypatch.setattr(model, "hidden_states", recording)
     return calls
