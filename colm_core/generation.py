@@ -306,7 +306,8 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
     ids = torch.tensor([[0] * n + p for n, p in zip(pad, prompts)], device=param.device)  # padding: any id
     if width > 1:
         extend(model, cache, ids[:, :-1], prefill_chains)
-    pending = ids[:, -1:]
+    # The strides of every later step's tokens (B, 1): a compiled step is specialised on them.
+    pending = ids[:, -1:].clone(memory_format=torch.contiguous_format)
     generated = []  # each step's tokens (B, 1): joined to the prompts only when a recomputation needs them
     # Steps whose tokens are not read yet: on an accelerator the next step is enqueued before a step's
     # tokens are read back, so that the device never waits for the host. A CPU step runs as it is
