@@ -20,6 +20,7 @@ import collections
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,16 +62,23 @@ class KVCache(nn.Module):
         shape = (cfg.n_layers, len(pad), kv_heads, capacity, cfg.head_dim)
         self.register_buffer("keys", torch.zeros(shape, dtype=param.dtype, device=param.device), persistent=False)
         self.register_buffer("values", torch.zeros_like(self.keys), persistent=False)
-        self.register_buffer("pad", torch.tensor(list(pad), device=param.device), persistent=False)  # (B,)
+        self.register_buffer("pad", torch.zeros(len(pad), dtype=torch.long, device=param.device), persistent=False)
         self.register_buffer("columns", torch.arange(capacity, device=param.device), persistent=False)
-        positions = (self.columns - self.pad[:, None]).clamp(min=0)  # (B, capacity)
-        cos, sin = (t[:, None] for t in model.rope(positions, param.dtype))  # (B, 1, capacity, hd)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
+        rope = torch.zeros(len(pad), 1, capacity, cfg.head_dim, dtype=param.dtype, device=param.device)
+        self.register_buffer("cos", rope, persistent=False)  # (B, 1, capacity, hd)
+        self.register_buffer("sin", rope.clone(), persistent=False)
         self.capacity = capacity
+        self.in_use = False  # by a running stream_batch (see kept_cache)
+        self.restart(model, pad)
+
+    def restart(self, model, pad: list[int]) -> None:
+        """Empty the cache for prompts left-padded by `pad`, in place: a captured graph keeps its addresses."""
+        self.pad.copy_(torch.tensor(list(pad)))
+        positions = (self.columns - self.pad[:, None]).clamp(min=0)  # (B, capacity)
+        for table, values in zip((self.cos, self.sin), model.rope(positions, self.cos.dtype)):
+            table.copy_(values[:, None])
         self.padded = any(pad)
-        self.length = 0
-        self.complete_heads = kv_heads
+        self.reset()
 
     @property
     def nbytes(self) -> int:
@@ -258,6 +266,35 @@ def compiled_capacity(positions: int) -> int:
     return max(64, 1 << (positions - 1).bit_length())
 
 
+# What compiled steps read, kept per model between runs: a CUDA graph records the addresses it reads, so
+# a new cache or LM head would mean recording every graph again, and a tensor that is neither a parameter
+# nor a buffer would be copied into the graph's own memory at every step.
+KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {"cache", "head", "head_of"}
+
+
+def kept_cache(model, kv_heads: int, capacity: int, pad: list[int]) -> KVCache:
+    """The model's kept cache, emptied, where it has this shape and no running stream uses it; else a new one."""
+    kept = KEPT.setdefault(model, {})
+    cache = kept.get("cache")
+    if cache is not None and not cache.in_use and tuple(cache.keys.shape[1:4]) == (len(pad), kv_heads, capacity):
+        cache.restart(model, pad)
+        return cache
+    cache = KVCache(model, kv_heads, capacity, pad)
+    if not (kept.get("cache") is not None and kept["cache"].in_use):
+        kept["cache"] = cache
+    return cache
+
+
+def kept_head(model) -> torch.Tensor:
+    """model.packed_head(), built again only when a head block was replaced or changed in place."""
+    kept = KEPT.setdefault(model, {})
+    head_of = [(block.data_ptr(), block._version) for block in model.head_blocks()]
+    if kept.get("head_of") != head_of:
+        kept["head"], kept["head_of"] = model.packed_head(), head_of
+        torch._dynamo.mark_static_address(kept["head"])
+    return kept["head"]
+
+
 @torch.inference_mode()  # on a generator function: active only while the generator itself runs
 def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_tokens: int,
                  prefill_chains: int | None = None, sampling: Sampling | None = None,
@@ -294,49 +331,55 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
     n_new = min(max_new_tokens, cfg.max_seq_len - min(map(len, prompts)) + 1)  # the last token is never fed back
     heads = max(kv_heads_needed(cfg, k) for k in [prefill_chains] + [k for _, k in schedule])
     positions = width + n_new - 1
-    cache = KVCache(model, heads, compiled_capacity(positions) if compile_step else positions, pad)
+    if compile_step:
+        cache, head = kept_cache(model, heads, compiled_capacity(positions), pad), kept_head(model)
+        compiled = compiled_decode_step(param.device)
+    else:
+        cache, head, compiled = KVCache(model, heads, positions, pad), None, None
     generator = torch.Generator(param.device).manual_seed(sampling.seed)
-    compiled = compiled_decode_step(param.device) if compile_step else None
-    head = model.packed_head() if compile_step else None
-    segment_starts = dict(schedule)
     report = {} if report is None else report
     report["kv_cache"] = {"heads": heads, "positions": cache.capacity, "bytes": cache.nbytes}
     report["schedule"] = []
 
-    ids = torch.tensor([[0] * n + p for n, p in zip(pad, prompts)], device=param.device)  # padding: any id
-    if width > 1:
-        extend(model, cache, ids[:, :-1], prefill_chains)
-    # The strides of every later step's tokens (B, 1): a compiled step is specialised on them.
-    pending = ids[:, -1:].clone(memory_format=torch.contiguous_format)
-    generated = []  # each step's tokens (B, 1): joined to the prompts only when a recomputation needs them
-    # Steps whose tokens are not read yet: on an accelerator the next step is enqueued before a step's
-    # tokens are read back, so that the device never waits for the host. A CPU step runs as it is
-    # enqueued: there, nothing would overlap, and the first token would come a step later.
-    ready, lag = collections.deque(), int(param.device.type != "cpu")
-    for position in range(n_new):
-        chains = chains_at(schedule, position)
-        recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
-        if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
-            cache.reset()
-            pending = torch.cat([ids, *generated], dim=1)
-        if position in segment_starts:
-            report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
-        noise = sampling.noise(len(prompts), cfg.vocab_size, generator)
-        if compiled and pending.shape[1] == 1:
-            at = cache.columns[cache.length : cache.length + 1]
-            tokens, logits = compiled(model, cache, pending, at, chains, sampling, noise, head)
-            tokens, logits = tokens.clone(), logits.clone()  # a CUDA graph's next replay overwrites its outputs
-        else:
-            tokens, logits = decode_step(model, cache, pending, cache.length, chains, sampling, noise, head)
-        cache.record(pending.shape[1], kv_heads_needed(cfg, chains))
-        ready.append((tokens, logits))
-        if len(ready) > lag:
-            tokens_read, logits_read = ready.popleft()
-            yield tokens_read.tolist(), logits_read  # the host's one wait for the device
-        pending = tokens[:, None]
-        generated.append(pending)
-    for tokens_read, logits_read in ready:
-        yield tokens_read.tolist(), logits_read
+    segment_starts = dict(schedule)
+    cache.in_use = True  # until this generator ends, however it ends
+    try:
+        ids = torch.tensor([[0] * n + p for n, p in zip(pad, prompts)], device=param.device)  # padding: any id
+        if width > 1:
+            extend(model, cache, ids[:, :-1], prefill_chains)
+        # The strides of every later step's tokens (B, 1): a compiled step is specialised on them.
+        pending = ids[:, -1:].clone(memory_format=torch.contiguous_format)
+        generated = []  # each step's tokens (B, 1): joined to the prompts only when a recomputation needs them
+        # Steps whose tokens are not read yet: on an accelerator the next step is enqueued before a step's
+        # tokens are read back, so that the device never waits for the host. A CPU step runs as it is
+        # enqueued: there, nothing would overlap, and the first token would come a step later.
+        ready, lag = collections.deque(), int(param.device.type != "cpu")
+        for position in range(n_new):
+            chains = chains_at(schedule, position)
+            recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
+            if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
+                cache.reset()
+                pending = torch.cat([ids, *generated], dim=1)
+            if position in segment_starts:
+                report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
+            noise = sampling.noise(len(prompts), cfg.vocab_size, generator)
+            if compiled and pending.shape[1] == 1:
+                at = cache.columns[cache.length : cache.length + 1]
+                tokens, logits = compiled(model, cache, pending, at, chains, sampling, noise, head)
+                tokens, logits = tokens.clone(), logits.clone()  # a CUDA graph's next replay overwrites its outputs
+            else:
+                tokens, logits = decode_step(model, cache, pending, cache.length, chains, sampling, noise, head)
+            cache.record(pending.shape[1], kv_heads_needed(cfg, chains))
+            ready.append((tokens, logits))
+            if len(ready) > lag:
+                tokens_read, logits_read = ready.popleft()
+                yield tokens_read.tolist(), logits_read  # the host's one wait for the device
+            pending = tokens[:, None]
+            generated.append(pending)
+        for tokens_read, logits_read in ready:
+            yield tokens_read.tolist(), logits_read
+    finally:
+        cache.in_use = False
 
 
 def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_tokens: int,

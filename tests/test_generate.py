@@ -172,6 +172,28 @@ def test_compiled_step_is_one_whole_graph_per_chain_count_with_the_eager_tokens(
     assert [t for t, _ in got] == [t for t, _ in again] == [t for t, _ in eager]
 
 
+def test_compiled_runs_keep_their_cache_and_head_unless_in_use_or_changed(monkeypatch):
+    """A CUDA graph records the addresses it reads: a second run reuses the first run's cache and packed LM
+    head, but never a cache that a running stream still uses, nor a head whose blocks changed since."""
+    model = tiny_model()
+    monkeypatch.setitem(generation.COMPILED_STEPS, "cpu", generation.decode_step)
+    run = lambda: [t for t, _ in stream_batch(model, PROMPTS, [(0, 2)], 6, compile_step=True)]  # noqa: E731
+    first = run()
+    kept = generation.KEPT[model]
+    cache, head = kept["cache"], kept["head"]
+    assert run() == first and kept["cache"] is cache and kept["head"] is head
+    running = stream_batch(model, PROMPTS, [(0, 2)], 6, compile_step=True)
+    next(running)
+    assert cache.in_use and run() == first and kept["cache"] is cache
+    running.close()
+    assert not cache.in_use
+    with torch.no_grad():
+        model.head_blocks()[1].mul_(2)
+    changed = run()
+    assert kept["head"] is not head and torch.equal(kept["head"], torch.cat(model.head_blocks(), dim=1))
+    assert changed == [t for t, _ in stream_batch(model, PROMPTS, [(0, 2)], 6)]
+
+
 def test_compile_step_is_the_default_on_cuda_only(monkeypatch):
     seen = []
     stream = generation.stream_batch
