@@ -2,6 +2,7 @@
 switching change nothing but the cost, sampling, streaming text, and the `colm generate` command."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -192,6 +193,23 @@ def test_compiled_runs_keep_their_cache_and_head_unless_in_use_or_changed(monkey
     changed = run()
     assert kept["head"] is not head and torch.equal(kept["head"], torch.cat(model.head_blocks(), dim=1))
     assert changed == [t for t, _ in stream_batch(model, PROMPTS, [(0, 2)], 6)]
+
+
+def test_a_first_run_says_on_stderr_that_it_compiles_and_keeps_the_kernels_in_colms_cache(tmp_path, monkeypatch,
+                                                                                           capsys):
+    monkeypatch.setenv("COLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setattr(generation, "COMPILED_STEPS", {})
+    generation.compiled_decode_step(torch.device("cpu"))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "first run: compiling the decode step" in lines[0] and str(tmp_path) in lines[0]
+    kernels = tmp_path / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(kernels)
+    (kernels / "fxgraph").mkdir(parents=True)  # what a compiled run leaves there
+    monkeypatch.setattr(generation, "COMPILED_STEPS", {})
+    generation.compiled_decode_step(torch.device("cpu"))
+    assert capsys.readouterr().err == ""
 
 
 def test_compile_step_is_the_default_on_cuda_only(monkeypatch):
