@@ -21,15 +21,15 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import interleaved_medians, parser, report, set_threads
-from colm_core.config import INIT_STD, PRESETS
 from colm_core import generation
+from colm_core.config import INIT_STD, PRESETS
 from colm_core.generation import KVCache, extend, generate_batch, kv_heads_needed
 from colm_core.llama import config_to_hf
 from colm_core.model import CoLM
 from colm_core.tokenizer import ByteTokenizer
 
 NO_EOS = -1
-FULL = dict(config=PRESETS["llama-1b"], prompt=128, new=128, batches=[1, 32], repeats=2,
+FULL = dict(config=PRESETS["llama-1b"], prompt=128, new=128, batches=[1, 32], repeats=1,
             prefill=[2048, 8192, 32768], chunk=2048)
 QUICK = dict(config=PRESETS["tiny"].replace(vocab_size=512, n_layers=2, max_seq_len=512), prompt=16, new=8,
              batches=[1, 4], repeats=1, prefill=[64, 128], chunk=32)
@@ -176,7 +176,8 @@ def main():
     p.add_argument("--quick", action="store_true", help="tiny shapes (runs on CPU in seconds; a smoke test)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--repeats", type=int, help="timed runs per case after the first (default: 2; 1 with --quick)")
+    p.add_argument("--repeats", type=int,
+                   help="timed runs per case after the first (default 1: an eager 1B decode takes seconds a run)")
     args = p.parse_args()
     set_threads(args.threads)
     payload = decode_table(args)
