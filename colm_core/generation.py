@@ -12,6 +12,9 @@ Why the cache can be reused across chain counts (SPEC.md sections 3-4):
   sum(kv_heads[:k]) heads of the cache of more chains: switching down keeps a prefix. Switching up
   needs the new chains' keys and values at every earlier position, which depend on the new chains'
   hidden states at every layer, so the whole sequence so far is run again at the new chain count.
+
+decode_step is one step as a pure function of its tensors; on CUDA the one-token steps run through
+torch.compile, one CUDA graph per chain count (compile_step, docs/generation.md).
 """
 
 from __future__ import annotations
@@ -247,9 +250,7 @@ def compiled_decode_step(device: torch.device) -> Callable:
     with one launch per step. Inductor's compiled kernels are kept in colm's cache directory, so only a first
     run pays the compilation in full; that run says so on stderr."""
     if device.type not in COMPILED_STEPS:
-        kernels = cache_root() / "inductor"
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(kernels))
-        kernels = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+        kernels = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor")))
         if not (kernels.is_dir() and any(kernels.iterdir())):
             print(f"colm: first run: compiling the decode step (warm-up; the kernels are kept in {kernels} "
                   "for later runs)", file=sys.stderr)
