@@ -12,16 +12,26 @@ Why the cache can be reused across chain counts (docs/spec.md sections 3-4):
   sum(kv_heads[:k]) heads of the cache of more chains: switching down keeps a prefix. Switching up
   needs the new chains' keys and values at every earlier position, which depend on the new chains'
   hidden states at every layer, so the whole sequence so far is run again at the new chain count.
+
+decode_step is one step as a pure function of its tensors; on CUDA the one-token steps run through
+torch.compile, one CUDA graph per chain count (compile_step, docs/generation.md).
 """
 
 from __future__ import annotations
 
+import collections
+import os
+import sys
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
+from colm_core.cache import cache_root
 from colm_core.errors import ColmError
 from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, TOP_P, check_range
 
@@ -33,89 +43,96 @@ def kv_heads_needed(cfg, chains: int) -> int:
     return cfg.kv_heads[0] if cfg.kv_share else sum(cfg.kv_heads[:chains])
 
 
-class KVCache:
-    """Keys and values of every layer, preallocated as (B, KV, capacity, head_dim) and filled left to right.
+class KVCache(nn.Module):
+    """Keys and values of every layer in two registered buffers, (layers, B, KV, capacity, head_dim), filled
+    left to right. Buffers, not Python lists: a captured graph reads and writes them at fixed addresses.
 
     Row b holds a prompt left-padded by pad[b] columns: the token in column j has RoPE position
     j - pad[b], and no query attends to a padding column (a padding query attends to itself alone,
     which keeps its values finite). Every row's RoPE table over all columns is computed once, here.
 
-    Implements the protocol the model calls (colm_core/model.py): `prepare(T)` (RoPE and attention
-    mask of the T new tokens), `update(layer, k, v)` and `advance(T)`. A step run with fewer chains
-    than the cache holds (CoLM without Air) writes only a prefix of the heads; `complete_heads` is how
-    many heads are valid at every cached position, i.e. the most chains the cache can serve without
-    recomputing.
-
-    static=True: every step attends over the whole capacity (masked past the filled columns) and finds
-    the columns to fill in a device tensor, so that a decode step's tensors keep their shapes and
-    addresses from step to step, as CUDA graphs and torch.compile(mode="reduce-overhead") need.
-    Otherwise a step slices the columns it fills and attends over the filled ones only: fewer and
-    smaller operations per step, which is what a CPU decode step's time is made of.
+    The model calls `prepare(at, T)` (RoPE and attention mask of T new tokens filling columns `at`) and
+    `update(layer, k, v, at)`; what `at` may be: CoLM.hidden_states. Nothing in a step touches the
+    bookkeeping, which whoever runs the steps keeps between them with `record`: `length`, the filled
+    columns, and `complete_heads`, how many heads are valid at every cached position, i.e. the most chains
+    the cache can serve without recomputing (a step at fewer chains than the cache holds, CoLM without
+    Air, writes only a prefix of the heads).
     """
 
-    def __init__(self, model, kv_heads: int, capacity: int, pad: list[int] = (0,), static: bool = False):
+    def __init__(self, model, kv_heads: int, capacity: int, pad: list[int] = (0,)):
+        super().__init__()
         cfg, param = model.config, next(model.parameters())
-        shape = (len(pad), kv_heads, capacity, cfg.head_dim)
-        self.keys = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(cfg.n_layers)]
-        self.values = [torch.zeros(shape, dtype=param.dtype, device=param.device) for _ in range(cfg.n_layers)]
+        shape = (cfg.n_layers, len(pad), kv_heads, capacity, cfg.head_dim)
+        self.register_buffer("keys", torch.zeros(shape, dtype=param.dtype, device=param.device), persistent=False)
+        self.register_buffer("values", torch.zeros_like(self.keys), persistent=False)
+        self.register_buffer("pad", torch.zeros(len(pad), dtype=torch.long, device=param.device), persistent=False)
+        self.register_buffer("columns", torch.arange(capacity, device=param.device), persistent=False)
+        rope = torch.zeros(len(pad), 1, capacity, cfg.head_dim, dtype=param.dtype, device=param.device)
+        self.register_buffer("cos", rope, persistent=False)  # (B, 1, capacity, hd)
+        self.register_buffer("sin", rope.clone(), persistent=False)
         self.capacity = capacity
-        self.static = static
-        self.pad = torch.tensor(list(pad), device=param.device)  # (B,)
-        self.padded = any(pad)
-        self.columns = torch.arange(capacity, device=param.device)
+        self.in_use = False  # by a running stream_batch (see kept_cache)
+        self.restart(model, pad)
+
+    def restart(self, model, pad: list[int]) -> None:
+        """Empty the cache for prompts left-padded by `pad`, in place: a captured graph keeps its addresses."""
+        self.pad.copy_(torch.tensor(list(pad)))
         positions = (self.columns - self.pad[:, None]).clamp(min=0)  # (B, capacity)
-        self.cos, self.sin = (t[:, None] for t in model.rope(positions, param.dtype))  # (B, 1, capacity, hd)
-        self.length = 0  # filled columns
-        self.next_column = torch.zeros(1, dtype=torch.long, device=param.device)  # the same, on the device
-        self.complete_heads = kv_heads
-        self._written_heads = kv_heads
-        self._new_columns = None
+        for table, values in zip((self.cos, self.sin), model.rope(positions, self.cos.dtype)):
+            table.copy_(values[:, None])
+        self.padded = any(pad)
+        self.reset()
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+        return self.keys.nbytes + self.values.nbytes
 
-    def prepare(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def prepare(self, at: int | torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """RoPE cos and sin (B, 1, T, hd) of `tokens` new columns, and the attention mask (B, 1, T, S),
         True where a query may attend; None where the plain causal rule holds."""
-        start, end = self.length, self.length + tokens
-        if end > self.capacity:
-            raise ColmError(f"KV cache holds {self.capacity} positions; cannot add positions {start}..{end - 1}")
-        if self.static:
-            new = self._new_columns = self.next_column + self.columns[:tokens]  # (T,)
-            cos, sin = self.cos.index_select(2, new), self.sin.index_select(2, new)
-        else:
-            new = self.columns[start:end]
-            cos, sin = self.cos[:, :, start:end], self.sin[:, :, start:end]
-        if not (self.static or self.padded or 1 < tokens and start):
-            return cos, sin, None
-        keys = self.columns if self.static else self.columns[:end]  # (S,)
+        if isinstance(at, int):
+            end = at + tokens
+            if end > self.capacity:
+                raise ColmError(f"KV cache holds {self.capacity} positions; cannot add positions {at}..{end - 1}")
+            cos, sin = self.cos[:, :, at:end], self.sin[:, :, at:end]
+            if not (self.padded or 1 < tokens and at):
+                return cos, sin, None
+            new, keys = self.columns[at:end], self.columns[:end]  # (T,), (S,)
+        else:  # every column, masked past the filled ones: the shapes never change
+            new, keys = at, self.columns
+            cos, sin = self.cos.index_select(2, at), self.sin.index_select(2, at)
         visible = (keys <= new[:, None]) & (keys >= self.pad[:, None, None]) | (keys == new[:, None])
         return cos, sin, visible[:, None]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
+               at: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         heads = k.shape[1]
-        if heads > self.keys[layer].shape[1]:
-            raise ColmError(f"KV cache holds {self.keys[layer].shape[1]} heads; cannot add {heads}")
-        keys, values = self.keys[layer][:, :heads], self.values[layer][:, :heads]
-        self._written_heads = heads
-        if self.static:
-            keys.index_copy_(2, self._new_columns, k)
-            values.index_copy_(2, self._new_columns, v)
-            return keys, values
-        start, end = self.length, self.length + k.shape[2]
-        keys[:, :, start:end], values[:, :, start:end] = k, v
-        return keys[:, :, :end], values[:, :, :end]
+        if heads > self.keys.shape[2]:
+            raise ColmError(f"KV cache holds {self.keys.shape[2]} heads; cannot add {heads}")
+        keys, values = self.keys[layer, :, :heads], self.values[layer, :, :heads]
+        if isinstance(at, int):
+            end = at + k.shape[2]
+            keys[:, :, at:end], values[:, :, at:end] = k, v
+            return keys[:, :, :end], values[:, :, :end]
+        keys.index_copy_(2, at, k)
+        values.index_copy_(2, at, v)
+        return keys, values
 
-    def advance(self, tokens: int) -> None:
+    def record(self, tokens: int, heads: int) -> None:
+        """`tokens` more columns were filled, with `heads` heads."""
         self.length += tokens
-        self.next_column += tokens
-        self.complete_heads = min(self.complete_heads, self._written_heads)
+        self.complete_heads = min(self.complete_heads, heads)
 
     def reset(self) -> None:
         self.length = 0
-        self.next_column.zero_()
-        self.complete_heads = self._written_heads = self.keys[0].shape[1]
+        self.complete_heads = self.keys.shape[2]
+
+
+def extend(model, cache: KVCache, ids: torch.Tensor, chains: int) -> torch.Tensor:
+    """Run new tokens (B, T) at `chains` chains into the cache's next columns and record them: (B, T, D)."""
+    hidden = model.hidden_states(ids, chains, cache, cache.length)
+    cache.record(ids.shape[1], kv_heads_needed(model.config, chains))
+    return hidden
 
 
 @dataclass
@@ -141,8 +158,15 @@ class Sampling:
                             "give --temperature above 0 to sample, or leave it out")
         return self
 
-    def pick(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Token ids (B,) from (B, V) next-token logits, chosen on the logits' device."""
+    def noise(self, rows: int, vocab: int, generator: torch.Generator) -> torch.Tensor | None:
+        """What `pick` draws with: Exp(1) noise (rows, V) from the seeded generator, on its device (None
+        when greedy). Drawn outside the step, so that a captured step stays a function of its inputs."""
+        if self.temperature == 0:
+            return None
+        return torch.empty(rows, vocab, device=generator.device).exponential_(generator=generator)
+
+    def pick(self, logits: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """Token ids (B,) from (B, V) next-token logits, chosen on the logits' device without waiting for it."""
         if self.temperature == 0:
             return logits.argmax(-1)
         logits = logits.float() / self.temperature
@@ -155,7 +179,9 @@ class Sampling:
             # Keep the most likely tokens until their mass reaches top_p (always at least one).
             outside = probs.cumsum(-1) - probs >= self.top_p
             logits = logits.scatter(-1, order, sorted_logits.masked_fill(outside, float("-inf")))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
+        # argmax p_i / E_i with E_i ~ Exp(1) picks token i with probability p_i (gpt-fast's
+        # multinomial_sample_one_no_sync): no host sync, unlike torch.multinomial.
+        return (logits.softmax(-1) / noise).argmax(-1)
 
 
 def chains_at(schedule: Schedule, position: int) -> int:
@@ -204,21 +230,77 @@ def default_prefill_chains(cfg, schedule: Schedule) -> int:
     return 1 if cfg.kv_share else schedule[0][1]
 
 
-def decode_step(model, tokens: torch.Tensor, chains: int, cache: KVCache, sampling: Sampling,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run new tokens (B, T) at `chains` chains, filling the cache, and pick every row's next token on
-    the device: (token ids (B,), next-token logits (B, V)). With a static cache and T == 1 its tensors
-    keep their shapes from step to step: one such step per chain count is what CUDA graphs or
-    torch.compile(mode="reduce-overhead") capture."""
-    h = model.hidden_states(tokens, chains, cache)
-    logits = model.logits(h[:, -1], chains)
-    return sampling.pick(logits, generator), logits
+def decode_step(model, cache: KVCache, tokens: torch.Tensor, at: int | torch.Tensor, chains: int,
+                sampling: Sampling, noise: torch.Tensor | None,
+                head: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run new tokens (B, T) at `chains` chains into the cache's columns `at` and pick every row's next
+    token on the device: (token ids (B,), next-token logits (B, V)). A pure function of its tensors: it
+    reads no host state and leaves the cache's bookkeeping to its caller, so that with `at` a device
+    tensor and T == 1 one such step per chain count is what torch.compile captures (compiled_decode_step)."""
+    hidden = model.hidden_states(tokens, chains, cache, at)[:, -1]
+    logits = model.logits(hidden, chains, head)
+    return sampling.pick(logits, noise), logits
+
+
+COMPILED_STEPS: dict[str, Callable] = {}  # device type -> decode_step compiled for it, shared by every run
+
+
+def compiled_decode_step(device: torch.device) -> Callable:
+    """decode_step through torch.compile, whole (fullgraph: any graph break is an error). On CUDA in
+    mode "reduce-overhead": each (chain count, batch, capacity, sampling) gets its own CUDA graph, replayed
+    with one launch per step. Inductor's compiled kernels are kept in colm's cache directory, so only a first
+    run pays the compilation in full; that run says so on stderr."""
+    if device.type not in COMPILED_STEPS:
+        kernels = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor")))
+        if not (kernels.is_dir() and any(kernels.iterdir())):
+            print(f"colm: first run: compiling the decode step (warm-up; the kernels are kept in {kernels} "
+                  "for later runs)", file=sys.stderr)
+        # One graph per chain count, batch and cache capacity: more than torch's default of 8 recompilations.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        COMPILED_STEPS[device.type] = torch.compile(decode_step, mode=mode, fullgraph=True, dynamic=False)
+    return COMPILED_STEPS[device.type]
+
+
+def compiled_capacity(positions: int) -> int:
+    """A compiled step's cache capacity: the next power of two, so that prompts of many lengths share a few
+    graphs (each capacity is its own graph; attending over up to twice the columns is the price)."""
+    return max(64, 1 << (positions - 1).bit_length())
+
+
+# What compiled steps read, kept per model between runs: a CUDA graph records the addresses it reads, so
+# a new cache or LM head would mean recording every graph again, and a tensor that is neither a parameter
+# nor a buffer would be copied into the graph's own memory at every step.
+KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {"cache", "head", "head_of"}
+
+
+def kept_cache(model, kv_heads: int, capacity: int, pad: list[int]) -> KVCache:
+    """The model's kept cache, emptied, where it has this shape and no running stream uses it; else a new one."""
+    kept = KEPT.setdefault(model, {})
+    cache = kept.get("cache")
+    if cache is not None and not cache.in_use and tuple(cache.keys.shape[1:4]) == (len(pad), kv_heads, capacity):
+        cache.restart(model, pad)
+        return cache
+    cache = KVCache(model, kv_heads, capacity, pad)
+    if not (kept.get("cache") is not None and kept["cache"].in_use):
+        kept["cache"] = cache
+    return cache
+
+
+def kept_head(model) -> torch.Tensor:
+    """model.packed_head(), built again only when a head block was replaced or changed in place."""
+    kept = KEPT.setdefault(model, {})
+    head_of = [(block.data_ptr(), block._version) for block in model.head_blocks()]
+    if kept.get("head_of") != head_of:
+        kept["head"], kept["head_of"] = model.packed_head(), head_of
+        torch._dynamo.mark_static_address(kept["head"])
+    return kept["head"]
 
 
 @torch.inference_mode()  # on a generator function: active only while the generator itself runs
 def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_tokens: int,
                  prefill_chains: int | None = None, sampling: Sampling | None = None,
-                 report: dict | None = None, static: bool = False) -> Iterator[tuple[list[int], torch.Tensor]]:
+                 report: dict | None = None, compile_step: bool = False) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (every row's token id, (B, V) next-token logits) for each generated position, up to
     max_new_tokens or the context of the shortest prompt (each row's own context ends it earlier:
     generate_batch stops there).
@@ -227,7 +309,11 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
     computes. The prompt columns but the last run once at `prefill_chains` only to fill the cache; the
     last one runs at the first segment's chain count and gives the first token's logits. `report`
     receives "kv_cache" (its size) and "schedule": one dict per segment reached, "recomputed" saying
-    whether the cache had to be rebuilt for it. `static`: see KVCache.
+    whether the cache had to be rebuilt for it.
+
+    compile_step: one-token steps run through compiled_decode_step at device-tensor columns, with
+    the LM head packed once (on CUDA: a CUDA graph per chain count); otherwise every step runs eagerly at
+    the filled columns only, the fewest operations, which is what a CPU step's time is made of.
     """
     cfg = model.config
     sampling = (sampling or Sampling()).validate()
@@ -246,38 +332,64 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
     pad = [width - len(p) for p in prompts]
     n_new = min(max_new_tokens, cfg.max_seq_len - min(map(len, prompts)) + 1)  # the last token is never fed back
     heads = max(kv_heads_needed(cfg, k) for k in [prefill_chains] + [k for _, k in schedule])
-    cache = KVCache(model, heads, width + n_new - 1, pad, static)
+    positions = width + n_new - 1
+    if compile_step:
+        cache, head = kept_cache(model, heads, compiled_capacity(positions), pad), kept_head(model)
+        compiled = compiled_decode_step(param.device)
+    else:
+        cache, head, compiled = KVCache(model, heads, positions, pad), None, None
     generator = torch.Generator(param.device).manual_seed(sampling.seed)
-    segment_starts = dict(schedule)
     report = {} if report is None else report
     report["kv_cache"] = {"heads": heads, "positions": cache.capacity, "bytes": cache.nbytes}
     report["schedule"] = []
 
-    ids = torch.tensor([[0] * n + p for n, p in zip(pad, prompts)], device=param.device)  # padding: any id
-    if width > 1:
-        model.hidden_states(ids[:, :-1], prefill_chains, cache)
-    pending = ids[:, -1:]
-    generated = []  # each step's tokens (B, 1): joined to the prompts only when a recomputation needs them
-    for position in range(n_new):
-        chains = chains_at(schedule, position)
-        recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
-        if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
-            cache.reset()
-            pending = torch.cat([ids, *generated], dim=1)
-        if position in segment_starts:
-            report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
-        tokens, logits = decode_step(model, pending, chains, cache, sampling, generator)
-        yield tokens.tolist(), logits  # reading the tokens is the step's one wait for the device
-        pending = tokens[:, None]
-        generated.append(pending)
+    segment_starts = dict(schedule)
+    cache.in_use = True  # until this generator ends, however it ends
+    try:
+        ids = torch.tensor([[0] * n + p for n, p in zip(pad, prompts)], device=param.device)  # padding: any id
+        if width > 1:
+            extend(model, cache, ids[:, :-1], prefill_chains)
+        # The strides of every later step's tokens (B, 1): a compiled step is specialised on them.
+        pending = ids[:, -1:].clone(memory_format=torch.contiguous_format)
+        generated = []  # each step's tokens (B, 1): joined to the prompts only when a recomputation needs them
+        # Steps whose tokens are not read yet: on an accelerator the next step is enqueued before a step's
+        # tokens are read back, so that the device never waits for the host. A CPU step runs as it is
+        # enqueued: there, nothing would overlap, and the first token would come a step later.
+        ready, lag = collections.deque(), int(param.device.type != "cpu")
+        for position in range(n_new):
+            chains = chains_at(schedule, position)
+            recompute = kv_heads_needed(cfg, chains) > cache.complete_heads
+            if recompute:  # only CoLM without Air switching up: the new chains' keys/values are missing
+                cache.reset()
+                pending = torch.cat([ids, *generated], dim=1)
+            if position in segment_starts:
+                report["schedule"].append({"start": position, "chains": chains, "recomputed": recompute})
+            noise = sampling.noise(len(prompts), cfg.vocab_size, generator)
+            if compiled and pending.shape[1] == 1:
+                at = cache.columns[cache.length : cache.length + 1]
+                tokens, logits = compiled(model, cache, pending, at, chains, sampling, noise, head)
+                tokens, logits = tokens.clone(), logits.clone()  # a CUDA graph's next replay overwrites its outputs
+            else:
+                tokens, logits = decode_step(model, cache, pending, cache.length, chains, sampling, noise, head)
+            cache.record(pending.shape[1], kv_heads_needed(cfg, chains))
+            ready.append((tokens, logits))
+            if len(ready) > lag:
+                tokens_read, logits_read = ready.popleft()
+                yield tokens_read.tolist(), logits_read  # the host's one wait for the device
+            pending = tokens[:, None]
+            generated.append(pending)
+        for tokens_read, logits_read in ready:
+            yield tokens_read.tolist(), logits_read
+    finally:
+        cache.in_use = False
 
 
 def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_tokens: int,
                   prefill_chains: int | None = None, sampling: Sampling | None = None,
-                  report: dict | None = None, static: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+                  report: dict | None = None, compile_step: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
     """stream_batch of one prompt: yield (token id, (V,) next-token logits) for each generated token."""
     for tokens, logits in stream_batch(model, [prompt_ids], schedule, max_new_tokens, prefill_chains, sampling,
-                                       report, static):
+                                       report, compile_step):
         yield tokens[0], logits[0]
 
 
@@ -349,7 +461,8 @@ class Continuation:
 def generate(model, prompt: str | list[int], *, max_new_tokens: int = 128, chains: int | None = None,
              switch: Schedule = (), prefill_chains: int | None = None, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop: list[str] = (),
-             eos_id: int | None = None, on_text: Callable[[str], None] | None = None) -> dict:
+             eos_id: int | None = None, on_text: Callable[[str], None] | None = None,
+             compile_step: bool | None = None) -> dict:
     """Continue a prompt and return a JSON-ready record: prompt ids, text, token ids, schedule, timings.
 
     A text prompt is encoded as the model's tokenizer starts a sequence (BOS only if its policy adds
@@ -360,18 +473,18 @@ def generate(model, prompt: str | list[int], *, max_new_tokens: int = 128, chain
     return generate_batch(model, [prompt], max_new_tokens=max_new_tokens, chains=chains, switch=switch,
                           prefill_chains=prefill_chains, temperature=temperature, top_k=top_k, top_p=top_p,
                           seed=seed, stop=stop, eos_id=eos_id,
-                          on_text=on_text and (lambda row, piece: on_text(piece)))[0]
+                          on_text=on_text and (lambda row, piece: on_text(piece)), compile_step=compile_step)[0]
 
 
 def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int = 128, chains: int | None = None,
                    switch: Schedule = (), prefill_chains: int | None = None, temperature: float = 0.0,
                    top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop: list[str] = (),
                    eos_id: int | None = None, on_text: Callable[[int, str], None] | None = None,
-                   static: bool = False) -> list[dict]:
+                   compile_step: bool | None = None) -> list[dict]:
     """Continue several prompts in one batch: one record per prompt, in order, each as `generate` gives
     it (under greedy decoding, the same tokens as that prompt alone). Each row stops on its own; the
     timings are the whole batch's. `on_text(row, piece)` receives each row's text as it becomes final.
-    Text prompts are encoded as in `generate`.
+    Text prompts are encoded as in `generate`. compile_step (see stream_batch): by default on CUDA only.
     """
     cfg = model.config
     prompts = [model.tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompts]
@@ -387,7 +500,9 @@ def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int
 
     start = time.perf_counter()
     first_token_at = None
-    steps = stream_batch(model, prompts, schedule, max_new_tokens, prefill_chains, sampling, report, static)
+    if compile_step is None:
+        compile_step = next(model.parameters()).device.type == "cuda"
+    steps = stream_batch(model, prompts, schedule, max_new_tokens, prefill_chains, sampling, report, compile_step)
     for step_tokens, _ in steps:
         first_token_at = first_token_at or time.perf_counter()
         for i, (row, token) in enumerate(zip(rows, step_tokens)):

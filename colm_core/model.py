@@ -133,9 +133,10 @@ class Attention(nn.Module):
             query_orders[k, 1, : len(read)] = torch.tensor(sorted(range(len(order)), key=order.__getitem__))
         self.register_buffer("query_orders", query_orders, persistent=False)
 
-    def forward(self, x, chains, cos, sin, cache=None, layer=0, mask=None):
+    def forward(self, x, chains, cos, sin, cache=None, layer=0, mask=None, at=0):
         """`mask` (B, 1, T, S), True where a query may attend, is needed whenever the plain causal
-        rule (no mask: T == S, causal; T == 1, everything cached) does not hold."""
+        rule (no mask: T == S, causal; T == 1, everything cached) does not hold. `at`: the cache
+        columns the new tokens fill (see CoLM.hidden_states)."""
         B, T, _ = x.shape
         hd = self.cfg.head_dim
         kv_chains = 1 if self.cfg.kv_share else chains
@@ -144,7 +145,7 @@ class Attention(nn.Module):
         v = self.v(x, kv_chains).view(B, T, -1, hd).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, KV, S, hd)
+            k, v = cache.update(layer, k, v, at)  # (B, KV, S, hd)
         H = q.shape[1]
         if self.reorder[chains]:  # move the query heads, not the (much larger) cached keys and values
             q = q.index_select(1, self.query_orders[chains, 0, :H])
@@ -184,8 +185,8 @@ class Block(nn.Module):
         self.ffn_norm = ChainRMSNorm(cfg.chain_widths, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x, chains, cos, sin, cache=None, layer=0, mask=None):
-        x = x + self.attn(self.attn_norm(x, chains), chains, cos, sin, cache, layer, mask)
+    def forward(self, x, chains, cos, sin, cache=None, layer=0, mask=None, at=0):
+        x = x + self.attn(self.attn_norm(x, chains), chains, cos, sin, cache, layer, mask, at)
         return x + self.ffn(self.ffn_norm(x, chains), chains)
 
 
@@ -212,8 +213,14 @@ class CoLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def hidden_states(self, input_ids: torch.Tensor, chains: int | None = None, cache=None) -> torch.Tensor:
-        """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains."""
+    def hidden_states(self, input_ids: torch.Tensor, chains: int | None = None, cache=None,
+                      at: int | torch.Tensor = 0) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains.
+
+        With a cache (colm_core/generation.py KVCache), the new tokens fill its columns `at`: an int is
+        the first of T consecutive columns (the step attends over the filled columns only: the fewest
+        operations); a (T,) device tensor holds the columns themselves (every step keeps its shapes and
+        reads no host state: what a captured graph needs). The cache's bookkeeping is the caller's."""
         k = self._chains(chains)
         # RoPE would go on silently past the positions the model was trained for. With a cache, generation
         # stops each row at its own context; rows of a batch that already stopped are still fed (and
@@ -226,21 +233,28 @@ class CoLM(nn.Module):
             cos, sin = self.rope(torch.arange(input_ids.shape[1], device=input_ids.device), x.dtype)
             mask = None
         else:  # the cache knows each row's positions and which cached keys each new token may see
-            cos, sin, mask = cache.prepare(input_ids.shape[1])
+            cos, sin, mask = cache.prepare(at, input_ids.shape[1])
         for i, layer in enumerate(self.layers):
-            x = layer(x, k, cos, sin, cache, i, mask)
-        if cache is not None:
-            cache.advance(input_ids.shape[1])
+            x = layer(x, k, cos, sin, cache, i, mask, at)
         return self.norm(x, k)
 
-    def logits(self, h: torch.Tensor, chains: int | None = None) -> torch.Tensor:
-        """logits_k = sum_{i<=k} h_i H_i^T, accumulated chain by chain (docs/spec.md section 3)."""
+    def logits(self, h: torch.Tensor, chains: int | None = None, head: torch.Tensor | None = None) -> torch.Tensor:
+        """logits_k = sum_{i<=k} h_i H_i^T, accumulated chain by chain (docs/spec.md section 3).
+
+        `head`: the blocks joined once into one (V, D) matrix (packed_head); the k-chain head is then its
+        first D_k columns, a view, and the logits one matrix product instead of k."""
+        if head is not None:
+            return F.linear(h, head[:, : h.shape[-1]])
         out, start = None, 0
         for w in self.head_blocks(chains):
             part = F.linear(h[..., start : start + w.shape[1]], w)
             out = part if out is None else out + part
             start += w.shape[1]
         return out
+
+    def packed_head(self) -> torch.Tensor:
+        """The LM head's blocks side by side, (V, D): a copy, built once by whoever runs many steps."""
+        return torch.cat(self.head_blocks(), dim=1)
 
     def forward(self, input_ids: torch.Tensor, chains: int | None = None, cache=None) -> torch.Tensor:
         """(B, T) -> (B, T, V) logits of the `chains`-chain sub-model (default: all chains)."""

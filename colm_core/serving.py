@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from colm_core.errors import ColmError, missing_extra
-from colm_core.generation import Continuation, KVCache, Sampling, kv_heads_needed
+from colm_core.generation import Continuation, KVCache, Sampling, extend, kv_heads_needed
 from colm_core.tokenizer import CHAT_TEMPLATE_FILE, tokenizer_config
 
 AUTO = "auto"  # NAME@auto: the elastic chain count
@@ -397,9 +397,9 @@ class Engine:
         for k in self.step_seconds:
             cache = KVCache(self.model, kv_heads_needed(self.cfg, k), 2)
             tokens = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-            self.model.hidden_states(tokens, k, cache)
+            extend(self.model, cache, tokens, k)
             start = time.perf_counter()
-            self.model.logits(self.model.hidden_states(tokens, k, cache)[:, -1], k).sum().item()
+            self.model.logits(extend(self.model, cache, tokens, k)[:, -1], k).sum().item()
             self.step_seconds[k] = time.perf_counter() - start
 
     def run(self) -> None:
@@ -469,7 +469,7 @@ class Engine:
         row.cache, row.index = KVCache(self.model, kv_heads_needed(self.cfg, chains), max(len(row.fed), 1)), 0
         if not row.fed:
             return None
-        return self.model.hidden_states(torch.tensor([row.fed], device=self.device), chains, row.cache)
+        return extend(self.model, row.cache, torch.tensor([row.fed], device=self.device), chains)
 
     def layout(self, chains: int) -> None:
         """Lay every row's keys and values out again in one left-padded cache, right-aligned, with room for
@@ -486,13 +486,11 @@ class Engine:
         steps = max(r.job.continuation.limit - len(r.job.continuation.tokens) for r in self.rows)
         cache = KVCache(self.model, heads, width + steps, [width - len(r.fed) for r in self.rows])
         cache.length = width
-        cache.next_column.fill_(width)
         for i, row in enumerate(self.rows):
             n, end = len(row.fed), row.cache.length
             if n:
                 for mine, theirs in ((cache.keys, row.cache.keys), (cache.values, row.cache.values)):
-                    for layer in range(self.cfg.n_layers):
-                        mine[layer][i, :, width - n:width] = theirs[layer][row.index, :heads, end - n:end]
+                    mine[:, i, :, width - n:width] = theirs[:, row.index, :heads, end - n:end]
             row.cache, row.index = cache, i
         self.cache = cache
         self.stats["relayouts"] += 1
@@ -502,13 +500,14 @@ class Engine:
         chains = max(r.job.chains for r in self.rows)
         start = time.perf_counter()
         tokens = torch.tensor([[r.pending] for r in self.rows], device=self.device)
-        hidden = self.model.hidden_states(tokens, chains, self.cache)[:, -1]
+        hidden = extend(self.model, self.cache, tokens, chains)[:, -1]
         logits = [None] * len(self.rows)
         for k in sorted({r.job.chains for r in self.rows}):
             rows = [i for i, r in enumerate(self.rows) if r.job.chains == k]
             for i, row_logits in zip(rows, self.model.logits(hidden[rows], k)):
                 logits[i] = row_logits
-        picked = [r.job.sampling.pick(l[None], r.generator) for r, l in zip(self.rows, logits)]
+        picked = [r.job.sampling.pick(l[None], r.job.sampling.noise(1, l.shape[-1], r.generator))
+                  for r, l in zip(self.rows, logits)]
         picked = torch.cat(picked).tolist()  # the step's one wait for the device
         seconds = time.perf_counter() - start
         self.step_seconds[chains] = 0.8 * self.step_seconds[chains] + 0.2 * seconds

@@ -2,10 +2,14 @@
 switching change nothing but the cost, sampling, streaming text, and the `colm generate` command."""
 
 import json
+import os
 
 import pytest
 import torch
 
+from torch._dynamo.testing import CompileCounterWithBackend
+
+from colm_core import generation
 from colm_core.checkpoint import save
 from colm_core.errors import ColmError
 from colm_core.generation import (Sampling, TextStream, chains_at, generate, generate_batch, make_schedule,
@@ -46,9 +50,9 @@ def spy_on_forward(model, monkeypatch):
     """Record (new tokens, chains) of every forward pass the generator makes."""
     calls, forward = [], model.hidden_states
 
-    def recording(ids, chains=None, cache=None):
+    def recording(ids, chains=None, cache=None, at=0):
         calls.append((ids.shape[1], chains))
-        return forward(ids, chains, cache)
+        return forward(ids, chains, cache, at)
 
     monkeypatch.setattr(model, "hidden_states", recording)
     return calls
@@ -127,17 +131,94 @@ def test_batch_rows_equal_single_prompts_when_switching(variant):
     assert_rows_equal_single_prompts(tiny_model(**VARIANTS[variant]), PROMPTS, [(0, 3), (3, 1), (6, 2)], 9)
 
 
-@pytest.mark.parametrize("variant", ["colm", "air"])
-def test_static_cache_step_equals_the_growing_one(variant):
-    """The static cache (every step attends over the whole capacity, columns from a device tensor:
-    the shape CUDA graphs capture) gives the tokens and logits of the cache that grows."""
+SWITCHING = [(0, 3), (4, 1), (8, 2)]  # every chain count; CoLM without Air recomputes when switching up
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_steps_at_device_columns_equal_the_eager_ones(variant, monkeypatch):
+    """compile_step's steps, run uncompiled: every step attends over the whole (padded) capacity at columns
+    from a device tensor, with the LM head packed once. Same tokens, logits up to float rounding, at every
+    chain count, batched and alone, greedy and sampled."""
     model = tiny_model(**VARIANTS[variant])
+    monkeypatch.setitem(generation.COMPILED_STEPS, "cpu", generation.decode_step)
     for prompts in (PROMPTS, [PROMPT]):
-        static = list(stream_batch(model, prompts, [(0, 3), (4, 1), (8, 2)], 10, static=True))
-        growing = list(stream_batch(model, prompts, [(0, 3), (4, 1), (8, 2)], 10))
-        assert [t for t, _ in static] == [t for t, _ in growing]
-        for (_, a), (_, b) in zip(static, growing):
-            assert (a - b).abs().max().item() <= 1e-5
+        for sampling in (Sampling(), Sampling(temperature=2.0, top_k=5, seed=3)):
+            report = {}
+            static = list(stream_batch(model, prompts, SWITCHING, 10, sampling=sampling, compile_step=True,
+                                       report=report))
+            eager = list(stream_batch(model, prompts, SWITCHING, 10, sampling=sampling))
+            assert [t for t, _ in static] == [t for t, _ in eager]
+            for (_, a), (_, b) in zip(static, eager):
+                assert (a - b).abs().max().item() <= 1e-5
+            assert report["kv_cache"]["positions"] == 64  # a power of two: prompts of many lengths share graphs
+
+
+@pytest.mark.parametrize("variant", ["colm", "air"])
+def test_compiled_step_is_one_whole_graph_per_chain_count_with_the_eager_tokens(variant, monkeypatch):
+    """The step torch.compile captures (on CUDA, into CUDA graphs) traces whole (fullgraph: a graph break
+    would raise), once per chain count, and gives the eager greedy tokens. aot_eager stands in for
+    inductor here: the same capture and functionalisation, without a C++ build per graph."""
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(generation.decode_step, backend=counter, fullgraph=True, dynamic=False)
+    monkeypatch.setitem(generation.COMPILED_STEPS, "cpu", compiled)
+    model = tiny_model(**VARIANTS[variant])
+    try:
+        got = list(stream_batch(model, PROMPTS, SWITCHING, 10, compile_step=True))
+        again = list(stream_batch(model, PROMPTS, SWITCHING, 10, compile_step=True))  # no new graph
+    finally:
+        torch._dynamo.reset()
+    assert counter.frame_count == len(SWITCHING)
+    eager = list(stream_batch(model, PROMPTS, SWITCHING, 10))
+    assert [t for t, _ in got] == [t for t, _ in again] == [t for t, _ in eager]
+
+
+def test_compiled_runs_keep_their_cache_and_head_unless_in_use_or_changed(monkeypatch):
+    """A CUDA graph records the addresses it reads: a second run reuses the first run's cache and packed LM
+    head, but never a cache that a running stream still uses, nor a head whose blocks changed since."""
+    model = tiny_model()
+    monkeypatch.setitem(generation.COMPILED_STEPS, "cpu", generation.decode_step)
+    run = lambda: [t for t, _ in stream_batch(model, PROMPTS, [(0, 2)], 6, compile_step=True)]  # noqa: E731
+    first = run()
+    kept = generation.KEPT[model]
+    cache, head = kept["cache"], kept["head"]
+    assert run() == first and kept["cache"] is cache and kept["head"] is head
+    running = stream_batch(model, PROMPTS, [(0, 2)], 6, compile_step=True)
+    next(running)
+    assert cache.in_use and run() == first and kept["cache"] is cache
+    running.close()
+    assert not cache.in_use
+    with torch.no_grad():
+        model.head_blocks()[1].mul_(2)
+    changed = run()
+    assert kept["head"] is not head and torch.equal(kept["head"], torch.cat(model.head_blocks(), dim=1))
+    assert changed == [t for t, _ in stream_batch(model, PROMPTS, [(0, 2)], 6)]
+
+
+def test_a_first_run_says_on_stderr_that_it_compiles_and_keeps_the_kernels_in_colms_cache(tmp_path, monkeypatch,
+                                                                                           capsys):
+    monkeypatch.setenv("COLM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setattr(generation, "COMPILED_STEPS", {})
+    generation.compiled_decode_step(torch.device("cpu"))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and "first run: compiling the decode step" in lines[0] and str(tmp_path) in lines[0]
+    kernels = tmp_path / "inductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(kernels)
+    (kernels / "fxgraph").mkdir(parents=True)  # what a compiled run leaves there
+    monkeypatch.setattr(generation, "COMPILED_STEPS", {})
+    generation.compiled_decode_step(torch.device("cpu"))
+    assert capsys.readouterr().err == ""
+
+
+def test_compile_step_is_the_default_on_cuda_only(monkeypatch):
+    seen = []
+    stream = generation.stream_batch
+    monkeypatch.setattr(generation, "stream_batch", lambda *a: seen.append(a[-1]) or stream(*a))
+    generate(tiny_model(), PROMPT, max_new_tokens=2)
+    generate(tiny_model(), PROMPT, max_new_tokens=2, compile_step=False)
+    assert seen == [False, False]
 
 
 def test_air_query_heads_are_reordered_for_grouped_attention_and_match_gathering_the_cache():
