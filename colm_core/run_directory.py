@@ -22,7 +22,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from colm_core.checkpoint import atomic_directory, rename_unless_taken, sweep_stale_siblings, temporary_sibling
+from colm_core.checkpoint import (atomic_directory, publish_directory, rename_unless_taken, sweep_stale_siblings,
+                                  temporary_sibling)
 from colm_core.errors import ColmError
 from colm_core.options import TrainOptions
 from colm_core.strict_json import finite_json
@@ -196,18 +197,10 @@ class RunDirectory:
         metrics.write_text("".join(line + "\n" for line in kept))
 
     def publish(self, force: bool) -> None:
-        """Rename OUT.partial, which now holds the final checkpoint, to OUT; a replaced OUT (--force) is
-        removed only after."""
-        out = self.out
-        if not out.exists():
-            os.replace(self.partial, out)
-            return
-        if not force:
-            raise ColmError(f"{out} appeared during the run; the result stays in {self.partial}")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(self.partial, out)
-        shutil.rmtree(old)
+        """Rename OUT.partial, which now holds the final checkpoint, to OUT, as every command publishes its
+        output (a replaced OUT is removed only after)."""
+        if not publish_directory(self.partial, self.out, force):
+            raise ColmError(f"{self.out} appeared during the run; the result stays in {self.partial}")
 
     def close(self) -> None:
         if self.lock is not None:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -130,6 +128,9 @@ def train(ckpt_path: Path, out: Path, opts: TrainOptions, *, force: bool = False
 
 
 class Trainer:
+    """One run: __init__ builds it (checks, data, model, optimizer), run() prepares the run directory, loops
+    over train_step with validate and save_step, and finish() publishes OUT."""
+
     def __init__(self, runtime, ckpt_path, out, opts, force, resume, on_event):
         from colm_core.checkpoint import history_entry, load, open_checkpoint
         from colm_core.data import data_digest, default_corpus_files, resolve_text_files, split_tokens, token_cache
@@ -421,7 +422,7 @@ class Trainer:
 
     def finish(self) -> Path:
         """Write the final checkpoint into OUT.partial and rename it to OUT."""
-        from colm_core.checkpoint import CONFIG_FILE, write_checkpoint
+        from colm_core.checkpoint import write_checkpoint
 
         st = self.state
         tensors, _ = self.full_tensors()
@@ -429,15 +430,10 @@ class Trainer:
                    "loss": st.last_loss, "val_loss": st.val_loss, "processes": self.rt.world_size}
         if self.rt.is_main:
             entry = {**self.history_entry, "eval": {"val_loss": st.val_loss, "steps": st.step, "tokens": st.tokens}}
-            final = self.run_dir.partial / ".final"
-            shutil.rmtree(final, ignore_errors=True)
             stored = ((name, t.to(self.store_dtype)) for name, t in tensors.items())
-            write_checkpoint(final, self.model.config, stored, self.model.tokenizer,
-                             self.model.history + [entry])
             # config.json last: OUT.partial becomes a checkpoint only once it holds every file
-            for f in sorted(final.iterdir(), key=lambda f: f.name == CONFIG_FILE):
-                os.replace(f, self.run_dir.partial / f.name)
-            final.rmdir()
+            write_checkpoint(self.run_dir.partial, self.model.config, stored, self.model.tokenizer,
+                             self.model.history + [entry])
             self.run_dir.publish(self.force)
             self.emit("end", summary | {"path": str(self.out)})
         self.rt.barrier()
