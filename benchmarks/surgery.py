@@ -81,14 +81,15 @@ def make_input(preset: str, path: Path) -> None:
     """A random checkpoint of the preset's shape, generated and written tensor by tensor."""
     import torch
 
-    from colm_core.checkpoint import expected_shapes, write_checkpoint
+    from colm_core.checkpoint import atomic_directory, expected_shapes, write_checkpoint
     from colm_core.config import PRESETS
     from colm_core.tokenizer import ByteTokenizer
 
     cfg = PRESETS[preset]
     g = torch.Generator().manual_seed(0)
     tensors = ((name, torch.randn(shape, generator=g) * 0.02) for name, shape in expected_shapes(cfg).items())
-    write_checkpoint(path, cfg, tensors, ByteTokenizer(), history=[])
+    with atomic_directory(path) as tmp:
+        write_checkpoint(tmp, cfg, tensors, ByteTokenizer(), history=[])
 
 
 def main() -> None:

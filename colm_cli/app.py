@@ -130,7 +130,8 @@ def train(
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:]) + stdin_input))
     from colm_core.checkpoint import refuse_overlap
     from colm_core.data import matched_paths
-    from colm_core.train import partial_dir, train as run_training
+    from colm_core.run_directory import partial_dir
+    from colm_core.train import train as run_training
     from colm_cli.render import TrainProgress
 
     opts = options_from(TrainOptions, config, options)

@@ -10,7 +10,8 @@
 
 Opening a checkpoint checks the config against every tensor's name, shape and dtype, and the
 index against the shard headers, and reports the first mismatch by name. Only safetensors are
-read: no pickle is ever loaded. Writes go to a temporary directory renamed into place.
+read: no pickle is ever loaded. write_checkpoint writes into a directory, config.json last; whoever
+publishes one wraps it in atomic_directory (a temporary directory renamed into place), once.
 
 The writer hashes the weights as it writes them, so a later command records its input's sha256
 in the history from digests.json instead of reading the whole input again.
@@ -47,7 +48,7 @@ from colm_core.config import ColmConfig, read_json
 from colm_core.errors import ColmError, ColmRuntimeError
 from colm_core.strict_json import finite_json
 from colm_core.model import expected_shapes
-from colm_core.tokenizer import load_tokenizer
+from colm_core.tokenizer import TOKENIZER_FILES, load_tokenizer
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -119,8 +120,6 @@ class Checkpoint:
     def needed_files(self) -> list[str]:
         """Every file the checkpoint is read from: config, index, weights, tokenizer and history files
         (what its digests must cover; not the card, which `colm push` regenerates)."""
-        from colm_core.tokenizer import TOKENIZER_FILES
-
         kept = [CONFIG_FILE, INDEX_FILE, *TOKENIZER_FILES, HISTORY_FILE]
         return sorted({f.name for f in self.files} | {name for name in kept if (self.path / name).is_file()})
 
@@ -299,8 +298,10 @@ def save(model, path: str | Path, *, force: bool = False, history: list[dict] | 
     """Write a model as a checkpoint directory. `history` defaults to the model's own."""
     if history is None:
         history = getattr(model, "history", [])
-    return write_checkpoint(path, model.config, model.state_dict().items(), model.tokenizer, history,
-                            force=force, max_shard_bytes=max_shard_bytes)
+    with atomic_directory(path, force) as tmp:
+        write_checkpoint(tmp, model.config, model.state_dict().items(), model.tokenizer, history,
+                         max_shard_bytes=max_shard_bytes)
+    return Path(path)
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -360,30 +361,44 @@ def sweep_stale_siblings(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path, force: bool = False):
-    """Yield a temporary directory beside `path`; rename it to `path` only if the block succeeds.
+def atomic_directory(path: str | Path, force: bool = False, inputs: Iterable[str | Path] = ()):
+    """Yield a temporary directory beside `path`; rename it to `path` only if the block succeeds. The one
+    way a command publishes its output, and where it is checked (check_output, against `inputs` too).
 
     With force, an existing `path` is replaced, and it is only removed after the new one is in place.
     An exception (Ctrl-C and SIGTERM included, see colm_cli.app.main) removes the temporary directory."""
+    check_output(path, force, inputs)
     path = Path(os.path.abspath(path))  # `-o .` names the directory itself, whose siblings are in its parent
-    check_output(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_siblings(path)
     tmp = temporary_sibling(path, "tmp")
-    old = None
     try:
         yield tmp
+        if not publish_directory(tmp, path, force):
+            raise lost_race(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish_directory(src: Path, path: Path, force: bool) -> bool:
+    """Rename the finished directory src to `path`, or return False where another writer's `path` is there
+    (without force, or put there between the two renames of force).
+
+    With force, an existing `path` is moved aside into .NAME.old-PID-* first and removed only after the
+    new one is in place: a kill between the two renames leaves it there, for sweep_stale_siblings to
+    put back; an exception puts it back at once."""
+    old = None
+    try:
         if path.exists():
             if not force:
-                raise lost_race(path)
+                return False
             old = temporary_sibling(path, "old")
             os.replace(path, old / path.name)
-        if not rename_unless_taken(tmp, path):
-            raise lost_race(path)
+        return rename_unless_taken(src, path)
     except BaseException:
         if old is not None and not path.exists():  # interrupted between the two renames: put the original back
             os.replace(old / path.name, path)
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         if old is not None:
@@ -532,24 +547,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(path: str | Path, config: ColmConfig, tensors: Iterable[tuple[str, torch.Tensor]],
-                     tokenizer, history: list[dict], *, force: bool = False,
-                     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
-    """Write a checkpoint; `tensors` come one at a time in the model's order (expected_shapes)."""
-    path = Path(path)
-    with atomic_directory(path, force) as tmp:
-        digests = write_weights(tmp, tensors, expected_shapes(config), max_shard_bytes)
-        tokenizer.save(tmp)
-        write_history(tmp, history)
-        # The small files (index, tokenizer, history) are hashed from disk: kilobytes. The card is left
-        # out: `colm push` regenerates it.
-        digests |= {f.name: file_sha256(f) for f in tmp.iterdir() if f.name not in digests}
-        config_text = config.to_json()
-        digests[CONFIG_FILE] = hashlib.sha256(config_text.encode()).hexdigest()
-        (tmp / CARD_FILE).write_text(model_card(config, history))
-        (tmp / DIGESTS_FILE).write_text(json.dumps({"sha256": dict(sorted(digests.items()))}, indent=2) + "\n")
-        write_last_file(tmp / CONFIG_FILE, config_text.encode())
-    return path
+def write_checkpoint(directory: str | Path, config: ColmConfig, tensors: Iterable[tuple[str, torch.Tensor]],
+                     tokenizer, history: list[dict], *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+    """Write a checkpoint's files into `directory` (made if missing), config.json last: the directory is a
+    checkpoint only once it holds every file. Not atomic by itself: a new output is written inside
+    atomic_directory. `tensors` come one at a time in the model's order (expected_shapes)."""
+    directory = Path(directory)
+    directory.mkdir(exist_ok=True)
+    digests = write_weights(directory, tensors, expected_shapes(config), max_shard_bytes)
+    tokenizer.save(directory)
+    write_history(directory, history)
+    # The small files (index, tokenizer, history) are hashed from disk: kilobytes. The card is left
+    # out: `colm push` regenerates it. Only these: the directory may hold others (a training run's steps/).
+    small = [directory / name for name in (INDEX_FILE, *TOKENIZER_FILES, HISTORY_FILE)]
+    digests |= {f.name: file_sha256(f) for f in small if f.name not in digests and f.is_file()}
+    config_text = config.to_json()
+    digests[CONFIG_FILE] = hashlib.sha256(config_text.encode()).hexdigest()
+    (directory / CARD_FILE).write_text(model_card(config, history))
+    (directory / DIGESTS_FILE).write_text(json.dumps({"sha256": dict(sorted(digests.items()))}, indent=2) + "\n")
+    write_last_file(directory / CONFIG_FILE, config_text.encode())
 
 
 def write_last_file(path: Path, data: bytes) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from colm_core.card import model_card
 from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, DTYPE_NAMES, Checkpoint, atomic_directory,
-                                  check_output, expected_shapes, history_entry, open_checkpoint, write_history,
+                                  expected_shapes, history_entry, open_checkpoint, write_history,
                                   write_last_file, write_weights)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
@@ -115,14 +115,13 @@ def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None,
     if fmt not in FORMATS:
         raise ColmError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     ckpt = open_checkpoint(path)
-    check_output(out, force, inputs=[path])
     cfg, dtype = ckpt.config, dtype or ckpt.dtype
     if fmt == "hf-llama":
         config = {**config_to_hf(cfg), "dtype": DTYPE_NAMES[dtype]}  # refuses more than 1 chain
     else:
         config = hf_colm_config(cfg, dtype)
     history = ckpt.history + [history_entry("export", dict(format=fmt, dtype=DTYPE_NAMES[dtype]), inputs=[ckpt])]
-    with atomic_directory(out, force) as tmp:
+    with atomic_directory(out, force, inputs=[path]) as tmp:
         (tmp / "generation_config.json").write_text(json.dumps(generation_config(cfg), indent=2) + "\n")
         shapes = expected_shapes(cfg)
         layout = {exported: shapes[name] for name, exported in exported_names(cfg, fmt).items()}

@@ -337,16 +337,15 @@ def import_gguf(file: str | Path, out: str | Path, *, verify: bool = True, force
     """Write a Llama GGUF file as a 1-chain float32 CoLM checkpoint; returns the verification report."""
     import tempfile
 
-    from colm_core.checkpoint import atomic_directory, check_output, history_entry, write_checkpoint
+    from colm_core.checkpoint import atomic_directory, history_entry, write_checkpoint
     from colm_core.tokenizer import load_tokenizer
     from colm_core.verify import verify_gguf_import
 
     src = open_gguf(file)
-    check_output(out, force, inputs=[src.path])
     cfg = src.config
-    history = [history_entry("import", {"source": str(src.path)}, inputs=[src])]
-    with tempfile.TemporaryDirectory() as built, atomic_directory(out, force) as tmp:
+    with atomic_directory(out, force, inputs=[src.path]) as tmp, tempfile.TemporaryDirectory() as built:
+        history = [history_entry("import", {"source": str(src.path)}, inputs=[src])]
         write_tokenizer(src, Path(built))
         tokenizer = load_tokenizer(cfg.tokenizer, Path(built), cfg.bos_token_id, cfg.eos_token_id)
-        write_checkpoint(tmp, cfg, src.tensors(), tokenizer, history, force=True)
+        write_checkpoint(tmp, cfg, src.tensors(), tokenizer, history)
         return verify_gguf_import(src.path, tmp) if verify else {}

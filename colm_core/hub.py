@@ -78,12 +78,11 @@ def pull(reference: str, revision: str | None = None, output: Path | None = None
     repo_id, revision = parse_reference(reference, revision)
     if output is None:
         return download(repo_id, revision)
-    from colm_core.checkpoint import CONFIG_FILE, atomic_directory, check_output, write_last_file  # torch: only now
+    from colm_core.checkpoint import CONFIG_FILE, atomic_directory, write_last_file  # torch: only now
 
-    check_output(output, force)
-    snapshot = download(repo_id, revision)
-    names = [p.name for p in snapshot.iterdir() if p.is_file()]
     with atomic_directory(output, force) as tmp:
+        snapshot = download(repo_id, revision)
+        names = [p.name for p in snapshot.iterdir() if p.is_file()]
         for name in filter_repo_objects(names, allow_patterns=CHECKPOINT_PATTERNS):
             if name != CONFIG_FILE:
                 shutil.copyfile(snapshot / name, tmp / name)  # follows the cache's symlinks into its blobs

@@ -264,17 +264,16 @@ def weights_dtype(src: HFModelDir) -> "torch.dtype":
 def import_hf(hf_dir: str | Path, out: str | Path, *, verify: bool = True, force: bool = False) -> dict:
     """Write a Hugging Face Llama directory as a 1-chain CoLM checkpoint, or a `colm export --format hf`
     directory as the checkpoint it was exported from; returns the verification report."""
-    from colm_core.checkpoint import atomic_directory, check_output, history_entry, write_checkpoint
+    from colm_core.checkpoint import atomic_directory, history_entry, write_checkpoint
     from colm_core.tokenizer import load_tokenizer
     from colm_core.verify import verify_import, verify_same_tensors
 
     src = open_hf_dir(hf_dir)
-    check_output(out, force, inputs=[src.path])
     cfg = src.config
-    tokenizer = load_tokenizer(cfg.tokenizer, src.path, cfg.bos_token_id, cfg.eos_token_id)
-    history = src.history() + [history_entry("import", {"source": str(src.path)}, inputs=[src])]
-    with atomic_directory(out, force) as tmp:
-        write_checkpoint(tmp, cfg, imported_tensors(src, weights_dtype(src)), tokenizer, history, force=True)
+    with atomic_directory(out, force, inputs=[src.path]) as tmp:
+        tokenizer = load_tokenizer(cfg.tokenizer, src.path, cfg.bos_token_id, cfg.eos_token_id)
+        history = src.history() + [history_entry("import", {"source": str(src.path)}, inputs=[src])]
+        write_checkpoint(tmp, cfg, imported_tensors(src, weights_dtype(src)), tokenizer, history)
         if not verify:
             return {}
         if src.is_colm_export:

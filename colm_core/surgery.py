@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from colm_core.checkpoint import (Checkpoint, StoredTensor, atomic_directory, check_output, expected_shapes, history_entry,
+from colm_core.checkpoint import (Checkpoint, StoredTensor, atomic_directory, expected_shapes, history_entry,
                                   open_checkpoint, write_checkpoint)
 from colm_core.config import INIT_STD, ColmConfig
 from colm_core.errors import ColmError
@@ -105,14 +105,12 @@ def expand(path: Path, out: Path, *, add_chains: int, heads: int | None = None, 
     if not init_std > 0:
         raise ColmError(f"--init-std must be positive, got {init_std}")
     ckpt = open_checkpoint(path)
-    check_output(out, force, inputs=[path])
     cfg = expand_config(ckpt.config, add_chains, heads, kv_heads, ffn, air)
     args = dict(add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn, air=air, init_std=init_std,
                 seed=seed)
-    history = ckpt.history + [history_entry("expand", args, inputs=[ckpt])]
-    with atomic_directory(out, force) as tmp:
-        write_checkpoint(tmp, cfg, expanded_tensors(ckpt, cfg, init_std, seed), ckpt.tokenizer(), history,
-                         force=True)
+    with atomic_directory(out, force, inputs=[path]) as tmp:
+        history = ckpt.history + [history_entry("expand", args, inputs=[ckpt])]
+        write_checkpoint(tmp, cfg, expanded_tensors(ckpt, cfg, init_std, seed), ckpt.tokenizer(), history)
         return verify_expand(ckpt.path, tmp) if verify else {}
 
 
@@ -121,9 +119,8 @@ def slice_(path: Path, out: Path, *, chains: int, verify: bool = True, force: bo
     from colm_core.verify import verify_slice
 
     ckpt = open_checkpoint(path)
-    check_output(out, force, inputs=[path])
     cfg = slice_config(ckpt.config, chains)
-    history = ckpt.history + [history_entry("slice", dict(chains=chains), inputs=[ckpt])]
-    with atomic_directory(out, force) as tmp:
-        write_checkpoint(tmp, cfg, sliced_tensors(ckpt, chains), ckpt.tokenizer(), history, force=True)
+    with atomic_directory(out, force, inputs=[path]) as tmp:
+        history = ckpt.history + [history_entry("slice", dict(chains=chains), inputs=[ckpt])]
+        write_checkpoint(tmp, cfg, sliced_tensors(ckpt, chains), ckpt.tokenizer(), history)
         return verify_slice(ckpt.path, tmp, chains) if verify else {}

@@ -1,46 +1,31 @@
 """`colm train`: the training loop (no parallelism inside: colm_core.parallel supplies it).
 
-The output directory OUT is written atomically. The run works in a visible sibling OUT.partial/,
-which is not a checkpoint (no config.json at its top) while the run goes on:
-
-    OUT.partial/metrics.jsonl                   every logged value, one JSON object per line
-    OUT.partial/steps/step-0000050/model/       a full colm checkpoint
-    OUT.partial/steps/step-0000050/optimizer.safetensors, trainer_state.json
-    OUT.partial/steps/step-0000050/COMPLETE     written last; each step directory is itself renamed into place
-
-At the end the final checkpoint is written into OUT.partial, which is then renamed to OUT: OUT
-exists only when the run succeeded. `--resume auto` continues from the newest COMPLETE step of
-OUT.partial. The data position of a run is its step number (batches are a pure function of seed
-and step), so restoring model, optimizer, schedule step and RNG state gives bitwise the same run.
+Trainer builds the run (checks, data, model, optimizer), runs the loop of steps and validations, and
+saves step checkpoints; where they go, the lock and the publishing of OUT are colm_core.run_directory's,
+the optimizer's file format colm_core.optimizer_state's. The data position of a run is its step number
+(batches are a pure function of seed and step), so restoring model, optimizer, schedule step and RNG
+state gives bitwise the same run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import json
 import math
-import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, ColmRuntimeError, Interrupted
+from colm_core.optimizer_state import load_optimizer_state, save_optimizer_state
+from colm_core.options import TrainOptions
+from colm_core.run_directory import (OPTIMIZER_FILE, STATE_FILE, RunDirectory, check_resume, check_resume_data,
+                                     find_resume, read_trainer_state)
 from colm_core.strict_json import finite_json
 from colm_kernels._dispatch import selected as kernels_backend
-from colm_core.options import TrainOptions
-
-MARKER = "COMPLETE"
-STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
-METRICS_FILE = "metrics.jsonl"
-
 
 class TrainingInterrupted(Interrupted):
     pass
@@ -111,105 +96,6 @@ class RunState:
     val_loss: dict = field(default_factory=dict)
 
 
-def partial_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".partial")
-
-
-def complete_steps(run_dir: Path) -> list[Path]:
-    """Step checkpoints of a run that were completely written, oldest first."""
-    steps = run_dir / "steps"
-    if not steps.is_dir():
-        return []
-    return sorted(p for p in steps.iterdir() if p.name.startswith("step-") and (p / MARKER).is_file())
-
-
-def find_resume(resume: str, partial: Path) -> Path | None:
-    """The step checkpoint to continue from: `auto` (newest in OUT.partial, or none), a step or run directory."""
-    if resume == "auto":
-        found = complete_steps(partial)
-        return found[-1] if found else None
-    path = Path(resume)
-    if (path / MARKER).is_file():
-        return path
-    found = complete_steps(path)
-    if not found:
-        raise ColmError(f"--resume {resume}: no complete step checkpoint there; give a steps/step-N directory "
-                        "or a run directory holding one")
-    return found[-1]
-
-
-# Options a resumed run may change: how it runs and reports, not what it computes. --steps may grow.
-CHANGEABLE_ON_RESUME = ("steps", "dtype", "device", "compile", "strategy", "log_every", "eval_every", "eval_windows",
-                        "save_every", "keep_checkpoints")
-# --data is compared by what it holds (check_resume_data), not by how the paths were spelled.
-COMPARED_BY_CONTENT = ("data",)
-
-
-def check_resume(step_dir: Path, opts: TrainOptions) -> None:
-    """A resumed run continues the same run: same data, batches, loss and optimisation, and not past --steps."""
-    saved = json.loads((step_dir / STATE_FILE).read_text())
-    now = json.loads(json.dumps(dataclasses.asdict(opts)))  # lists and None as the saved JSON holds them
-    shown = lambda v: "unset" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
-    changed = [f"--{name.replace('_', '-')} {shown(saved['options'].get(name))} -> {shown(value)}"
-               for name, value in now.items()
-               if name not in CHANGEABLE_ON_RESUME + COMPARED_BY_CONTENT and saved["options"].get(name) != value]
-    if changed:
-        raise ColmError(f"--resume {step_dir}: that run used other settings ({'; '.join(changed)}); resume with "
-                        "the same ones, or start a new run without --resume")
-    if saved["step"] > opts.steps:
-        raise ColmError(f"--resume {step_dir}: that checkpoint is at step {saved['step']}, beyond --steps "
-                        f"{opts.steps}; give --steps {saved['step']} or more")
-
-
-def check_resume_data(step_dir: Path, opts: TrainOptions, digest: str) -> None:
-    """The resumed run reads the same token stream: the same files' contents and tokenizer (data_digest)."""
-    saved = json.loads((step_dir / STATE_FILE).read_text())
-    if saved.get("data_sha256") != digest:
-        was = " ".join(map(str, saved["options"].get("data") or ["(the embedded corpus)"]))
-        now = " ".join(map(str, opts.data or ["(the embedded corpus)"]))
-        raise ColmError(f"--resume {step_dir}: that run trained on other data (--data {was} then, {now} now: the "
-                        "files' contents or the tokenizer differ); resume with the same data, or start a new run "
-                        "without --resume")
-
-
-def lock_run(partial: Path) -> int:
-    """Hold OUT.partial for this run (an flock, released when the process ends, killed or not): a
-    second `colm train` writing the same output is refused instead of mixing its steps in."""
-    fd = os.open(partial, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ColmError(f"{partial} is being written by another `colm train` that is still running; wait for it "
-                        "to finish, or choose another -o/--output") from None
-    return fd
-
-
-def create_locked_partial(partial: Path) -> int:
-    """Make OUT.partial for a new run, already locked and holding steps/: it is built under a temporary
-    name and renamed into place, so another `colm train` never finds it unlocked (and takes it for a
-    stopped run), and a rename onto the non-empty OUT.partial of a run that got there first fails."""
-    from colm_core.checkpoint import rename_unless_taken, sweep_stale_siblings, temporary_sibling
-
-    partial.parent.mkdir(parents=True, exist_ok=True)  # -o may name a directory that does not exist yet
-    sweep_stale_siblings(partial)
-    tmp = temporary_sibling(partial, "tmp")
-    try:
-        (tmp / "steps").mkdir()
-        fd = lock_run(tmp)
-        try:
-            if not rename_unless_taken(tmp, partial):
-                raise ColmError(f"{partial} is being written by another `colm train` that started at the same "
-                                "time; wait for it to finish, or choose another -o/--output")
-        except BaseException:
-            os.close(fd)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return fd
-
-
 def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
     if opts.dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -242,6 +128,9 @@ def train(ckpt_path: Path, out: Path, opts: TrainOptions, *, force: bool = False
 
 
 class Trainer:
+    """One run: __init__ builds it (checks, data, model, optimizer), run() prepares the run directory, loops
+    over train_step with validate and save_step, and finish() publishes OUT."""
+
     def __init__(self, runtime, ckpt_path, out, opts, force, resume, on_event):
         from colm_core.checkpoint import history_entry, load, open_checkpoint
         from colm_core.data import data_digest, default_corpus_files, resolve_text_files, split_tokens, token_cache
@@ -250,7 +139,8 @@ class Trainer:
 
         self.rt, self.opts, self.out, self.force = runtime, opts, Path(out), force
         self.emit = on_event if runtime.is_main else (lambda kind, record: None)
-        self.partial = partial_dir(self.out)
+        self.run_dir = RunDirectory(self.out)  # rank 0's: the other ranks only read from it
+        partial = self.run_dir.partial
         ckpt = open_checkpoint(ckpt_path)
         cfg = ckpt.config
         check_for_model(opts, cfg)
@@ -265,12 +155,13 @@ class Trainer:
                             f"({runtime.world_size} x {opts.grad_accum})")
         self.micro_rows = n_rows
 
-        self.run_lock = lock_run(self.partial) if runtime.is_main and self.partial.exists() else None
-        self.resume_from = find_resume(resume, self.partial) if resume else None
+        if runtime.is_main:
+            self.run_dir.lock_existing()
+        self.resume_from = find_resume(resume, partial) if resume else None
         if self.resume_from is not None:
             check_resume(self.resume_from, opts)
-        if self.resume_from is None and self.partial.exists() and not force and resume != "auto":
-            raise ColmError(f"{self.partial} holds an unfinished run; continue it with --resume auto, "
+        if self.resume_from is None and partial.exists() and not force and resume != "auto":
+            raise ColmError(f"{partial} holds an unfinished run; continue it with --resume auto, "
                             "or pass --force to start over")
         if self.out.exists() and not force:
             raise ColmError(f"{self.out} already exists; pass --force to replace it or choose another -o/--output")
@@ -342,8 +233,7 @@ class Trainer:
                     signal.signal(s, handler)
             return self.finish()
         finally:
-            if self.run_lock is not None:
-                os.close(self.run_lock)
+            self.run_dir.close()
 
     def request_stop(self, signum, frame) -> None:
         self.stop_requested = True
@@ -358,7 +248,7 @@ class Trainer:
         while st.step < opts.steps:
             losses, failure = self.train_step()
             if failure == "weights":  # the update was applied: the weights in memory are lost
-                saved = complete_steps(self.partial)
+                saved = self.run_dir.complete_steps()
                 raise NonFiniteLoss(
                     f"step {st.step + 1} made the weights non-finite (losses {losses}); nothing was published. "
                     + (f"The last good weights are in {saved[-1]}. " if saved else "No good step was saved. ")
@@ -366,7 +256,7 @@ class Trainer:
             if failure:  # the update was skipped: the weights after step st.step are still good
                 if st.step > 0 and last_saved != st.step:
                     self.save_step()
-                saved = complete_steps(self.partial)
+                saved = self.run_dir.complete_steps()
                 raise NonFiniteLoss(
                     f"non-finite {failure} at step {st.step + 1} (losses {losses}); that update was not applied "
                     "and nothing was published. "
@@ -391,7 +281,7 @@ class Trainer:
                 last_saved = st.step
             if stop:
                 raise TrainingInterrupted(f"interrupted at step {st.step}: saved "
-                                          f"{self.partial / 'steps' / step_name(st.step)}; "
+                                          f"{self.run_dir.step_path(st.step)}; "
                                           "continue with the same command and --resume auto")
 
     def train_step(self) -> tuple[dict[str, float], str | None]:
@@ -471,8 +361,7 @@ class Trainer:
 
     def log(self, record: dict, kind: str) -> None:
         if self.rt.is_main:
-            with open(self.partial / METRICS_FILE, "a") as f:
-                f.write(finite_json(record) + "\n")
+            self.run_dir.log(record)
         self.emit(kind, record)
 
     # --- directories and checkpoints ----------------------------------------------------------
@@ -480,19 +369,7 @@ class Trainer:
     def prepare_directory(self) -> None:
         """Create OUT.partial (fresh, or kept when resuming) and restore the training state."""
         if self.rt.is_main:
-            if self.run_lock is None:  # no OUT.partial when the run started: make it, locked
-                self.run_lock = create_locked_partial(self.partial)
-            elif self.resume_from is None:  # --force: start over, in the locked directory
-                for entry in self.partial.iterdir():
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            (self.partial / "steps").mkdir(parents=True, exist_ok=True)
-            complete = set(complete_steps(self.partial))
-            for leftover in (self.partial / "steps").iterdir():  # a kill -9 during a save leaves temporaries
-                if leftover not in complete:
-                    shutil.rmtree(leftover)
-            metrics = self.partial / METRICS_FILE
-            if self.resume_from is None:
-                metrics.write_text("")
+            self.run_dir.prepare(resuming=self.resume_from is not None)
         self.rt.barrier()
         if self.resume_from is not None:
             self.restore(self.resume_from)
@@ -503,63 +380,49 @@ class Trainer:
         return {strip(k): v for k, v in model_state.items()}, optim_state
 
     def save_step(self) -> None:
-        from colm_core.checkpoint import atomic_directory, write_checkpoint
+        from colm_core.checkpoint import write_checkpoint
 
         st = self.state
         tensors, optim_state = self.full_tensors()
         if self.rt.is_main:
-            path = self.partial / "steps" / step_name(st.step)
-            optim_tensors = {f"{name}::{key}": (value.reshape(1) if value.ndim == 0 else value)
-                             for name, per_param in optim_state["state"].items() for key, value in per_param.items()}
-            optim_tensors["rng::torch"] = torch.get_rng_state()
+            rng = {"rng::torch": torch.get_rng_state()}
             if torch.cuda.is_available():
-                optim_tensors["rng::cuda"] = torch.cuda.get_rng_state()
-            groups = [{k: v for k, v in g.items() if k != "params"} | {"params": list(g["params"])}
-                      for g in optim_state["param_groups"]]
-            trainer_state = {"step": st.step, "tokens": st.tokens, "seconds": st.seconds,
-                             "last_loss": st.last_loss, "val_loss": st.val_loss, "param_groups": groups,
-                             "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
-                             "options": dataclasses.asdict(self.opts), "data_sha256": self.data_sha256}
-            with atomic_directory(path) as tmp:
+                rng["rng::cuda"] = torch.cuda.get_rng_state()
+
+            def write(directory: Path) -> None:
                 # float32 master weights, whatever the input's dtype: resuming continues from them exactly
-                write_checkpoint(tmp / "model", self.model.config, tensors.items(), self.model.tokenizer,
+                write_checkpoint(directory / "model", self.model.config, tensors.items(), self.model.tokenizer,
                                  self.model.history + [self.history_entry])
-                save_file(optim_tensors, tmp / OPTIMIZER_FILE)
-                (tmp / STATE_FILE).write_text(finite_json(trainer_state, indent=2) + "\n")  # NaN losses as null
-                (tmp / MARKER).write_text(f"step {st.step}\n")  # last: the directory is whole
-            for old in complete_steps(self.partial)[: -self.opts.keep_checkpoints]:
-                shutil.rmtree(old)
+                groups = save_optimizer_state(directory / OPTIMIZER_FILE, optim_state, extra=rng)
+                trainer_state = {"step": st.step, "tokens": st.tokens, "seconds": st.seconds,
+                                 "last_loss": st.last_loss, "val_loss": st.val_loss, "param_groups": groups,
+                                 "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+                                 "options": dataclasses.asdict(self.opts), "data_sha256": self.data_sha256}
+                (directory / STATE_FILE).write_text(finite_json(trainer_state, indent=2) + "\n")  # NaN losses as null
+
+            path = self.run_dir.save_step(st.step, write, self.opts.keep_checkpoints)
             self.emit("save", {"step": st.step, "path": str(path)})
         self.rt.barrier()
 
     def restore(self, step_dir: Path) -> None:
         """Model weights were loaded from step_dir/model; here the optimizer, schedule, RNG and position."""
-        trainer_state = json.loads((step_dir / STATE_FILE).read_text())
-        saved = load_file(step_dir / OPTIMIZER_FILE)
-        per_param: dict[str, dict] = {}
-        for key, value in saved.items():
-            name, slot = key.split("::")
-            if name != "rng":
-                per_param.setdefault(name, {})[slot] = value.reshape(()) if slot == "step" else value
-        self.rt.load_optimizer_state(self.module, self.optimizer,
-                                     {"state": per_param, "param_groups": trainer_state["param_groups"]})
-        torch.set_rng_state(saved["rng::torch"])
-        if "rng::cuda" in saved and torch.cuda.is_available():
-            torch.cuda.set_rng_state(saved["rng::cuda"])
+        trainer_state = read_trainer_state(step_dir)
+        optim_state, rng = load_optimizer_state(step_dir / OPTIMIZER_FILE, trainer_state["param_groups"])
+        self.rt.load_optimizer_state(self.module, self.optimizer, optim_state)
+        torch.set_rng_state(rng["rng::torch"])
+        if "rng::cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["rng::cuda"])
         if trainer_state["grad_scale"] is not None:
             self.scaler.update(trainer_state["grad_scale"])
         self.state = RunState(step=trainer_state["step"], tokens=trainer_state["tokens"],
                               seconds=trainer_state["seconds"], last_loss=trainer_state["last_loss"],
                               val_loss=trainer_state["val_loss"])
         if self.rt.is_main:  # the metrics of steps after the checkpoint will be logged again
-            metrics = self.partial / METRICS_FILE
-            lines = metrics.read_text().splitlines() if metrics.is_file() else []
-            kept = [line for line in lines if json.loads(line)["step"] <= self.state.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+            self.run_dir.keep_metrics_until(self.state.step)
 
     def finish(self) -> Path:
         """Write the final checkpoint into OUT.partial and rename it to OUT."""
-        from colm_core.checkpoint import CONFIG_FILE, write_checkpoint
+        from colm_core.checkpoint import write_checkpoint
 
         st = self.state
         tensors, _ = self.full_tensors()
@@ -567,16 +430,11 @@ class Trainer:
                    "loss": st.last_loss, "val_loss": st.val_loss, "processes": self.rt.world_size}
         if self.rt.is_main:
             entry = {**self.history_entry, "eval": {"val_loss": st.val_loss, "steps": st.step, "tokens": st.tokens}}
-            final = self.partial / ".final"
-            shutil.rmtree(final, ignore_errors=True)
             stored = ((name, t.to(self.store_dtype)) for name, t in tensors.items())
-            write_checkpoint(final, self.model.config, stored, self.model.tokenizer,
-                             self.model.history + [entry])
             # config.json last: OUT.partial becomes a checkpoint only once it holds every file
-            for f in sorted(final.iterdir(), key=lambda f: f.name == CONFIG_FILE):
-                os.replace(f, self.partial / f.name)
-            final.rmdir()
-            publish(self.partial, self.out, self.force)
+            write_checkpoint(self.run_dir.partial, self.model.config, stored, self.model.tokenizer,
+                             self.model.history + [entry])
+            self.run_dir.publish(self.force)
             self.emit("end", summary | {"path": str(self.out)})
         self.rt.barrier()
         return self.out
@@ -587,20 +445,3 @@ def all_finite(tensors: list[torch.Tensor]) -> torch.Tensor:
     reduction (the largest magnitude of each tensor, which a finite tensor never overflows), no sync."""
     local = [t.detach().to_local() if hasattr(t, "to_local") else t.detach() for t in tensors]
     return torch.isfinite(torch.stack(torch._foreach_norm(local, float("inf")))).all()
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:07d}"
-
-
-def publish(partial: Path, out: Path, force: bool) -> None:
-    """Rename the finished run directory to OUT; a replaced OUT (--force) is removed only after."""
-    if out.exists():
-        if not force:
-            raise ColmError(f"{out} appeared during the run; the result stays in {partial}")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(partial, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(partial, out)

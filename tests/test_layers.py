@@ -8,14 +8,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Bottom first. A module may import the modules of lower layers only (never its own layer's).
 LAYERS = (
-    ("errors", "cache", "strict_json"),
+    ("errors", "cache", "strict_json", "optimizer_state"),
     ("config", "references", "options"),
     ("tokenizer",),
     ("model", "losses"),
     ("evaluate", "generation", "parallel"),
     ("card", "data", "init", "serving"),
     ("checkpoint",),
-    ("verify",),
+    ("verify", "run_directory"),
     ("surgery", "llama", "train"),
     ("export", "gguf"),
     ("hub",),

@@ -37,12 +37,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from benchmarks.common import RESULTS, set_threads
 from benchmarks.common import BOOKS
 from benchmarks.experiments.common import AUSTEN
 from colm_core.cache import cache_root
+from colm_core.optimizer_state import load_optimizer_state, save_optimizer_state
 from colm_core.options import TrainOptions
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -206,15 +206,11 @@ class Experiment:
         resume = self.work / "lora-state.safetensors"  # safetensors, as everything colm writes: no pickle
         step, seconds = 0, 0.0
         if resume.is_file():
+            groups = optimizer.state_dict()["param_groups"]
+            state, lora = load_optimizer_state(resume, groups)
+            model.load_state_dict({k[len("model::"):]: v for k, v in lora.items()}, strict=False)
+            optimizer.load_state_dict(state)
             with safe_open(resume, framework="pt") as saved:
-                model.load_state_dict({k[len("model::"):]: saved.get_tensor(k) for k in saved.keys()
-                                       if k.startswith("model::")}, strict=False)
-                state: dict[int, dict] = {}
-                for k in saved.keys():
-                    if k.startswith("optim::"):
-                        _, index, key = k.split("::")
-                        state.setdefault(int(index), {})[key] = saved.get_tensor(k)
-                optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
                 step, seconds = int(saved.metadata()["step"]), float(saved.metadata()["seconds"])
         model.train()
         start = time.perf_counter() - seconds
@@ -230,12 +226,9 @@ class Experiment:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if step % opts.save_every == 0 or step == opts.steps:
-                tensors = {f"model::{k}": v for k, v in model.state_dict().items() if "lora_" in k}
-                tensors |= {f"optim::{index}::{key}": value.reshape(-1) if value.ndim == 0 else value
-                            for index, per_param in optimizer.state_dict()["state"].items()
-                            for key, value in per_param.items()}
-                save_file(tensors, resume.with_suffix(".tmp"),
-                          metadata={"step": str(step), "seconds": str(time.perf_counter() - start)})
+                lora = {f"model::{k}": v for k, v in model.state_dict().items() if "lora_" in k}
+                save_optimizer_state(resume.with_suffix(".tmp"), optimizer.state_dict(), extra=lora,
+                                     metadata={"step": str(step), "seconds": str(time.perf_counter() - start)})
                 resume.with_suffix(".tmp").replace(resume)
         self.state.pop("train-lora", None)
         self.remember("train-lora", lambda: {"seconds": time.perf_counter() - start, "steps": step, "rank": rank,

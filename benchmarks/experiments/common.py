@@ -25,7 +25,8 @@ from colm_core.evaluate import evaluate_tokens, token_stream
 from colm_core.init import InitOptions, init_model
 from colm_core.model import chain_of, expected_shapes
 from colm_core.options import TrainOptions
-from colm_core.train import complete_steps, train
+from colm_core.run_directory import complete_steps
+from colm_core.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 HELD_OUT = "persuasion.txt"

@@ -27,7 +27,7 @@ def test_a_new_run_directory_appears_already_locked(tmp_path):
     fresh directory before the first did, and both failed); one made meanwhile by another run is kept."""
     import os
 
-    from colm_core.train import create_locked_partial, lock_run
+    from colm_core.run_directory import create_locked_partial, lock_run
 
     partial = tmp_path / "runs" / "out.partial"  # in a directory that does not exist yet, as -o may name
     fd = create_locked_partial(partial)

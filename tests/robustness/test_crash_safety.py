@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from colm_core.checkpoint import open_checkpoint
 from colm_core.data import token_cache
 from colm_core.tokenizer import ByteTokenizer
-from tests.conftest import tiny_model
+from tests.conftest import child_environment, tiny_model
 from tests.robustness.harness import (COMMANDS, check_after_kill, command_args, inputs, kill_during, make_workspace,
                                       saved_a_step, tree_digest)
 
@@ -52,6 +53,36 @@ def test_the_only_copy_left_by_a_kill_between_two_renames_is_restored(tmp_path):
     sweep_stale_siblings(tmp_path / "out")
     assert (tmp_path / "out" / CONFIG_FILE).read_text() == "{}"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+KILLED_BETWEEN_TWO_RENAMES = """
+import os, sys
+from pathlib import Path
+from colm_core import checkpoint
+from colm_core.run_directory import RunDirectory
+
+checkpoint.rename_unless_taken = lambda src, dst: os._exit(9)  # a SIGKILL once OUT was moved aside
+run = RunDirectory(Path(sys.argv[1]))
+run.prepare(resuming=False)
+run.publish(force=True)
+"""
+
+
+def test_a_training_run_killed_while_replacing_out_leaves_it_to_be_put_back(tmp_path):
+    """`train --force` replaces OUT as every writer does: a kill between the two renames leaves OUT in
+    .OUT.old-PID-*, which the next sweep puts back (train's own .OUT.old-PID was deleted by it)."""
+    from colm_core.checkpoint import CONFIG_FILE, sweep_stale_siblings
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / CONFIG_FILE).write_text("{}")
+    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_TWO_RENAMES, str(out)],
+                            env=child_environment(None), capture_output=True, text=True)
+    assert killed.returncode == 9, killed.stderr
+    assert not out.exists() and (tmp_path / "out.partial").is_dir()
+    sweep_stale_siblings(out)
+    assert (out / CONFIG_FILE).read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "out.partial"]
 
 
 def test_token_cache_temporaries_of_killed_writers_are_swept(tmp_path, monkeypatch):
