@@ -25,6 +25,7 @@ from colm_core.config import PRESETS
 from colm_core.generation import generate_batch
 from colm_core.llama import config_to_hf
 from colm_core.model import CoLM
+from colm_core.options import GenerateOptions
 from colm_core.tokenizer import ByteTokenizer
 
 NO_EOS = -1
@@ -35,9 +36,7 @@ def colm_model(air: bool, max_seq_len: int) -> CoLM:
     cfg = PRESETS["small"].replace(max_seq_len=max_seq_len)
     if air:
         cfg = cfg.replace(kv_share=True, kv_heads=[2, 0, 0, 0])
-    model = CoLM(cfg).init_weights(seed=0).eval()
-    model.tokenizer = ByteTokenizer()
-    return model
+    return CoLM(cfg, ByteTokenizer()).init_weights(seed=0).eval()
 
 
 def llama_like(model: CoLM) -> LlamaForCausalLM:
@@ -144,14 +143,14 @@ def main() -> None:
 
 def prefill(model: CoLM, prompt: list[int], chains: int, prefill_chains: int) -> tuple[float, int]:
     """Time to the first token, with the prompt's cache built at `prefill_chains`."""
-    [out] = generate_batch(model, [prompt], max_new_tokens=1, chains=chains, prefill_chains=prefill_chains,
-                           eos_id=NO_EOS)
+    [out] = generate_batch(model, [prompt], GenerateOptions(max_new_tokens=1, chains=chains,
+                                                            prefill_chains=prefill_chains), eos_id=NO_EOS)
     return out["timings"]["time_to_first_token_s"], out["token_ids"][0]
 
 
 def decode(model: CoLM, prompts: list[list[int]], chains: int, new_tokens: int) -> tuple[float, int]:
     """Decode tokens/s of the batch (every row's tokens after its first)."""
-    out = generate_batch(model, prompts, max_new_tokens=new_tokens, chains=chains, eos_id=NO_EOS)
+    out = generate_batch(model, prompts, GenerateOptions(max_new_tokens=new_tokens, chains=chains), eos_id=NO_EOS)
     return out[0]["timings"]["decode_tokens_per_s"], out[0]["token_ids"][0]
 
 

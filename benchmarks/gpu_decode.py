@@ -26,6 +26,7 @@ from colm_core.config import INIT_STD, PRESETS
 from colm_core.generation import KVCache, extend, generate_batch, kv_heads_needed
 from colm_core.llama import config_to_hf
 from colm_core.model import CoLM
+from colm_core.options import GenerateOptions
 from colm_core.tokenizer import ByteTokenizer
 
 NO_EOS = -1
@@ -46,9 +47,7 @@ def on_device(model: torch.nn.Module, device: str, dtype: torch.dtype) -> torch.
 
 def colm_model(cfg, device, dtype) -> CoLM:
     with torch.device(device):
-        model = on_device(CoLM(cfg), device, dtype)
-    model.tokenizer = ByteTokenizer()
-    return model
+        return on_device(CoLM(cfg, ByteTokenizer()), device, dtype)
 
 
 def llama_model(cfg, device, dtype):
@@ -76,8 +75,8 @@ def decode_rows(setup: dict, device: str, dtype: torch.dtype, sync) -> list[dict
 
         def colm_run(chains, graphed):
             def run():
-                records = generate_batch(colm, prompts.tolist(), max_new_tokens=setup["new"], chains=chains,
-                                         eos_id=NO_EOS, compile_step=graphed)
+                options = GenerateOptions(max_new_tokens=setup["new"], chains=chains)
+                records = generate_batch(colm, prompts.tolist(), options, eos_id=NO_EOS, compile_step=graphed)
                 tokens[chains, graphed] = [r["token_ids"] for r in records]
             return run
 

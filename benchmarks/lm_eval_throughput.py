@@ -43,9 +43,7 @@ def dense_model(preset: str, vocab_size: int, max_seq_len: int) -> CoLM:
     cfg = PRESETS[preset]
     cfg = cfg.replace(heads=[sum(cfg.heads)], kv_heads=[sum(cfg.kv_heads)], ffn=[sum(cfg.ffn)],
                       vocab_size=vocab_size, max_seq_len=max_seq_len)
-    model = CoLM(cfg).init_weights(seed=0).eval()
-    model.tokenizer = ByteTokenizer()
-    return model
+    return CoLM(cfg, ByteTokenizer()).init_weights(seed=0).eval()
 
 
 def prose() -> str:

@@ -40,8 +40,7 @@ NAME = "bench"
 
 def write_checkpoint(directory: Path, preset: str) -> int:
     cfg = PRESETS[preset].replace(kv_share=True, kv_heads=[2, 0, 0, 0], eos_token_id=None)
-    model = CoLM(cfg).init_weights(seed=0).eval()
-    model.tokenizer = ByteTokenizer()
+    model = CoLM(cfg, ByteTokenizer()).init_weights(seed=0).eval()
     save(model, directory / NAME)
     return cfg.n_chains
 

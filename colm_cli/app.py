@@ -1,8 +1,10 @@
-"""The `colm` command line: one small function per command, each parsing flags, calling colm_core
-and printing. torch is imported inside the commands so that `colm --help` stays fast."""
+"""The `colm` command line: one small function per command, each reading its options (one dataclass per
+command, colm_core/options.py, whose fields colm_cli/options.py makes flags), calling colm_core and
+printing. torch is imported inside the commands so that `colm --help` stays fast."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,12 +15,13 @@ from typing import Annotated, Optional
 import typer
 from typer.exceptions import TyperException
 
-from colm_cli.common import emit_json, emit_path, err, input_path, input_paths, number_list, output_path
+from colm_cli.common import emit_json, emit_path, err, input_path, input_paths, output_path
 from colm_cli.options import ranged, with_options
-from colm_core.config import INIT_STD
-from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted, os_error
+from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted, OptionError, os_error
 from colm_core.init import InitOptions
-from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, TOP_P, TaskOptions, TrainOptions
+from colm_core.options import (AT_LEAST_ONE, EVAL_SEQ_LEN, EvalOptions, ExpandOptions, ExportOptions,
+                               GenerateOptions, InspectOptions, PullOptions, PushOptions, ServeOptions, SliceOptions,
+                               TrainOptions)
 from colm_core.options import from_sources as options_from
 
 app = typer.Typer(
@@ -160,46 +163,39 @@ def report_verification(report: dict) -> None:
 
 
 @app.command()
+@with_options(ExpandOptions, after=1)
 def expand(
     ckpt: CkptArg = None,
-    add_chains: Annotated[int, ranged("Number of chains to append.", AT_LEAST_ONE)] = 1,
-    heads: Annotated[Optional[int], ranged("Query heads of each new chain (default: the last chain's).",
-                                           AT_LEAST_ONE)] = None,
-    kv_heads: Annotated[Optional[int], ranged("KV heads of each new chain (default: the last chain's; "
-                                              "CoLM-Air: none, chain 1's are shared).", NON_NEGATIVE)] = None,
-    ffn: Annotated[Optional[int], ranged("FFN units of each new chain (default: the last chain's).",
-                                         AT_LEAST_ONE)] = None,
-    air: Annotated[bool, typer.Option("--air", help="Make a 1-chain model CoLM-Air: new chains read chain 1's "
-                                                    "keys and values.")] = False,
-    init_std: Annotated[float, ranged("Standard deviation of the new chains' random blocks.", POSITIVE)] = INIT_STD,
-    seed: Annotated[int, ranged("Seed of the new chains' random blocks.", NON_NEGATIVE)] = 0,
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
+    **options,
 ):
     """Append chains; new LM-head blocks are zero, so the logits stay exactly the input's."""
     from colm_core.surgery import expand as expand_checkpoint
 
+    opts = options_from(ExpandOptions, None, options)
     path, read = input_paths(ckpt)
     out = output_path(output, path, "expand", force, inputs=read)
-    report_verification(expand_checkpoint(path, out, add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn,
-                                          air=air, init_std=init_std, seed=seed, verify=verify, force=force))
-    err.print(f"[green]expanded[/] {path} by {add_chains} chain(s) -> {out}")
+    report_verification(expand_checkpoint(path, out, **dataclasses.asdict(opts), verify=verify, force=force))
+    err.print(f"[green]expanded[/] {path} by {opts.add_chains} chain(s) -> {out}")
     emit_path(out)
 
 
 @app.command(name="slice")
+@with_options(SliceOptions, after=1)
 def slice_(
     ckpt: CkptArg = None,
-    chains: Annotated[int, ranged("Keep chains 1..K: the K-chain sub-model.", AT_LEAST_ONE)] = ...,
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
+    **options,
 ):
     """Keep the first K chains: the result computes exactly the K-chain sub-model."""
     from colm_core.checkpoint import open_checkpoint
     from colm_core.surgery import slice_ as slice_checkpoint
 
+    chains = options_from(SliceOptions, None, options).chains
     path, read = input_paths(ckpt)
     out = output_path(output, path, f"slice{chains}", force, inputs=read)
     n = open_checkpoint(path).config.n_chains
@@ -211,67 +207,51 @@ def slice_(
 
 
 @app.command(name="eval")
-@with_options(TaskOptions, after=6)
+@with_options(EvalOptions, after=1)
 def eval_(
     ckpt: CkptArg = None,
-    data: Annotated[Optional[list[str]], typer.Option(
-        help="Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
-             "`colm train` holds out for validation.")] = None,
-    chains: Annotated[Optional[str], typer.Option(help="Chain counts to evaluate, e.g. 1,2,4 (default: all).")] = None,
-    seq_len: Annotated[Optional[int], ranged("Tokens per evaluation window (default: 256).", AT_LEAST_ONE)] = None,
-    batch_size: Annotated[int, ranged("Windows per forward pass (with --tasks: requests per forward pass).",
-                                      AT_LEAST_ONE)] = 8,
-    max_tokens: Annotated[Optional[int], ranged("Evaluate at most this many tokens.", AT_LEAST_ONE)] = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
     **options,
 ):
     """Loss, perplexity and bits per byte of every k-chain sub-model, or with --tasks their lm-evaluation-harness
     scores (table on stderr, JSON on stdout)."""
-    tasks = options_from(TaskOptions, None, options)
-    if tasks.tasks is None:
-        given = [flag for flag, value in options.items() if value is not None]
-        if given:
-            raise ColmError(f"--{given[0].replace('_', '-')} applies to lm-eval tasks; give --tasks too, e.g. "
-                            "--tasks hellaswag")
-    elif data or max_tokens is not None or seq_len is not None:
-        flag = "--data" if data else "--max-tokens" if max_tokens is not None else "--seq-len"
-        raise ColmError(f"{flag} applies to text evaluation, not to --tasks (a task's requests use the model's "
-                        "context); give one of them")
-    else:
+    opts = options_from(EvalOptions, None, options)
+    if opts.tasks is not None:
         from colm_core.lm_eval_adapter import task_names  # without lm-eval: the error that says what to install
 
-        task_names(tasks.tasks)
+        task_names(opts.tasks)
     from colm_core.checkpoint import load
 
     path = input_path(ckpt)
     model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
     n = model.config.n_chains
-    ks = number_list(chains, "--chains", example="1,2,4") or list(range(1, n + 1))
+    ks = sorted(set(opts.chains or range(1, n + 1)))
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
-        raise ColmError(f"--chains {chains}: {bad[0]} is outside 1..{n} (this model has {n} chains)")
-    if tasks.tasks is not None:
-        evaluate_on_tasks(model, path, sorted(set(ks)), tasks, batch_size)
+        raise ColmError(f"--chains {','.join(map(str, opts.chains))}: {bad[0]} is outside 1..{n} (this model has "
+                        f"{n} chains)")
+    if opts.tasks is not None:
+        evaluate_on_tasks(model, path, ks, opts)
         return
     from colm_core.data import default_validation_tokens, read_texts
-    from colm_core.evaluate import DEFAULT_SEQ_LEN, evaluate_tokens, token_stream
+    from colm_core.evaluate import evaluate_tokens, token_stream
     from colm_cli.render import eval_table
 
-    if data:
-        ids = token_stream(model.tokenizer, read_texts(data))
+    if opts.data:
+        ids = token_stream(model.tokenizer, read_texts(opts.data))
     else:
         err.print("no --data: evaluating the held-out part of the embedded corpus (the validation split that "
                   "`colm train` without --data never trains on)", soft_wrap=True)
         ids = default_validation_tokens(model.tokenizer)
-    report = evaluate_tokens(model, ids, sorted(set(ks)), seq_len=seq_len or DEFAULT_SEQ_LEN,
-                             batch_size=batch_size, max_tokens=max_tokens)
+    report = evaluate_tokens(model, ids, ks, seq_len=opts.seq_len or EVAL_SEQ_LEN, batch_size=opts.batch_size,
+                             max_tokens=opts.max_tokens)
     report["checkpoint"] = str(path)
     err.print(eval_table(report))
     emit_json(report)
 
 
-def evaluate_on_tasks(model, path: Path, chains: list[int], tasks: TaskOptions, batch_size: int) -> None:
+def evaluate_on_tasks(model, path: Path, chains: list[int], opts: EvalOptions) -> None:
     """`colm eval --tasks`: lm-eval's results per chain count as JSON; whatever lm-eval prints goes to stderr."""
     from contextlib import redirect_stdout
 
@@ -279,14 +259,15 @@ def evaluate_on_tasks(model, path: Path, chains: list[int], tasks: TaskOptions, 
     from colm_cli.render import tasks_table
 
     with redirect_stdout(sys.stderr):
-        report = evaluate_tasks(model, tasks.tasks, chains, num_fewshot=tasks.num_fewshot, limit=tasks.limit,
-                                include_path=tasks.include_path, batch_size=batch_size)
+        report = evaluate_tasks(model, opts.tasks, chains, num_fewshot=opts.num_fewshot, limit=opts.limit,
+                                include_path=opts.include_path, batch_size=opts.batch_size)
     report = {"checkpoint": str(path), **report}
     err.print(tasks_table(report))
     emit_json(report)
 
 
 @app.command()
+@with_options(GenerateOptions, after=4)
 def generate(
     ckpt: CkptArg = None,
     prompt: Annotated[Optional[str], typer.Option(help="Text to continue.")] = None,
@@ -294,29 +275,16 @@ def generate(
     prompts: Annotated[Optional[Path], typer.Option(
         help='Generate for many prompts in one batch: a JSON-lines file, one {"prompt": TEXT} per line; '
              "prints one JSON line per prompt, in order.")] = None,
-    chains: Annotated[Optional[int], ranged("Chains of the sub-model that generates (default: all).",
-                                            AT_LEAST_ONE)] = None,
-    max_new_tokens: Annotated[int, ranged("Generate at most this many tokens.", AT_LEAST_ONE)] = 128,
-    temperature: Annotated[float, ranged("Sampling temperature; 0 is greedy.", NON_NEGATIVE)] = 0.0,
-    top_k: Annotated[Optional[int], ranged("Sample among the k most likely tokens (needs --temperature > 0).",
-                                           AT_LEAST_ONE)] = None,
-    top_p: Annotated[Optional[float], ranged("Sample among the most likely tokens of mass p "
-                                             "(needs --temperature > 0).", TOP_P)] = None,
-    seed: Annotated[int, ranged("Seed of the sampler.", NON_NEGATIVE)] = 0,
-    stop: Annotated[Optional[list[str]], typer.Option(help="Stop when the text contains this (repeatable).")] = None,
-    switch: Annotated[Optional[str], typer.Option(
-        help="Change the chain count at generated positions, e.g. 0:4,32:1,64:2.")] = None,
-    prefill_chains: Annotated[Optional[int], ranged(
-        "Chains that build the prompt's KV cache (default: 1 for CoLM-Air, else --chains).", AT_LEAST_ONE)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    **options,
 ):
     """Continue a prompt: text streams to stdout as it comes, timings go to stderr."""
     from colm_core.checkpoint import load
-    from colm_core.generation import Sampling, check_prompt, generate_batch, parse_switch
+    from colm_core.generation import check_prompt, generate_batch
 
-    Sampling(temperature, top_k, top_p, seed).validate()  # before the model loads: a bad flag fails at once
+    opts = options_from(GenerateOptions, None, options)  # before the model loads: a bad flag fails at once
 
     if sum(source is not None for source in (prompt, prompt_file, prompts)) != 1:
         raise ColmError("give the prompt with exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
@@ -338,10 +306,7 @@ def generate(
         sys.stdout.write(piece)
         sys.stdout.flush()
 
-    results = generate_batch(model, prompt_ids, max_new_tokens=max_new_tokens, chains=chains,
-                             switch=parse_switch(switch or ""), prefill_chains=prefill_chains,
-                             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop or [],
-                             on_text=None if json_out or prompts else stream)
+    results = generate_batch(model, prompt_ids, opts, on_text=None if json_out or prompts else stream)
     for seg in results[0]["schedule"]:
         if seg["recomputed"]:
             err.print(f"switching up to {seg['chains']} chains at token {seg['start']}: recomputed the keys/values "
@@ -412,31 +377,12 @@ def utf8_text(text: str, where: str) -> str:
 
 
 @app.command()
+@with_options(ServeOptions, after=1)
 def serve(
     ckpt: CkptArg = None,
-    host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")]
-        = "127.0.0.1",
-    port: Annotated[int, ranged("Port to listen on; 0 picks a free one (the URL is printed on stdout).",
-                                NON_NEGATIVE)] = 8000,
-    name: Annotated[Optional[str], typer.Option(
-        help="Model name clients ask for (default: the checkpoint directory's name); NAME@k is the k-chain "
-             "sub-model.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(
-        envvar="COLM_API_KEY", show_envvar=True,
-        help="Require `Authorization: Bearer KEY`; prefer COLM_API_KEY in the environment, which ps does not "
-             "show.")] = None,
-    elastic: Annotated[bool, typer.Option("--elastic", help="Serve NAME@auto: the largest chain count whose "
-                                                            "expected queue wait stays under --max-wait-ms.")] = False,
-    max_wait_ms: Annotated[float, ranged("The queue wait NAME@auto keeps under (with --elastic).", POSITIVE)] = 500.0,
-    max_prompt_tokens: Annotated[Optional[int], ranged("Longest prompt accepted (default: the model's context).",
-                                                       AT_LEAST_ONE)] = None,
-    max_tokens: Annotated[int, ranged("Largest max_tokens a request may ask for.", AT_LEAST_ONE)] = 512,
-    max_body_bytes: Annotated[int, ranged("Largest request body.", AT_LEAST_ONE)] = 1 << 20,
-    max_concurrent: Annotated[int, ranged("Prompts queued or running at once; more are refused with 429.",
-                                          AT_LEAST_ONE)] = 64,
-    max_batch: Annotated[int, ranged("Prompts per decode step; more wait in the queue.", AT_LEAST_ONE)] = 16,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
+    **options,
 ):
     """Serve every k-chain sub-model of a checkpoint over an OpenAI-compatible HTTP API, batching concurrent
     requests, until Ctrl-C or SIGTERM (exit 130). Prints the base URL on stdout."""
@@ -444,40 +390,35 @@ def serve(
     from colm_core.checkpoint import load
     from colm_core.serving import ServeLimits, Service, chat_template
 
+    opts = options_from(ServeOptions, None, options)
     path = input_path(ckpt)
-    sock = bind(host, port)
+    sock = bind(opts.host, opts.port)
     model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
-    limits = ServeLimits(max_prompt_tokens=min(max_prompt_tokens or model.config.max_seq_len,
-                                               model.config.max_seq_len),
-                         max_tokens=max_tokens, max_body_bytes=max_body_bytes, max_concurrent=max_concurrent,
-                         max_batch=max_batch)
-    name = name or Path(path).resolve().name
-    service = Service(model, name, limits, chat_template(path), path, api_key or None,
-                      max_wait_ms / 1000 if elastic else None)
+    name, api_key, elastic = opts.name or Path(path).resolve().name, opts.api_key or None, opts.elastic
+    service = Service(model, name, ServeLimits.of(opts, model.config.max_seq_len), chat_template(path), path,
+                      api_key, opts.max_wait_ms / 1000 if elastic else None)
     err.print(f"[green]serving[/] {name} ({model.config.n_chains} chains: {name}@1..{name}@{model.config.n_chains}"
               f"{f', {name}@auto' if elastic else ''}) on {url_of(sock)}"
               f"{'' if api_key else ' without an API key'}; Ctrl-C stops", highlight=False, soft_wrap=True)
-    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning[/]: --host {host} is reachable from the network and no API key is set; set "
+    if not api_key and opts.host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning[/]: --host {opts.host} is reachable from the network and no API key is set; set "
                   "COLM_API_KEY to require one", highlight=False, soft_wrap=True)
     print(url_of(sock), flush=True)
     run(service, sock)
 
 
 @app.command()
-def inspect(ckpt: CkptArg = None,
-            json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
-            verify: Annotated[bool, typer.Option(
-                "--verify", help="Re-hash the files and compare them with the sha256 digests recorded when the "
-                                 "checkpoint was written; exit 1 naming the first that differs or that has none.")] = False):
+@with_options(InspectOptions, after=1)
+def inspect(ckpt: CkptArg = None, **options):
     """Show a checkpoint's chains, parameters, shapes, config and history (a Hugging Face directory is read
     in place, not imported)."""
     from colm_cli.render import render
     from colm_core.inspect import describe
 
-    report = describe(input_path(ckpt, import_hf=False), verify=verify)
+    opts = options_from(InspectOptions, None, options)
+    report = describe(input_path(ckpt, import_hf=False), verify=opts.verify)
     render(report, err)
-    if json_out:
+    if opts.json:
         emit_json(report)
 
 
@@ -508,18 +449,19 @@ def import_(
 
 
 @app.command()
+@with_options(ExportOptions, after=1)
 def export(
     ckpt: CkptArg = None,
-    fmt: Annotated[str, typer.Option("--format", help="hf-llama: a standard LlamaForCausalLM (1-chain models); "
-                                             "hf: any CoLM, loaded with trust_remote_code=True.")] = ...,
     dtype: DtypeOpt = None,
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
+    **options,
 ):
     """Write a directory that Hugging Face transformers loads (no quantization)."""
     from colm_core.export import export as export_checkpoint
 
+    fmt = options_from(ExportOptions, None, options).format
     path, read = input_paths(ckpt)
     out = output_path(output, path, fmt, force, inputs=read)
     report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify,
@@ -529,34 +471,34 @@ def export(
 
 
 @app.command()
+@with_options(PullOptions, after=1)
 def pull(
     repo_id: Annotated[str, typer.Argument(metavar="REPO_ID",
                                            help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")],
-    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default: main).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Also copy the files into this directory (default: print the Hub-cache path).")] = None,
     force: ForceOpt = False,
+    **options,
 ):
     """Download a colm checkpoint or a Llama transformers repo into the Hugging Face cache; print its path.
 
     Resumable, shared with other Hub tools, and offline with HF_HUB_OFFLINE=1 once cached."""
     from colm_core.hub import pull as pull_repo
 
-    path = pull_repo(repo_id, revision, output, force)
+    path = pull_repo(repo_id, options_from(PullOptions, None, options).revision, output, force)
     err.print(f"[green]pulled[/] {repo_id} -> {path}", soft_wrap=True)
     emit_path(path)
 
 
 @app.command()
+@with_options(PushOptions, after=2)
 def push(
     ckpt: Annotated[Optional[str], typer.Argument(
         metavar="CKPT", show_default=False,
         help="Checkpoint directory; when only REPO_ID is given, it is read from stdin.")] = None,
     repo_id: Annotated[Optional[str], typer.Argument(
         metavar="REPO_ID", show_default=False, help="Hub model repo: ORG/NAME.")] = None,
-    private: Annotated[bool, typer.Option("--private", help="Create the repo private (if it does not exist).")] = False,
-    revision: Annotated[Optional[str], typer.Option(help="Branch to push to (created if missing; default: main).")] = None,
-    license: Annotated[Optional[str], typer.Option(help="License id for the card, e.g. apache-2.0.")] = None,
+    **options,
 ):
     """Upload a checkpoint with a fresh model card; print hf://ORG/NAME@COMMIT.
 
@@ -567,8 +509,9 @@ def push(
         ckpt, repo_id = None, ckpt
     if repo_id is None:
         raise ColmError("no REPO_ID: `colm push CKPT ORG/NAME`, or `... | colm push ORG/NAME`")
-    parse_reference(repo_id, revision)  # a bad id is refused before an hf:// input is downloaded
-    uri = push_checkpoint(input_path(ckpt), repo_id, private=private, revision=revision, license=license)
+    opts = options_from(PushOptions, None, options)
+    parse_reference(repo_id, opts.revision)  # a bad id is refused before an hf:// input is downloaded
+    uri = push_checkpoint(input_path(ckpt), repo_id, **dataclasses.asdict(opts))
     err.print(f"[green]pushed[/] {uri}")
     print(uri, flush=True)
 
@@ -636,7 +579,7 @@ def main() -> None:
         if debug:
             raise
         e = os_error(e) if isinstance(e, OSError) else e
-        report(f"colm: error: {e}")
+        report(f"colm: error: {e.in_flags() if isinstance(e, OptionError) else e}")
         code = e.exit_code
     except Exception as e:  # an unexpected failure is still one line unless --debug asks for more
         if debug:

@@ -78,12 +78,3 @@ def emit_json(obj) -> None:
                   "outputs overflowed: its weights have diverged or are broken); written as null in the JSON")
     print(text, flush=True)
 
-
-def number_list(value: str | None, name: str, kind: type = int, example: str = "4,4,4,4") -> list | None:
-    """Parse a comma-separated flag value such as "4,4,4,4" (or "1,1,2.5" with kind=float)."""
-    if value is None:
-        return None
-    try:
-        return [kind(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise ColmError(f"{name} {value!r}: expected comma-separated {kind.__name__}s, e.g. {example}") from None

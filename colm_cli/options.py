@@ -27,11 +27,12 @@ def option_help(f: dataclasses.Field) -> str:
 
 def typer_parameter(cls, f: dataclasses.Field) -> inspect.Parameter:
     """A Typer option for one field. Its default is None, so that "not given" is told apart from a value
-    (a --config file may set it); list fields of numbers take one comma-separated value."""
+    (a --config file may set it), or none for a required field; list fields of numbers take one
+    comma-separated value."""
     kind, is_list = value_type(cls, f)
     flag = flag_name(f)
     if kind is bool:
-        cli_type, decls = bool, [f"{flag}/--no-{flag[2:]}"]
+        cli_type, decls = bool, [f"{flag}/--no-{flag[2:]}" if f.metadata.get("negatable", True) else flag]
     elif is_list and kind is str:
         cli_type, decls = list[str], [flag]  # repeatable: --data a.txt --data b/
     elif is_list or f.metadata.get("hint"):
@@ -41,9 +42,12 @@ def typer_parameter(cls, f: dataclasses.Field) -> inspect.Parameter:
     metavar = f.metadata.get("example") if is_list and kind is not str else None
     if cli_type is str and not is_list and kind is not str:
         metavar = f"<{kind.__name__}>"  # shown as what it means, not as the text it is read from
-    info = typer.Option(*decls, help=option_help(f), show_default=False, metavar=metavar)
-    return inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                             annotation=Annotated[Optional[cli_type], info])
+    envvar = f.metadata.get("envvar")
+    info = typer.Option(*decls, help=option_help(f), show_default=False, metavar=metavar, envvar=envvar,
+                        show_envvar=envvar is not None)
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    return inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=... if required else None,
+                             annotation=Annotated[cli_type if required else Optional[cli_type], info])
 
 
 def with_options(cls, after: int = 0):
@@ -59,11 +63,11 @@ def with_options(cls, after: int = 0):
 
 
 def ranged(help: str, valid: Range, *decls: str, **kwargs):
-    """A Typer option of a command without an options dataclass: its range is shown in --help and checked
-    when the flag is read, with the same message as a dataclass field's."""
+    """A Typer option that is not an options field (train's --nproc, which launches the processes): its range
+    is shown in --help and checked when the flag is read, with the same message as a field's."""
     def callback(param: typer.CallbackParam, value):
         if value is not None:
-            check_range(param.opts[0], value, valid, help)
+            check_range(param.name, value, valid, help)
         return value
 
     return typer.Option(*decls, help=f"{help} ({valid})", callback=callback, **kwargs)

@@ -12,6 +12,7 @@ _API = {
     "ColmConfig": "colm_core.config",
     "CoLM": "colm_core.model",
     "generate": "colm_core.generation",
+    "GenerateOptions": "colm_core.options",
     "evaluate_tasks": "colm_core.lm_eval_adapter",  # needs lm-eval: pip install 'colm[eval]'
 }
 

@@ -12,6 +12,31 @@ class ColmError(Exception):
     exit_code = 2
 
 
+class OptionError(ColmError):
+    """A bad value of an option, worded in the terms of whoever gave it. The message is a template that
+    names options as {name} placeholders: str() gives the Python parameter (top_k), which a caller of
+    colm_core passes; the CLI shows the flag (--top-k) with in_flags(). Values go in as keywords, never
+    into the template, so that braces in them are kept as they are."""
+
+    def __init__(self, template: str, flags: dict[str, str] | None = None, **values):
+        self.template, self.flags, self.values = template, flags or {}, values
+        super().__init__(self.worded(lambda name: name))
+
+    def worded(self, spell) -> str:
+        names = _Names(self.values)
+        names.spell = spell
+        return self.template.format_map(names)
+
+    def in_flags(self) -> str:
+        """The message with each option named as its flag: `flags` where it is not --name-with-dashes."""
+        return self.worded(lambda name: self.flags.get(name) or "--" + name.replace("_", "-"))
+
+
+class _Names(dict):
+    def __missing__(self, name: str) -> str:
+        return self.spell(name)
+
+
 class ColmRuntimeError(ColmError):
     """The input was valid but the work failed (a verification, a non-finite loss). Exit code 1."""
 

@@ -9,6 +9,7 @@ import torch
 
 from colm_core.errors import ColmError
 from colm_core.losses import MultiScaleLoss
+from colm_core.options import EVAL_SEQ_LEN, EvalOptions
 
 
 def token_stream(tokenizer, texts: list[str]) -> list[int]:
@@ -23,19 +24,16 @@ def token_stream(tokenizer, texts: list[str]) -> list[int]:
     return ids
 
 
-def evaluate(model, texts: list[str], chains: list[int], seq_len: int = 256, batch_size: int = 8,
-             max_tokens: int | None = None, progress=None) -> dict:
+def evaluate(model, texts: list[str], chains: list[int], seq_len: int = EVAL_SEQ_LEN,
+             batch_size: int = EvalOptions.batch_size, max_tokens: int | None = None, progress=None) -> dict:
     """Mean next-token loss of each k-chain sub-model over the texts (see evaluate_tokens)."""
     return evaluate_tokens(model, token_stream(model.tokenizer, texts), chains, seq_len, batch_size, max_tokens,
                            progress)
 
 
-DEFAULT_SEQ_LEN = 256  # tokens per evaluation window
-
-
 @torch.no_grad()
-def evaluate_tokens(model, ids: list[int], chains: list[int], seq_len: int = DEFAULT_SEQ_LEN, batch_size: int = 8,
-                    max_tokens: int | None = None, progress=None) -> dict:
+def evaluate_tokens(model, ids: list[int], chains: list[int], seq_len: int = EVAL_SEQ_LEN,
+                    batch_size: int = EvalOptions.batch_size, max_tokens: int | None = None, progress=None) -> dict:
     """Mean next-token loss of each k-chain sub-model over a token stream (BOS doc EOS ...).
 
     Windows of seq_len + 1 tokens overlap by one, so every token after the first is predicted

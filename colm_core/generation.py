@@ -20,6 +20,7 @@ torch.compile, one CUDA graph per chain count (compile_step, docs/generation.md)
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import sys
 import time
@@ -32,8 +33,8 @@ import torch
 from torch import nn
 
 from colm_core.cache import cache_root
-from colm_core.errors import ColmError
-from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, TOP_P, check_range
+from colm_core.errors import ColmError, OptionError
+from colm_core.options import GenerateOptions
 
 Schedule = list[tuple[int, int]]  # (first generated position, chains), positions strictly increasing from 0
 
@@ -139,23 +140,18 @@ def extend(model, cache: KVCache, ids: torch.Tensor, chains: int) -> torch.Tenso
 class Sampling:
     """temperature 0 is greedy; top_k / top_p restrict sampling to the most likely tokens."""
 
-    temperature: float = 0.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
+    temperature: float = GenerateOptions.temperature
+    top_k: int | None = GenerateOptions.top_k
+    top_p: float | None = GenerateOptions.top_p
+    seed: int = GenerateOptions.seed
+
+    @classmethod
+    def of(cls, options: GenerateOptions) -> "Sampling":
+        return cls(options.temperature, options.top_k, options.top_p, options.seed)
 
     def validate(self) -> "Sampling":
-        check_range("--temperature", self.temperature, NON_NEGATIVE, "0 is greedy")
-        check_range("--seed", self.seed, NON_NEGATIVE, "seed of the sampler")
-        if self.top_k is not None:
-            check_range("--top-k", self.top_k, AT_LEAST_ONE, "sample among the k most likely tokens")
-        if self.top_p is not None:
-            check_range("--top-p", self.top_p, TOP_P, "sample among the most likely tokens of mass p")
-        restricted = [f"--top-{name} {value:g}" for name, value in (("k", self.top_k), ("p", self.top_p))
-                      if value is not None]
-        if restricted and self.temperature == 0:
-            raise ColmError(f"{' and '.join(restricted)} has no effect at temperature 0 (greedy decoding); "
-                            "give --temperature above 0 to sample, or leave it out")
+        """Checked as the options that set it are (a request to `colm serve` sets it too)."""
+        GenerateOptions(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
         return self
 
     def noise(self, rows: int, vocab: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -188,14 +184,15 @@ def chains_at(schedule: Schedule, position: int) -> int:
     return next(k for start, k in reversed(schedule) if start <= position)
 
 
-def parse_switch(text: str) -> Schedule:
-    """"0:4,32:1,64:2" -> [(0, 4), (32, 1), (64, 2)]."""
+def parse_switch(text: str | None) -> Schedule:
+    """"0:4,32:1,64:2" -> [(0, 4), (32, 1), (64, 2)]; None -> []."""
     entries = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
         try:
             position, chains = (int(v) for v in part.split(":"))
         except ValueError:
-            raise ColmError(f"--switch {text!r}: expected POSITION:CHAINS pairs, e.g. 0:4,32:1,64:2") from None
+            raise OptionError("{switch} {text!r}: expected POSITION:CHAINS pairs, e.g. 0:4,32:1,64:2",
+                              text=text) from None
         entries.append((position, chains))
     return entries
 
@@ -325,8 +322,8 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
     if not 1 <= prefill_chains <= cfg.n_chains:
         raise ColmError(f"prefill chains {prefill_chains} is outside 1..{cfg.n_chains}")
     if kv_heads_needed(cfg, prefill_chains) < kv_heads_needed(cfg, schedule[0][1]):
-        raise ColmError(f"prefill with {prefill_chains} chains cannot serve {schedule[0][1]} chains: only "
-                        "CoLM-Air models (keys/values from chain 1) can; omit --prefill-chains")
+        raise OptionError(f"prefill with {prefill_chains} chains cannot serve {schedule[0][1]} chains: only "
+                          "CoLM-Air models (keys/values from chain 1) can; omit {prefill_chains}")
     param = next(model.parameters())
     width = max(map(len, prompts))
     pad = [width - len(p) for p in prompts]
@@ -458,27 +455,21 @@ class Continuation:
         return piece
 
 
-def generate(model, prompt: str | list[int], *, max_new_tokens: int = 128, chains: int | None = None,
-             switch: Schedule = (), prefill_chains: int | None = None, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop: list[str] = (),
-             eos_id: int | None = None, on_text: Callable[[str], None] | None = None,
-             compile_step: bool | None = None) -> dict:
+def generate(model, prompt: str | list[int], options: GenerateOptions | None = None, *, eos_id: int | None = None,
+             on_text: Callable[[str], None] | None = None, compile_step: bool | None = None) -> dict:
     """Continue a prompt and return a JSON-ready record: prompt ids, text, token ids, schedule, timings.
 
     A text prompt is encoded as the model's tokenizer starts a sequence (BOS only if its policy adds
-    one, as transformers does); a list of token ids is used as given.
-    Stops at EOS (default: the config's eos_token_id), at a stop string (cut from the text), after
+    one, as transformers does); a list of token ids is used as given. `options` (default: the defaults
+    of `colm generate`) say which sub-model generates, how it samples and when it stops: at EOS
+    (eos_id; default: the config's eos_token_id), at a stop string (cut from the text), after
     max_new_tokens, or at the model's context. `on_text` receives the text as it becomes final.
     """
-    return generate_batch(model, [prompt], max_new_tokens=max_new_tokens, chains=chains, switch=switch,
-                          prefill_chains=prefill_chains, temperature=temperature, top_k=top_k, top_p=top_p,
-                          seed=seed, stop=stop, eos_id=eos_id,
+    return generate_batch(model, [prompt], options, eos_id=eos_id,
                           on_text=on_text and (lambda row, piece: on_text(piece)), compile_step=compile_step)[0]
 
 
-def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int = 128, chains: int | None = None,
-                   switch: Schedule = (), prefill_chains: int | None = None, temperature: float = 0.0,
-                   top_k: int | None = None, top_p: float | None = None, seed: int = 0, stop: list[str] = (),
+def generate_batch(model, prompts: list[str | list[int]], options: GenerateOptions | None = None, *,
                    eos_id: int | None = None, on_text: Callable[[int, str], None] | None = None,
                    compile_step: bool | None = None) -> list[dict]:
     """Continue several prompts in one batch: one record per prompt, in order, each as `generate` gives
@@ -486,23 +477,21 @@ def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int
     timings are the whole batch's. `on_text(row, piece)` receives each row's text as it becomes final.
     Text prompts are encoded as in `generate`. compile_step (see stream_batch): by default on CUDA only.
     """
-    cfg = model.config
+    cfg, o = model.config, options or GenerateOptions()
     prompts = [model.tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompts]
-    if max_new_tokens < 1:
-        raise ColmError(f"max new tokens {max_new_tokens}: must be at least 1")
-    schedule = make_schedule(cfg.n_chains, chains, switch)
-    sampling = Sampling(temperature, top_k, top_p, seed).validate()
+    schedule = make_schedule(cfg.n_chains, o.chains, parse_switch(o.switch))
+    sampling = Sampling.of(o)
     eos_id = cfg.eos_token_id if eos_id is None else eos_id
-    prefill_chains = default_prefill_chains(cfg, schedule) if prefill_chains is None else prefill_chains
+    prefill_chains = default_prefill_chains(cfg, schedule) if o.prefill_chains is None else o.prefill_chains
     emit = on_text or (lambda row, piece: None)
-    rows = [Continuation(model.tokenizer, cfg, len(p), max_new_tokens, eos_id, stop) for p in prompts]
+    rows = [Continuation(model.tokenizer, cfg, len(p), o.max_new_tokens, eos_id, o.stop or []) for p in prompts]
     report = {}
 
     start = time.perf_counter()
     first_token_at = None
     if compile_step is None:
         compile_step = next(model.parameters()).device.type == "cuda"
-    steps = stream_batch(model, prompts, schedule, max_new_tokens, prefill_chains, sampling, report, compile_step)
+    steps = stream_batch(model, prompts, schedule, o.max_new_tokens, prefill_chains, sampling, report, compile_step)
     for step_tokens, _ in steps:
         first_token_at = first_token_at or time.perf_counter()
         for i, (row, token) in enumerate(zip(rows, step_tokens)):
@@ -534,6 +523,6 @@ def generate_batch(model, prompts: list[str | list[int]], *, max_new_tokens: int
         "stop_reason": row.stop_reason,
         "prefill_chains": prefill_chains,
         **report,
-        "sampling": {"temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
+        "sampling": dataclasses.asdict(sampling),
         "timings": timings,
     } for prompt_ids, row in zip(prompts, rows)]

@@ -22,7 +22,7 @@ class InitOptions:
     preset: str = option("tiny", "Starting shape: tiny (trains in minutes on 2 CPU cores), small, or llama-1b "
                                  "(Llama-3.2-1B's shape in 4 chains).", choices=tuple(PRESETS))
     chains: int | None = option(None, "Number of chains, each with the preset's query heads per chain.",
-                                range=AT_LEAST_ONE, hint="query heads per chain are given with --heads {value}")
+                                range=AT_LEAST_ONE, hint="query heads per chain are given with {heads} {value}")
     heads: list[int] | None = option(None, "Query heads per chain, e.g. 4,4,4,4 for 4 chains of 4 heads.",
                                      range=AT_LEAST_ONE, example="4,4,4,4")
     kv_heads: list[int] | None = option(None, "KV heads per chain (one number for all).", range=NON_NEGATIVE,
@@ -134,6 +134,4 @@ def init_model(o: InitOptions):
 
     cfg, tokenizer = build_config(o)
     check_fits_in_memory(cfg)
-    model = CoLM(cfg).init_weights(std=o.init_std, seed=o.seed)
-    model.tokenizer = tokenizer
-    return model
+    return CoLM(cfg, tokenizer).init_weights(std=o.init_std, seed=o.seed)

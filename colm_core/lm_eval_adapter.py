@@ -28,6 +28,7 @@ from colm_core.api import load
 from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, missing_extra
 from colm_core.generation import generate_batch
+from colm_core.options import GenerateOptions
 
 try:
     import lm_eval
@@ -177,9 +178,9 @@ class ColmLM(TemplateLM):
                                 f"of {self.max_length} tokens; lower it in the task's generation_kwargs")
             sampling = ({"temperature": float(kwargs.get("temperature", 0.0)), "top_k": kwargs.get("top_k"),
                          "top_p": kwargs.get("top_p")} if kwargs.get("do_sample") else {})  # else greedy
-            records = generate_batch(self.model, [self.tok_encode(c)[-room:] for c in contexts],
-                                     max_new_tokens=max_gen_toks, chains=self.chains,
-                                     stop=[s for s in until if s], **sampling)
+            options = GenerateOptions(max_new_tokens=max_gen_toks, chains=self.chains, stop=[s for s in until if s],
+                                      **sampling)
+            records = generate_batch(self.model, [self.tok_encode(c)[-room:] for c in contexts], options)
             texts += [record["text"] for record in records]
         return collator.get_original(texts)
 

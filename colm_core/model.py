@@ -191,10 +191,14 @@ class Block(nn.Module):
 
 
 class CoLM(nn.Module):
-    def __init__(self, cfg: ColmConfig):
+    """A Chain-of-Model LM. It also carries what a checkpoint stores beside the weights: the tokenizer that
+    encodes its text (None for a bare model) and the history of commands that made it (saved with it)."""
+
+    def __init__(self, cfg: ColmConfig, tokenizer=None, history: list[dict] = ()):
         super().__init__()
         self.config = cfg.validate()
-        self.tokenizer = None  # set by colm_core.load / colm init
+        self.tokenizer = tokenizer
+        self.history = list(history)
         self.embed = nn.ParameterList(nn.Parameter(torch.empty(cfg.vocab_size, d)) for d in cfg.chain_widths)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = ChainRMSNorm(cfg.chain_widths, cfg.norm_eps)

@@ -1,8 +1,11 @@
 """One definition of every command option: a dataclass field holds its default, help text and valid range.
 
-The CLI builds its flags from these fields (colm_cli/options.py), `colm train --config` files are read
-against them, and every value, from a flag, a config file or Python, is checked in one place. Nothing
-here imports torch, so `colm --help` stays fast.
+One dataclass per command (`colm init`'s is colm_core.init.InitOptions). The CLI builds its flags
+from these fields (colm_cli/options.py), `colm train --config` files are read against them, and colm_core
+takes them as its Python arguments (generate(model, prompt, GenerateOptions(top_p=0.9))). Every value,
+from a flag, a config file or Python, is checked in one place, and a bad one is an OptionError that
+names the field (top_p), which the CLI shows as the flag (--top-p). Nothing here imports torch, so
+`colm --help` stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from colm_core.errors import ColmError
+from colm_core.config import INIT_STD
+from colm_core.errors import ColmError, OptionError
 
 
 @dataclass(frozen=True)
@@ -50,29 +54,42 @@ BETA = Range(0, 1, high_open=True)  # [0, 1): an AdamW moment decay
 TOP_P = Range(0, 1, low_open=True)  # (0, 1]: a probability mass
 
 
-def check_range(flag: str, value: float | list[float], valid: Range, help: str) -> None:
-    """Refuse a number (or a list with a number) outside `valid`, naming the flag, the range and what it is."""
+def check_range(name: str, value: float | list[float], valid: Range, help: str, flags: dict | None = None) -> None:
+    """Refuse a number (or a list with a number) outside `valid`, naming the option, the range and what it is."""
     is_list = isinstance(value, list)
     if not all(v in valid for v in (value if is_list else [value])):
         shown = ",".join(f"{v:g}" for v in value) if is_list else f"{value:g}"
-        raise ColmError(f"{flag} {shown}: {'each value ' if is_list else ''}must be {valid} ({help.rstrip('.')})")
+        raise OptionError(f"{{{name}}} {{shown}}: {{each}}must be {{valid}} ({{what}})", flags, shown=shown,
+                          each="each value " if is_list else "", valid=str(valid), what=help.rstrip("."))
+
+
+REQUIRED = dataclasses.MISSING  # the default of an option that must be given
 
 
 def option(default, help: str, *, range: Range | None = None, choices: tuple[str, ...] | None = None,
-           flag: str | None = None, example: str | None = None, hint: str | None = None):
+           flag: str | None = None, example: str | None = None, hint: str | None = None,
+           negatable: bool = True, envvar: str | None = None):
     """A dataclass field that is also a command-line option.
 
     range applies to a number and to every number of a list; choices to a string. flag: the option's
     name when it is not the field's. example: a comma-separated value, for list options given as
-    "4,4,4,4". hint: added to the error when the flag's text is not a value of its type ("{value}" is
-    replaced by that text).
+    "4,4,4,4". hint: added to the error when the flag's text is not a value of its type, worded as an
+    OptionError's message is: "{value}" is that text, "{heads}" names the option heads. negatable: a bool
+    option also has its --no- form. envvar: the environment variable that gives the value when the flag
+    is not given.
     """
-    meta = {"help": help, "range": range, "choices": choices, "flag": flag, "example": example, "hint": hint}
+    meta = {"help": help, "range": range, "choices": choices, "flag": flag, "example": example, "hint": hint,
+            "negatable": negatable, "envvar": envvar}
     return field(default=default, metadata=meta)
 
 
 def flag_name(f: dataclasses.Field) -> str:
     return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+
+
+def flags_of(cls) -> dict[str, str]:
+    """The flags of cls's options whose flag is not named after the field (n_layers: --layers)."""
+    return {f.name: flag_name(f) for f in dataclasses.fields(cls) if f.metadata.get("flag")}
 
 
 def value_type(cls, f: dataclasses.Field) -> tuple[type, bool]:
@@ -103,8 +120,8 @@ def parse_text(cls, f: dataclasses.Field, text: str):
     except ValueError:
         what = f"comma-separated {kind.__name__}s, e.g. {f.metadata['example']}" if is_list else TYPE_WORDS[kind]
         hint = f.metadata.get("hint")
-        raise ColmError(f"{flag_name(f)} {text!r}: expected {what}" + (f"; {hint.format(value=text)}" if hint else "")
-                        ) from None
+        raise OptionError(f"{{{f.name}}} {{text!r}}: expected {{what}}" + (f"; {hint}" if hint else ""),
+                          flags_of(cls), text=text, value=text, what=what) from None
     return values if is_list else values[0]
 
 
@@ -134,18 +151,21 @@ def from_config_value(cls, f: dataclasses.Field, value, source: str):
 
 def check(obj) -> None:
     """Every field of an options dataclass has its type and lies in its range (None: the default applies)."""
+    flags = flags_of(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if value is None:
             continue
         kind, is_list = value_type(type(obj), f)
         if not conforms(value, kind, is_list):
-            raise ColmError(f"{flag_name(f)} {value!r}: expected {expected_type(kind, is_list)}")
+            raise OptionError(f"{{{f.name}}} {{value!r}}: expected {{what}}", flags, value=value,
+                              what=expected_type(kind, is_list))
         valid, choices = f.metadata.get("range"), f.metadata.get("choices")
         if valid is not None:
-            check_range(flag_name(f), value, valid, f.metadata["help"])
+            check_range(f.name, value, valid, f.metadata["help"], flags)
         if choices is not None and value not in choices:
-            raise ColmError(f"{flag_name(f)} {value}: choose one of {', '.join(choices)}")
+            raise OptionError(f"{{{f.name}}} {{value}}: choose one of {{choices}}", flags, value=value,
+                              choices=", ".join(choices))
 
 
 def from_sources(cls, config_file: Path | None, flags: dict):
@@ -221,7 +241,7 @@ class TrainOptions:
     def __post_init__(self):
         check(self)
         if self.block_diagonal and self.strategy == "fsdp":  # sharding replaces the parameters whose gradient it masks
-            raise ColmError("--block-diagonal works with --strategy ddp (or one process), not fsdp")
+            raise OptionError("{block_diagonal} works with {strategy} ddp (or one process), not fsdp")
 
     @classmethod
     def from_sources(cls, config_file: Path | None, flags: dict) -> "TrainOptions":
@@ -245,9 +265,51 @@ class TrainOptions:
 
 
 @dataclass
-class TaskOptions:
-    """`colm eval --tasks`'s options (colm_core/lm_eval_adapter.py runs them): lm-evaluation-harness tasks."""
+class ExpandOptions:
+    """`colm expand`'s options (colm_core/surgery.py runs them)."""
 
+    add_chains: int = option(1, "Number of chains to append.", range=AT_LEAST_ONE)
+    heads: int | None = option(None, "Query heads of each new chain (default: the last chain's).",
+                               range=AT_LEAST_ONE)
+    kv_heads: int | None = option(None, "KV heads of each new chain (default: the last chain's; CoLM-Air: none, "
+                                        "chain 1's are shared).", range=NON_NEGATIVE)
+    ffn: int | None = option(None, "FFN units of each new chain (default: the last chain's).", range=AT_LEAST_ONE)
+    air: bool = option(False, "Make a 1-chain model CoLM-Air: new chains read chain 1's keys and values.",
+                       negatable=False)
+    init_std: float = option(INIT_STD, "Standard deviation of the new chains' random blocks.", range=POSITIVE)
+    seed: int = option(0, "Seed of the new chains' random blocks.", range=NON_NEGATIVE)
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclass
+class SliceOptions:
+    """`colm slice`'s options (colm_core/surgery.py runs them)."""
+
+    chains: int = option(REQUIRED, "Keep chains 1..K: the K-chain sub-model.", range=AT_LEAST_ONE)
+
+    def __post_init__(self):
+        check(self)
+
+
+EVAL_SEQ_LEN = 256  # tokens per evaluation window, unless given
+TASK_OPTIONS = ("tasks", "num_fewshot", "limit", "include_path")
+
+
+@dataclass
+class EvalOptions:
+    """`colm eval`'s options: text evaluation (colm_core/evaluate.py) or, with tasks, lm-evaluation-harness
+    tasks (colm_core/lm_eval_adapter.py); the options of one do not apply to the other."""
+
+    data: list[str] | None = option(
+        None, "Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
+              "`colm train` holds out for validation.")
+    chains: list[int] | None = option(None, "Chain counts to evaluate, e.g. 1,2,4 (default: all).", example="1,2,4")
+    seq_len: int | None = option(None, f"Tokens per evaluation window (default: {EVAL_SEQ_LEN}).", range=AT_LEAST_ONE)
+    batch_size: int = option(8, "Windows per forward pass (with --tasks: requests per forward pass).",
+                             range=AT_LEAST_ONE)
+    max_tokens: int | None = option(None, "Evaluate at most this many tokens.", range=AT_LEAST_ONE)
     tasks: str | None = option(
         None, "lm-evaluation-harness tasks, comma-separated, e.g. hellaswag,arc_easy: score every chain count "
               "on them instead of on text (needs pip install 'colm[eval]').")
@@ -258,3 +320,101 @@ class TaskOptions:
 
     def __post_init__(self):
         check(self)
+        if self.tasks is None:
+            given = [name for name in TASK_OPTIONS if getattr(self, name) is not None]
+            if given:
+                raise OptionError(f"{{{given[0]}}} applies to lm-eval tasks; give {{tasks}} too, e.g. "
+                                  "{tasks} hellaswag")
+        else:
+            given = [name for name in ("data", "max_tokens", "seq_len") if getattr(self, name)]
+            if given:
+                raise OptionError(f"{{{given[0]}}} applies to text evaluation, not to {{tasks}} (a task's requests "
+                                  "use the model's context); give one of them")
+
+
+@dataclass
+class GenerateOptions:
+    """`colm generate`'s options, which colm_core.generation.generate takes: the sub-model, the sampler and
+    when to stop."""
+
+    chains: int | None = option(None, "Chains of the sub-model that generates (default: all).", range=AT_LEAST_ONE)
+    max_new_tokens: int = option(128, "Generate at most this many tokens.", range=AT_LEAST_ONE)
+    temperature: float = option(0.0, "Sampling temperature; 0 is greedy.", range=NON_NEGATIVE)
+    top_k: int | None = option(None, "Sample among the k most likely tokens (needs --temperature > 0).",
+                               range=AT_LEAST_ONE)
+    top_p: float | None = option(None, "Sample among the most likely tokens of mass p (needs --temperature > 0).",
+                                 range=TOP_P)
+    seed: int = option(0, "Seed of the sampler.", range=NON_NEGATIVE)
+    stop: list[str] | None = option(None, "Stop when the text contains this (repeatable).")
+    switch: str | None = option(None, "Change the chain count at generated positions, e.g. 0:4,32:1,64:2.")
+    prefill_chains: int | None = option(None, "Chains that build the prompt's KV cache (default: 1 for CoLM-Air, "
+                                              "else --chains).", range=AT_LEAST_ONE)
+
+    def __post_init__(self):
+        check(self)
+        restricted = [name for name in ("top_k", "top_p") if getattr(self, name) is not None]
+        if restricted and self.temperature == 0:
+            raise OptionError(" and ".join(f"{{{name}}} {{{name}_value:g}}" for name in restricted)
+                              + " has no effect at temperature 0 (greedy decoding); give {temperature} above 0 to "
+                                "sample, or leave it out", top_k_value=self.top_k, top_p_value=self.top_p)
+
+
+@dataclass
+class ServeOptions:
+    """`colm serve`'s options: where it listens, who may ask, and how much work it takes on
+    (colm_cli/serve.py and colm_core/serving.py run them)."""
+
+    host: str = option("127.0.0.1", "Address to listen on; 0.0.0.0 exposes the server to the network.")
+    port: int = option(8000, "Port to listen on; 0 picks a free one (the URL is printed on stdout).",
+                       range=NON_NEGATIVE)
+    name: str | None = option(None, "Model name clients ask for (default: the checkpoint directory's name); NAME@k "
+                                    "is the k-chain sub-model.")
+    api_key: str | None = option(None, "Require `Authorization: Bearer KEY`; prefer COLM_API_KEY in the "
+                                       "environment, which ps does not show.", envvar="COLM_API_KEY")
+    elastic: bool = option(False, "Serve NAME@auto: the largest chain count whose expected queue wait stays under "
+                                  "--max-wait-ms.", negatable=False)
+    max_wait_ms: float = option(500.0, "The queue wait NAME@auto keeps under (with --elastic).", range=POSITIVE)
+    max_prompt_tokens: int | None = option(None, "Longest prompt accepted (default: the model's context).",
+                                           range=AT_LEAST_ONE)
+    max_tokens: int = option(512, "Largest max_tokens a request may ask for.", range=AT_LEAST_ONE)
+    max_body_bytes: int = option(1 << 20, "Largest request body.", range=AT_LEAST_ONE)
+    max_concurrent: int = option(64, "Prompts queued or running at once; more are refused with 429.",
+                                 range=AT_LEAST_ONE)
+    max_batch: int = option(16, "Prompts per decode step; more wait in the queue.", range=AT_LEAST_ONE)
+
+    def __post_init__(self):
+        check(self)
+
+
+@dataclass
+class InspectOptions:
+    """`colm inspect`'s options (colm_core/inspect.py describes the checkpoint)."""
+
+    json: bool = option(False, "Print JSON on stdout.", negatable=False)
+    verify: bool = option(False, "Re-hash the files and compare them with the sha256 digests recorded when the "
+                                 "checkpoint was written; exit 1 naming the first that differs or that has none.",
+                          negatable=False)
+
+
+@dataclass
+class ExportOptions:
+    """`colm export`'s options (colm_core/export.py writes the directory)."""
+
+    format: str = option(REQUIRED, "hf-llama: a standard LlamaForCausalLM (1-chain models); hf: any CoLM, loaded "
+                                   "with trust_remote_code=True.")
+
+
+@dataclass
+class PullOptions:
+    """`colm pull`'s options (colm_core/hub.py downloads)."""
+
+    revision: str | None = option(None, "Branch, tag or commit (default: main).")
+
+
+@dataclass
+class PushOptions:
+    """`colm push`'s options (colm_core/hub.py uploads)."""
+
+    private: bool = option(False, "Create the repo private (if it does not exist).", negatable=False)
+    revision: str | None = option(None, "Branch to push to (created if missing; default: main).")
+    license: str | None = option(None, "License id for the card, e.g. apache-2.0.")

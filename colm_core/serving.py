@@ -32,6 +32,7 @@ import torch
 
 from colm_core.errors import ColmError, missing_extra
 from colm_core.generation import Continuation, KVCache, Sampling, extend, kv_heads_needed
+from colm_core.options import ServeOptions
 from colm_core.tokenizer import CHAT_TEMPLATE_FILE, tokenizer_config
 
 AUTO = "auto"  # NAME@auto: the elastic chain count
@@ -55,11 +56,18 @@ class ServeLimits:
     """What one request may ask for, and how much work the server takes on at once."""
 
     max_prompt_tokens: int  # default: the model's context
-    max_tokens: int = 512  # the most a request's max_tokens may be
-    max_body_bytes: int = 1 << 20
-    max_concurrent: int = 64  # prompts queued or running; more is refused with 429
-    max_batch: int = 16  # rows per decode step; more wait in the queue
+    max_tokens: int = ServeOptions.max_tokens  # the most a request's max_tokens may be
+    max_body_bytes: int = ServeOptions.max_body_bytes
+    max_concurrent: int = ServeOptions.max_concurrent  # prompts queued or running; more is refused with 429
+    max_batch: int = ServeOptions.max_batch  # rows per decode step; more wait in the queue
     max_logprobs: int = 5  # alternatives per token, as OpenAI's completions allow
+
+    @classmethod
+    def of(cls, options: ServeOptions, context: int) -> "ServeLimits":
+        """The limits that `colm serve`'s options set for a model of this context length."""
+        return cls(max_prompt_tokens=min(options.max_prompt_tokens or context, context),
+                   max_tokens=options.max_tokens, max_body_bytes=options.max_body_bytes,
+                   max_concurrent=options.max_concurrent, max_batch=options.max_batch)
 
 
 def check_api_key(expected: str | None, authorization: str | None) -> None:

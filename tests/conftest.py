@@ -29,9 +29,7 @@ def tiny_config(**overrides) -> ColmConfig:
 def tiny_model(seed: int = 0, **overrides) -> CoLM:
     from colm_core.tokenizer import ByteTokenizer
 
-    model = CoLM(tiny_config(**overrides)).init_weights(std=0.1, seed=seed)
-    model.tokenizer = ByteTokenizer()
-    return model.eval()
+    return CoLM(tiny_config(**overrides), ByteTokenizer()).init_weights(std=0.1, seed=seed).eval()
 
 
 def child_environment(env: dict | None) -> dict:

@@ -15,6 +15,7 @@ from colm_core.errors import ColmError
 from colm_core.generation import (Sampling, TextStream, chains_at, generate, generate_batch, make_schedule,
                                   stream_batch, stream_tokens)
 from colm_core.model import CoLM
+from colm_core.options import GenerateOptions
 from colm_core.tokenizer import ByteTokenizer
 from tests.conftest import assert_one_line_error, colm_in_process, tiny_config, tiny_model
 
@@ -82,10 +83,10 @@ def test_air_prefill_with_chain_1_equals_full_width_prefill(variant, monkeypatch
 
 
 def test_air_is_the_default_prefill_and_colm_refuses_a_narrower_one():
-    assert generate(tiny_model(**VARIANTS["air"]), PROMPT, max_new_tokens=2)["prefill_chains"] == 1
-    assert generate(tiny_model(), PROMPT, max_new_tokens=2, chains=2)["prefill_chains"] == 2
+    assert generate(tiny_model(**VARIANTS["air"]), PROMPT, GenerateOptions(max_new_tokens=2))["prefill_chains"] == 1
+    assert generate(tiny_model(), PROMPT, GenerateOptions(max_new_tokens=2, chains=2))["prefill_chains"] == 2
     with pytest.raises(ColmError, match="only CoLM-Air"):
-        generate(tiny_model(), PROMPT, max_new_tokens=2, chains=3, prefill_chains=1)
+        generate(tiny_model(), PROMPT, GenerateOptions(max_new_tokens=2, chains=3, prefill_chains=1))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -216,8 +217,8 @@ def test_compile_step_is_the_default_on_cuda_only(monkeypatch):
     seen = []
     stream = generation.stream_batch
     monkeypatch.setattr(generation, "stream_batch", lambda *a: seen.append(a[-1]) or stream(*a))
-    generate(tiny_model(), PROMPT, max_new_tokens=2)
-    generate(tiny_model(), PROMPT, max_new_tokens=2, compile_step=False)
+    generate(tiny_model(), PROMPT, GenerateOptions(max_new_tokens=2))
+    generate(tiny_model(), PROMPT, GenerateOptions(max_new_tokens=2), compile_step=False)
     assert seen == [False, False]
 
 
@@ -240,10 +241,10 @@ def test_generate_batch_records_equal_single_calls_with_rows_ending_at_different
     # Rows end by EOS (0 and 2), the stop string (1 and 3), max_new_tokens ([100, 200]) and the context of
     # 64 (the last), after 5, 5, 3, 1, 12 and 5 tokens.
     prompts = PROMPTS + [[100, 200], (PROMPT * 5)[:60]]
-    kw = dict(max_new_tokens=12, eos_id=122, stop=["'"], chains=2)
+    options = GenerateOptions(max_new_tokens=12, stop=["'"], chains=2)
     streamed = {row: [] for row in range(len(prompts))}
-    batch = generate_batch(model, prompts, on_text=lambda row, piece: streamed[row].append(piece), **kw)
-    singles = [generate(model, prompt, **kw) for prompt in prompts]
+    batch = generate_batch(model, prompts, options, eos_id=122, on_text=lambda row, piece: streamed[row].append(piece))
+    singles = [generate(model, prompt, options, eos_id=122) for prompt in prompts]
     for record in batch + singles:
         del record["timings"], record["kv_cache"]  # the batch's: its time and its cache of every row
     assert batch == singles
@@ -256,19 +257,19 @@ def test_generate_batch_records_equal_single_calls_with_rows_ending_at_different
 def test_kv_cache_holds_only_what_the_chosen_chains_need():
     colm, air = tiny_model(kv_heads=[1, 2, 1]), tiny_model(**VARIANTS["air"])
     hd, layers = colm.config.head_dim, colm.config.n_layers
-    for model, chains, switch, heads in [(colm, 1, (), 1), (colm, 2, (), 3), (colm, 1, [(4, 3)], 4),
-                                         (air, 1, (), 2), (air, 3, (), 2)]:
-        cache = generate(model, PROMPT, max_new_tokens=6, chains=chains, switch=switch)["kv_cache"]
+    for model, chains, switch, heads in [(colm, 1, None, 1), (colm, 2, None, 3), (colm, 1, "4:3", 4),
+                                         (air, 1, None, 2), (air, 3, None, 2)]:
+        cache = generate(model, PROMPT, GenerateOptions(max_new_tokens=6, chains=chains, switch=switch))["kv_cache"]
         positions = len(PROMPT) + 6 - 1  # the last token is never fed back
         assert cache == {"heads": heads, "positions": positions, "bytes": 2 * layers * heads * positions * hd * 4}
 
 
 def test_sampling_seeds_top_k_and_top_p():
     model = tiny_model()
-    greedy = generate(model, PROMPT, max_new_tokens=12, eos_id=-1)["token_ids"]
+    greedy = generate(model, PROMPT, GenerateOptions(max_new_tokens=12), eos_id=-1)["token_ids"]
 
     def sampled(**kw):
-        return generate(model, PROMPT, max_new_tokens=12, eos_id=-1, temperature=2.0, **kw)["token_ids"]
+        return generate(model, PROMPT, GenerateOptions(max_new_tokens=12, temperature=2.0, **kw), eos_id=-1)["token_ids"]
 
     assert sampled(seed=1) == sampled(seed=1)
     assert sampled(seed=1) != sampled(seed=2) != greedy
@@ -277,9 +278,9 @@ def test_sampling_seeds_top_k_and_top_p():
     steps = list(stream_tokens(model, PROMPT, [(0, 3)], 30, sampling=Sampling(temperature=5.0, top_k=3, seed=4)))
     assert all(token in logits.topk(3).indices.tolist() for token, logits in steps)
     # Batched: each row is restricted to its own most likely tokens.
-    greedy_rows = [r["token_ids"] for r in generate_batch(model, PROMPTS, max_new_tokens=6, eos_id=-1)]
+    greedy_rows = [r["token_ids"] for r in generate_batch(model, PROMPTS, GenerateOptions(max_new_tokens=6), eos_id=-1)]
     for kw in (dict(top_k=1), dict(top_p=1e-6)):
-        rows = generate_batch(model, PROMPTS, max_new_tokens=6, eos_id=-1, temperature=2.0, **kw)
+        rows = generate_batch(model, PROMPTS, GenerateOptions(max_new_tokens=6, temperature=2.0, **kw), eos_id=-1)
         assert [r["token_ids"] for r in rows] == greedy_rows
     steps = list(stream_batch(model, PROMPTS, [(0, 3)], 10, sampling=Sampling(temperature=5.0, top_p=0.3, seed=4)))
     for tokens, logits in steps:
@@ -303,22 +304,23 @@ def test_text_stream_never_splits_a_character_and_holds_back_stop_string_starts(
 
 def test_generate_stops_at_eos_stop_strings_and_the_context():
     model = tiny_model(vocab_size=258, kv_heads=[1, 1, 1])
-    free = generate(model, PROMPT, max_new_tokens=20, eos_id=-1)
+    free = generate(model, PROMPT, GenerateOptions(max_new_tokens=20), eos_id=-1)
     assert free["stop_reason"] == "max_new_tokens" and len(free["token_ids"]) == 20
     eos = free["token_ids"][5]
     first = free["token_ids"].index(eos)
-    out = generate(model, PROMPT, max_new_tokens=20, eos_id=eos)
+    out = generate(model, PROMPT, GenerateOptions(max_new_tokens=20), eos_id=eos)
     assert out["stop_reason"] == "eos" and out["token_ids"] == free["token_ids"][: first + 1]
 
     text = free["text"]
     stop = text[6:9]
     streamed = []
-    out = generate(model, PROMPT, max_new_tokens=20, eos_id=-1, stop=["never there", stop], on_text=streamed.append)
+    out = generate(model, PROMPT, GenerateOptions(max_new_tokens=20, stop=["never there", stop]), eos_id=-1,
+                   on_text=streamed.append)
     assert out["stop_reason"] == "stop_string" and out["text"] == text[: text.index(stop)]
     assert "".join(streamed) == out["text"]
 
     context = model.config.max_seq_len
-    out = generate(model, (PROMPT * 5)[: context - 2], max_new_tokens=20, eos_id=-1)
+    out = generate(model, (PROMPT * 5)[: context - 2], GenerateOptions(max_new_tokens=20), eos_id=-1)
     assert out["stop_reason"] == "context" and len(out["token_ids"]) == 3  # the last one is never fed back
 
 
@@ -330,29 +332,34 @@ def test_bad_generation_input_is_a_clear_error():
     with pytest.raises(ColmError, match="longer than the model's context of 64"):
         generate(model, [3] * 65)
     with pytest.raises(ColmError, match=f"outside 1..{n}"):
-        generate(model, PROMPT, chains=n + 1)
-    with pytest.raises(ColmError, match=f"chains 0 is outside 1..{n}"):  # None, not 0, means all chains
-        generate(model, PROMPT, chains=0)
-    with pytest.raises(ColmError, match=f"prefill chains 0 is outside 1..{n}"):
-        generate(model, PROMPT, prefill_chains=0)
+        generate(model, PROMPT, GenerateOptions(chains=n + 1))
+    with pytest.raises(ColmError, match="^chains 0: must be >= 1"):  # None, not 0, means all chains
+        generate(model, PROMPT, GenerateOptions(chains=0))
+    with pytest.raises(ColmError, match="^prefill_chains 0: must be >= 1"):
+        generate(model, PROMPT, GenerateOptions(prefill_chains=0))
     with pytest.raises(ColmError, match="not increasing"):
         make_schedule(n, 2, [(8, 1), (4, 3)])
     with pytest.raises(ColmError, match="not increasing"):
         make_schedule(n, 2, [(0, 1), (0, 3)])
-    with pytest.raises(ColmError, match="--temperature nan: must be >= 0"):
-        generate(model, PROMPT, temperature=float("nan"))
-    with pytest.raises(ColmError, match="--top-k 5 has no effect at temperature 0"):  # it was silently ignored
-        generate(model, PROMPT, top_k=5)
-    with pytest.raises(ColmError, match="--top-p 0.9 has no effect at temperature 0"):
-        generate(model, PROMPT, top_p=0.9)
+    # Named as a Python caller names them; the CLI names its flags (tests/test_options.py).
+    with pytest.raises(ColmError, match="^temperature nan: must be >= 0"):
+        GenerateOptions(temperature=float("nan"))
+    with pytest.raises(ColmError, match="^top_k 5 has no effect at temperature 0"):  # it was silently ignored
+        GenerateOptions(top_k=5)
+    with pytest.raises(ColmError, match=r"^top_p 0.9 has no effect at temperature 0 \(greedy decoding\); give "
+                                        "temperature above 0"):
+        GenerateOptions(top_p=0.9)
+    with pytest.raises(ColmError, match="^top_k 5 has no effect at temperature 0"):  # as a request to `colm serve`
+        Sampling(top_k=5).validate()
+    with pytest.raises(ColmError, match="^switch '4-1': expected POSITION:CHAINS pairs"):
+        generate(model, PROMPT, GenerateOptions(switch="4-1"))
 
 
 @pytest.fixture(scope="module")
 def byte_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "air"
     cfg = tiny_config(vocab_size=258, bos_token_id=256, eos_token_id=257, kv_share=True, kv_heads=[1, 0, 0])
-    model = CoLM(cfg).init_weights(std=0.1, seed=1)
-    model.tokenizer = ByteTokenizer()
+    model = CoLM(cfg, ByteTokenizer()).init_weights(std=0.1, seed=1)
     save(model, path)
     return path
 
@@ -364,7 +371,7 @@ def test_cli_streams_text_and_json_matches_the_python_api(byte_checkpoint):
     from colm_core.checkpoint import load
 
     model = load(byte_checkpoint)
-    api = generate(model, [256] + list(b"Hello"), max_new_tokens=12, switch=[(0, 3), (4, 1), (8, 2)])
+    api = generate(model, [256] + list(b"Hello"), GenerateOptions(max_new_tokens=12, switch="0:3,4:1,8:2"))
     assert report["prompt_ids"] == [256] + list(b"Hello")
     assert report["token_ids"] == api["token_ids"] and report["text"] == api["text"]
     assert streamed.stdout == api["text"] + "\n"
@@ -383,6 +390,9 @@ def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
     assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0")
     assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"), 2,
                           "--prefill-chains 0: must be >= 1")
+    # colm_core names the parameter (tests above); the command line names the flag.
+    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--switch", "4-1"), 2,
+                          "colm: error: --switch '4-1': expected POSITION:CHAINS pairs")
 
 
 def test_cli_prompts_file_prints_one_json_line_per_prompt_equal_to_single_calls(byte_checkpoint, tmp_path):
@@ -399,7 +409,7 @@ def test_cli_prompts_file_prints_one_json_line_per_prompt_equal_to_single_calls(
 
     model = load(byte_checkpoint)
     for text, record in zip(texts, records):
-        single = generate(model, [256] + list(text.encode()), max_new_tokens=10, switch=[(0, 3), (4, 1)])
+        single = generate(model, [256] + list(text.encode()), GenerateOptions(max_new_tokens=10, switch="0:3,4:1"))
         assert record["prompt_ids"] == [256] + list(text.encode()) and record["token_ids"] == single["token_ids"]
         assert record["text"] == single["text"] and record["stop_reason"] == single["stop_reason"]
     assert "3 prompts" in out.stderr

@@ -9,8 +9,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Bottom first. A module may import the modules of lower layers only (never its own layer's).
 LAYERS = (
     ("errors", "cache", "strict_json", "optimizer_state"),
-    ("config", "references", "options"),
-    ("tokenizer",),
+    ("config", "references"),
+    ("tokenizer", "options"),
     ("model", "losses"),
     ("evaluate", "generation", "parallel"),
     ("card", "data", "init", "serving"),

@@ -12,6 +12,7 @@ from colm_core.checkpoint import load, open_checkpoint, save
 from colm_core.errors import ColmError
 from colm_core.export import export
 from colm_core.llama import import_hf
+from colm_core.options import GenerateOptions
 from colm_core.tokenizer import ByteTokenizer
 from tests.conftest import assert_one_line_error, colm_in_process, tiny_model
 
@@ -202,7 +203,7 @@ def test_bos_follows_the_tokenizer_and_greedy_generation_matches_transformers(tm
     expected = reference.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs.input_ids.shape[1]:]
 
     model = colm_core.load(str(src))  # a Hugging Face directory, as every command reads it
-    out = colm_core.generate(model, prompt, max_new_tokens=12)
+    out = colm_core.generate(model, prompt, GenerateOptions(max_new_tokens=12))
     assert out["prompt_ids"] == inputs.input_ids[0].tolist()
     assert out["token_ids"] == expected.tolist()[: len(out["token_ids"])] and len(out["token_ids"]) > 1
     assert token_stream(model.tokenizer, [prompt]) == inputs.input_ids[0].tolist() + [2]  # evaluation, training

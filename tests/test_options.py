@@ -10,9 +10,11 @@ import pytest
 import typer.main
 
 from colm_cli.app import app
-from colm_core.errors import ColmError
+from colm_core.errors import ColmError, OptionError
 from colm_core.init import InitOptions
-from colm_core.options import TaskOptions, TrainOptions, from_sources, value_type
+from colm_core.options import (EvalOptions, ExpandOptions, ExportOptions, GenerateOptions, InspectOptions, PullOptions,
+                               PushOptions, ServeOptions, SliceOptions, TrainOptions, flags_of, from_sources,
+                               value_type)
 from tests.conftest import assert_one_line_error, colm_in_process
 
 
@@ -20,7 +22,12 @@ def click_command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
-@pytest.mark.parametrize("cls, command", [(TrainOptions, "train"), (InitOptions, "init"), (TaskOptions, "eval")])
+COMMAND_OPTIONS = [(TrainOptions, "train"), (InitOptions, "init"), (ExpandOptions, "expand"), (SliceOptions, "slice"),
+                   (EvalOptions, "eval"), (GenerateOptions, "generate"), (ServeOptions, "serve"),
+                   (InspectOptions, "inspect"), (ExportOptions, "export"), (PullOptions, "pull"), (PushOptions, "push")]
+
+
+@pytest.mark.parametrize("cls, command", COMMAND_OPTIONS, ids=[command for _, command in COMMAND_OPTIONS])
 def test_flags_are_built_from_the_options_dataclass(cls, command):
     """Each field is one flag with the field's help and default; the command has no other copy of them."""
     params = {p.name: p for p in click_command(command).params}
@@ -34,7 +41,23 @@ def test_flags_are_built_from_the_options_dataclass(cls, command):
             assert f"default: {default})" in param.help
         if f.metadata.get("range") is not None:
             assert str(f.metadata["range"]) in param.help
-        assert param.default is None  # "not given": a --config value or the dataclass default applies
+        if f.default is dataclasses.MISSING:
+            assert param.required
+        else:
+            assert param.default is None  # "not given": a --config value or the dataclass default applies
+
+
+def test_every_command_option_comes_from_a_dataclass():
+    """The options a command declares itself are only the ones every command shares (input, output, device)."""
+    shared = {"ckpt", "hf_dir", "repo_id", "output", "force", "verify", "device", "dtype"}
+    own = {"init": set(), "train": {"config", "resume", "nproc"},
+           "generate": {"prompt", "prompt_file", "prompts", "json_out"}}
+    commands = typer.main.get_command(app).commands
+    for cls, command in COMMAND_OPTIONS:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        declared = {p.name for p in commands[command].params} - fields
+        assert declared <= shared | own.get(command, set()), (command, declared)
+    assert set(commands) == {command for _, command in COMMAND_OPTIONS} | {"import"}  # import: input and output only
 
 
 def out_of_range(valid) -> list[float]:
@@ -47,7 +70,7 @@ def out_of_range(valid) -> list[float]:
     return bad
 
 
-RANGED = [(cls, f) for cls in (TrainOptions, InitOptions, TaskOptions) for f in dataclasses.fields(cls)
+RANGED = [(cls, f) for cls, _ in COMMAND_OPTIONS for f in dataclasses.fields(cls)
           if f.metadata.get("range") is not None]
 
 
@@ -55,13 +78,23 @@ RANGED = [(cls, f) for cls in (TrainOptions, InitOptions, TaskOptions) for f in 
 def test_every_numeric_option_refuses_values_outside_its_range(cls, f):
     kind, is_list = value_type(cls, f)
     valid = f.metadata["range"]
+    required = {f.name: 1 for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
     for bad in out_of_range(valid):
         if kind is int and not math.isfinite(bad):
             continue  # an int flag cannot hold NaN or infinity
         value = kind(bad) if math.isfinite(bad) else bad
         flag = "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
-        with pytest.raises(ColmError, match=f"^{flag} .*must be {re.escape(str(valid))}"):
-            cls(**{f.name: [value] if is_list else value})
+        # A Python caller is told the parameter's name; the CLI, which translates the error, the flag.
+        with pytest.raises(OptionError, match=f"^{f.name} .*must be {re.escape(str(valid))}") as raised:
+            cls(**{**required, f.name: [value] if is_list else value})
+        assert re.match(f"{flag} .*must be {re.escape(str(valid))}", raised.value.in_flags())
+
+
+def test_option_errors_name_the_parameter_in_python_and_the_flag_on_the_command_line():
+    error = OptionError("{n_layers} {text!r}: expected {what}; see {heads}", flags_of(InitOptions), text="{heads}",
+                        what="an integer")
+    assert str(error) == "n_layers '{heads}': expected an integer; see heads"  # braces in a value are kept
+    assert error.in_flags() == "--layers '{heads}': expected an integer; see --heads"
 
 
 def test_config_values_are_type_checked(tmp_path):
@@ -80,7 +113,7 @@ def test_config_values_are_type_checked(tmp_path):
                           ("steps = true", "steps = True is not an integer"),
                           ("data = [1]", "data = [1] is not a list of str values"),
                           ('compile = "yes"', "compile = 'yes' is not true or false"),
-                          ("min_lr_ratio = 5", "--min-lr-ratio 5: must be in [0, 1]")]:
+                          ("min_lr_ratio = 5", "min_lr_ratio 5: must be in [0, 1]")]:
         with pytest.raises(ColmError, match=re.escape(message)):
             read(text)
     with pytest.raises(ColmError, match="unknown key 'stepz'; valid keys: data, steps, batch_size, "):

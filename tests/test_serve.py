@@ -20,6 +20,7 @@ import pytest
 
 from colm_core.checkpoint import save
 from colm_core.generation import generate
+from colm_core.options import GenerateOptions
 from colm_core.serving import Job, ServeLimits, Service, chat_template
 from tests.conftest import REPO, assert_one_line_error, child_environment, colm_in_process, colm_in_subprocess, \
     tiny_model
@@ -74,7 +75,7 @@ def post(url: str, body, headers: dict | None = None, raw: bytes | None = None, 
 
 
 def greedy(model, prompt, chains, max_tokens, stop=()):
-    return generate(model, prompt, chains=chains, max_new_tokens=max_tokens, stop=list(stop))
+    return generate(model, prompt, GenerateOptions(chains=chains, max_new_tokens=max_tokens, stop=list(stop)))
 
 
 def test_openai_client_completions_chat_and_streams_equal_colm_generate(tmp_path):
@@ -120,7 +121,8 @@ def test_openai_client_completions_chat_and_streams_equal_colm_generate(tmp_path
 
         sampled = [client.completions.create(model="tiny@2", prompt=PROMPTS[0], max_tokens=8, temperature=0.9,
                                              top_p=0.9, seed=seed).choices[0].text for seed in (1, 1, 2)]
-        reference = generate(model, PROMPTS[0], chains=2, max_new_tokens=8, temperature=0.9, top_p=0.9, seed=1)
+        reference = generate(model, PROMPTS[0], GenerateOptions(chains=2, max_new_tokens=8, temperature=0.9, top_p=0.9,
+                                                                 seed=1))
         assert sampled[0] == sampled[1] == reference["text"]  # the seed makes sampling repeatable
 
 

@@ -174,16 +174,15 @@ def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, ba
 def grown_model(air: bool) -> tuple[CoLM, CoLM]:
     """A 1-chain model and its growth by one chain: chain-1 tensors copied, the new LM-head block zero."""
     shape = dict(vocab_size=258, bos_token_id=256, eos_token_id=257, kv_share=air)
-    small = CoLM(tiny_config(heads=[2], kv_heads=[1], ffn=[24], **shape)).init_weights(std=0.1, seed=1)
-    grown = CoLM(tiny_config(heads=[2, 2], kv_heads=[1, 0] if air else [1, 1], ffn=[24, 16], **shape))
+    small = CoLM(tiny_config(heads=[2], kv_heads=[1], ffn=[24], **shape), ByteTokenizer()).init_weights(std=0.1, seed=1)
+    grown = CoLM(tiny_config(heads=[2, 2], kv_heads=[1, 0] if air else [1, 1], ffn=[24, 16], **shape),
+                 ByteTokenizer())
     grown.init_weights(std=0.1, seed=2)
     with torch.no_grad():
         grown_params = dict(grown.named_parameters())
         for name, p in small.named_parameters():
             grown_params[name].copy_(p)
         grown_params["lm_head.1"].zero_()
-    for m in (small, grown):
-        m.tokenizer = ByteTokenizer()
     return small, grown
 
 

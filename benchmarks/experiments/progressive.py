@@ -43,7 +43,8 @@ def net2net_widen(model: CoLM, noise: float, seed: int) -> CoLM:
     both copies of its input. Embeddings write both copies; the LM head reads both, halved."""
     cfg = model.config
     assert cfg.n_chains == 1, "Net2Net widening here is for a dense (1-chain) model"
-    wide = CoLM(cfg.replace(heads=[2 * cfg.heads[0]], kv_heads=[2 * cfg.kv_heads[0]], ffn=[2 * cfg.ffn[0]]))
+    wide = CoLM(cfg.replace(heads=[2 * cfg.heads[0]], kv_heads=[2 * cfg.kv_heads[0]], ffn=[2 * cfg.ffn[0]]),
+                model.tokenizer, model.history)
     g = torch.Generator().manual_seed(seed)
     state = {}
     for name, w in model.state_dict().items():
@@ -57,7 +58,6 @@ def net2net_widen(model: CoLM, noise: float, seed: int) -> CoLM:
             v = torch.cat([torch.cat([w, w], 1)] * 2, 0) / 2
         state[name] = v + noise * torch.randn(v.shape, generator=g) if w.ndim == 2 else v
     wide.load_state_dict(state)
-    wide.tokenizer, wide.history = model.tokenizer, model.history
     return wide.eval()
 
 
