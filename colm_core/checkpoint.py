@@ -282,14 +282,12 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: torc
 
     ckpt = open_checkpoint(path)
     with torch.device(device or "cpu"):
-        model = CoLM(ckpt.config)
+        model = CoLM(ckpt.config, ckpt.tokenizer(), ckpt.history)
     model.to(dtype or ckpt.dtype)
     params = model.state_dict()
     with torch.no_grad():
         for name, tensor in ckpt.tensors():
             params[name].copy_(tensor)
-    model.tokenizer = ckpt.tokenizer()
-    model.history = ckpt.history
     return model
 
 
@@ -297,7 +295,7 @@ def save(model, path: str | Path, *, force: bool = False, history: list[dict] | 
          max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
     """Write a model as a checkpoint directory. `history` defaults to the model's own."""
     if history is None:
-        history = getattr(model, "history", [])
+        history = model.history
     with atomic_directory(path, force) as tmp:
         write_checkpoint(tmp, model.config, model.state_dict().items(), model.tokenizer, history,
                          max_shard_bytes=max_shard_bytes)

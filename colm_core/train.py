@@ -247,21 +247,10 @@ class Trainer:
         last_saved = st.step if self.resume_from else None
         while st.step < opts.steps:
             losses, failure = self.train_step()
-            if failure == "weights":  # the update was applied: the weights in memory are lost
-                saved = self.run_dir.complete_steps()
-                raise NonFiniteLoss(
-                    f"step {st.step + 1} made the weights non-finite (losses {losses}); nothing was published. "
-                    + (f"The last good weights are in {saved[-1]}. " if saved else "No good step was saved. ")
-                    + "Lower --lr or raise --warmup-steps")
-            if failure:  # the update was skipped: the weights after step st.step are still good
-                if st.step > 0 and last_saved != st.step:
-                    self.save_step()
-                saved = self.run_dir.complete_steps()
-                raise NonFiniteLoss(
-                    f"non-finite {failure} at step {st.step + 1} (losses {losses}); that update was not applied "
-                    "and nothing was published. "
-                    + (f"The last good weights are in {saved[-1]}. " if saved and st.step > 0 else "")
-                    + "Lower --lr or raise --warmup-steps")
+            if failure:
+                if failure != "weights" and st.step > 0 and last_saved != st.step:
+                    self.save_step()  # the update was skipped: the weights after step st.step are still good
+                raise self.non_finite(failure, losses)
             st.step += 1
             st.tokens += tokens_per_step
             st.last_loss = losses
@@ -283,6 +272,18 @@ class Trainer:
                 raise TrainingInterrupted(f"interrupted at step {st.step}: saved "
                                           f"{self.run_dir.step_path(st.step)}; "
                                           "continue with the same command and --resume auto")
+
+    def non_finite(self, failure: str, losses) -> NonFiniteLoss:
+        """The error that ends a run whose loss, gradients or (after the update) weights are not finite."""
+        saved, step = self.run_dir.complete_steps(), self.state.step + 1
+        if failure == "weights":  # the update was applied: the weights in memory are lost
+            what = f"step {step} made the weights non-finite (losses {losses}); nothing was published. "
+            last_good = f"The last good weights are in {saved[-1]}. " if saved else "No good step was saved. "
+        else:
+            what = (f"non-finite {failure} at step {step} (losses {losses}); that update was not applied and "
+                    "nothing was published. ")
+            last_good = f"The last good weights are in {saved[-1]}. " if saved and step > 1 else ""
+        return NonFiniteLoss(what + last_good + "Lower --lr or raise --warmup-steps")
 
     def train_step(self) -> tuple[dict[str, float], str | None]:
         """One optimizer step over the global batch; this process takes its rows of it.
