@@ -34,8 +34,7 @@ def bench(width: int, n: int, tokens: int, repeats: int, device: str) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     chain = width // n
     weights = [
-        (torch.randn(chain, chain * (i + 1), generator=gen) / width**0.5).to(device).requires_grad_()
-        for i in range(n)
+        (torch.randn(chain, chain * (i + 1), generator=gen) / width**0.5).to(device).requires_grad_() for i in range(n)
     ]
     dense = (torch.randn(width, width, generator=gen) / width**0.5).to(device).requires_grad_()
     x = torch.randn(tokens, width, generator=gen).to(device).requires_grad_()
@@ -62,10 +61,15 @@ def bench(width: int, n: int, tokens: int, repeats: int, device: str) -> dict:
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list]]:
     # Union over rows: only the CUDA rows have a triton speed-up.
     names = list(dict.fromkeys(k for r in rows for k in r if k.startswith("speedup_")))
-    columns = ["device", "width", "n", "dense ms"] + [k.removeprefix("speedup_") for k in names] + ["ideal", "chain/ideal"]
-    cells = [[r["device"], r["width"], r["chains"], f"{r['seconds']['dense'] * 1e3:.1f}"]
-             + [f"{r[k]:.2f}x" if k in r else "-" for k in names] + [f"{r['ideal']:.2f}x", f"{r['fraction_of_ideal']:.0%}"]
-             for r in rows]
+    columns = (
+        ["device", "width", "n", "dense ms"] + [k.removeprefix("speedup_") for k in names] + ["ideal", "chain/ideal"]
+    )
+    cells = [
+        [r["device"], r["width"], r["chains"], f"{r['seconds']['dense'] * 1e3:.1f}"]
+        + [f"{r[k]:.2f}x" if k in r else "-" for k in names]
+        + [f"{r['ideal']:.2f}x", f"{r['fraction_of_ideal']:.0%}"]
+        for r in rows
+    ]
     return columns, cells
 
 
@@ -85,9 +89,14 @@ def main():
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = [bench(w, n, tokens, repeats, d) for d in devices for w in widths for n in args.chains]
     columns, cells = table_rows(rows)
-    report(f"fwd+bwd, {tokens} tokens, {torch.get_num_threads()} CPU threads, median of {repeats}; "
-           "speed-up = dense time / time", columns, cells,
-           {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, args.out)
+    report(
+        f"fwd+bwd, {tokens} tokens, {torch.get_num_threads()} CPU threads, median of {repeats}; "
+        "speed-up = dense time / time",
+        columns,
+        cells,
+        {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows},
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,17 @@ def measure(mode: str, vocab: int, tokens: int, chains: int) -> float:
     from colm_core.losses import MultiScaleLoss
     from colm_core.model import CoLM
 
-    cfg = ColmConfig(vocab_size=vocab, n_layers=1, head_dim=32, heads=[2] * chains, kv_heads=[1] * chains,
-                     ffn=[64] * chains, max_seq_len=tokens, bos_token_id=0, eos_token_id=1)
+    cfg = ColmConfig(
+        vocab_size=vocab,
+        n_layers=1,
+        head_dim=32,
+        heads=[2] * chains,
+        kv_heads=[1] * chains,
+        ffn=[64] * chains,
+        max_seq_len=tokens,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     model = CoLM(cfg).init_weights(seed=0)
     ids = torch.randint(0, vocab, (1, tokens + 1))
     x, y = ids[:, :-1], ids[:, 1:]
@@ -63,17 +72,37 @@ def main() -> None:
 
     peak = {}
     for mode in MODES:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.chain_loss_memory", "--mode", mode,
-                              "--vocab-size", str(args.vocab_size), "--tokens", str(args.tokens),
-                              "--chains", str(args.chains), "--threads", str(args.threads)],
-                             cwd=REPO, capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.chain_loss_memory",
+                "--mode",
+                mode,
+                "--vocab-size",
+                str(args.vocab_size),
+                "--tokens",
+                str(args.tokens),
+                "--chains",
+                str(args.chains),
+                "--threads",
+                str(args.threads),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peak[mode] = float(out.stdout.strip())
     logits_mib = args.tokens * args.vocab_size * 4 / 2**20
-    report(f"loss peak memory growth, vocab {args.vocab_size}, {args.tokens} tokens, {args.chains} chains "
-           f"(one float32 logits tensor: {logits_mib:.0f} MiB)",
-           ["mode", "MiB", "vs full"], [[mode, f"{peak[mode]:.0f}", f"{peak[mode] / peak['full']:.2f}x"] for mode in MODES],
-           {"args": {k: str(v) for k, v in vars(args).items()}, "logits_mib": logits_mib, "peak_growth_mib": peak},
-           args.out)
+    report(
+        f"loss peak memory growth, vocab {args.vocab_size}, {args.tokens} tokens, {args.chains} chains "
+        f"(one float32 logits tensor: {logits_mib:.0f} MiB)",
+        ["mode", "MiB", "vs full"],
+        [[mode, f"{peak[mode]:.0f}", f"{peak[mode] / peak['full']:.2f}x"] for mode in MODES],
+        {"args": {k: str(v) for k, v in vars(args).items()}, "logits_mib": logits_mib, "peak_growth_mib": peak},
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Public-domain novels the experiments train on (Jane Austen's six, and Bierce's Devil's Dictionary as
@@ -25,10 +25,17 @@ def parser(doc: str, name: str, threads: int | None = None) -> argparse.Argument
 
     `--output` is kept as an alias of `--out`. Call `set_threads(args.threads)` after parsing."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", "--output", dest="out", type=Path, default=RESULTS / f"{name}.json",
-                   help="JSON file to write (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=threads,
-                   help="torch threads (0 or unset: torch's choice; default: %(default)s)")
+    p.add_argument(
+        "--out",
+        "--output",
+        dest="out",
+        type=Path,
+        default=RESULTS / f"{name}.json",
+        help="JSON file to write (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=threads, help="torch threads (0 or unset: torch's choice; default: %(default)s)"
+    )
     return p
 
 
@@ -68,7 +75,9 @@ def timed(fn: Callable, sync: Callable | None = None) -> Callable[[], float]:
     return run
 
 
-def interleaved_seconds(fns: dict, repeats: int, warmup: int = 1, sync: Callable | None = None) -> dict[str, list[float]]:
+def interleaved_seconds(
+    fns: dict, repeats: int, warmup: int = 1, sync: Callable | None = None
+) -> dict[str, list[float]]:
     """Seconds of every interleaved call of each callable."""
     return interleaved({name: timed(fn, sync) for name, fn in fns.items()}, repeats, warmup)
 
@@ -82,8 +91,9 @@ def interleaved_medians(fns: dict, repeats: int, warmup: int = 1, sync: Callable
     return medians(interleaved_seconds(fns, repeats, warmup, sync))
 
 
-def report(title: str, columns: list[str], rows: list[list], payload: dict, out: Path,
-           notes: Sequence[str] = ()) -> None:
+def report(
+    title: str, columns: list[str], rows: list[list], payload: dict, out: Path, notes: Sequence[str] = ()
+) -> None:
     """Print the title, a table (floats with 3 decimals, anything else as given) and `notes` to
     stdout, and write the JSON payload to `out`."""
     from rich.console import Console

@@ -1,6 +1,6 @@
 """Forward time of each k-chain sub-model of one CoLM: the cost must fall with k.
 
-    python -m benchmarks.forward_scales [--preset small] [--tokens 2048] [--repeats 5] [--threads N]
+python -m benchmarks.forward_scales [--preset small] [--tokens 2048] [--repeats 5] [--threads N]
 """
 
 from __future__ import annotations
@@ -27,13 +27,20 @@ def main() -> None:
     with torch.inference_mode():
         seconds = interleaved_medians(fns, args.repeats)
     full = seconds[cfg.n_chains]
-    rows = [[k, sum(model.num_parameters(c) for c in range(1, k + 1)), seconds[k] * 1e3, full / seconds[k]]
-            for k in seconds]
-    report(f"forward of each sub-model ({args.preset}, {ids.shape[1]} tokens, {torch.get_num_threads()} threads)",
-           ["chains", "parameters", "ms", "speed-up vs all chains"], rows,
-           {"preset": args.preset, "tokens": ids.shape[1],
-            "results": [{"chains": r[0], "parameters": r[1], "ms": r[2], "speedup": r[3]} for r in rows]},
-           args.out)
+    rows = [
+        [k, sum(model.num_parameters(c) for c in range(1, k + 1)), seconds[k] * 1e3, full / seconds[k]] for k in seconds
+    ]
+    report(
+        f"forward of each sub-model ({args.preset}, {ids.shape[1]} tokens, {torch.get_num_threads()} threads)",
+        ["chains", "parameters", "ms", "speed-up vs all chains"],
+        rows,
+        {
+            "preset": args.preset,
+            "tokens": ids.shape[1],
+            "results": [{"chains": r[0], "parameters": r[1], "ms": r[2], "speedup": r[3]} for r in rows],
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

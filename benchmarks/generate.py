@@ -66,8 +66,14 @@ def llama_decode_rate(hf: LlamaForCausalLM, prompts: list[list[int]], new_tokens
     """Tokens/s of every row after the first token (the streamer receives each step's tokens of all rows)."""
     clock = TokenClock()
     with torch.inference_mode():
-        hf.generate(torch.tensor(prompts, device=hf.device), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                    do_sample=False, use_cache=True, streamer=clock)
+        hf.generate(
+            torch.tensor(prompts, device=hf.device),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            use_cache=True,
+            streamer=clock,
+        )
     first_token, last_token = clock.times[1], clock.times[-1]
     return len(prompts) * (new_tokens - 1) / (last_token - first_token)
 
@@ -99,11 +105,19 @@ def main() -> None:
     cases = {
         "air prefill, chain 1": lambda: prefill(air, long_prompt, n, 1),
         f"air prefill, {n} chains": lambda: prefill(air, long_prompt, n, n),
-        **{f"colm decode, {k} chains": (lambda k=k: decode(colm, [short_prompt], k, args.new_tokens)) for k in range(1, n + 1)},
-        **{f"air decode, {k} chains": (lambda k=k: decode(air, [short_prompt], k, args.new_tokens)) for k in range(1, n + 1)},
+        **{
+            f"colm decode, {k} chains": (lambda k=k: decode(colm, [short_prompt], k, args.new_tokens))
+            for k in range(1, n + 1)
+        },
+        **{
+            f"air decode, {k} chains": (lambda k=k: decode(air, [short_prompt], k, args.new_tokens))
+            for k in range(1, n + 1)
+        },
         "llama decode (transformers)": lambda: (llama_decode_rate(hf, [short_prompt], args.new_tokens), None),
-        **{f"colm decode, batch {BATCH}, {k} chains": (lambda k=k: decode(colm, batch, k, args.new_tokens))
-           for k in (1, n)},
+        **{
+            f"colm decode, batch {BATCH}, {k} chains": (lambda k=k: decode(colm, batch, k, args.new_tokens))
+            for k in (1, n)
+        },
         f"llama decode, batch {BATCH} (transformers)": lambda: (llama_decode_rate(hf, batch, args.new_tokens), None),
     }
     runs = interleaved(cases, args.repeats)
@@ -114,8 +128,9 @@ def main() -> None:
     prefill_speedup = result[f"air prefill, {n} chains"] / result["air prefill, chain 1"]
     decode_ratio = result["colm decode, 1 chains"] / result[f"colm decode, {n} chains"]
     anchor_ratio = result[f"colm decode, {n} chains"] / result["llama decode (transformers)"]
-    batch_ratio = (result[f"colm decode, batch {BATCH}, {n} chains"]
-                   / result[f"llama decode, batch {BATCH} (transformers)"])
+    batch_ratio = (
+        result[f"colm decode, batch {BATCH}, {n} chains"] / result[f"llama decode, batch {BATCH} (transformers)"]
+    )
     same_first_token = first_tokens["air prefill, chain 1"] == first_tokens[f"air prefill, {n} chains"]
 
     rows = [[name, value, "s (TTFT)" if "prefill" in name else "tok/s"] for name, value in result.items()]
@@ -127,24 +142,40 @@ def main() -> None:
         f"decode tokens/s at batch {BATCH}, colm {n} chains vs transformers Llama: {batch_ratio:.2f}x",
     ]
     payload = {
-        "device": device_name, "dtype": args.dtype, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "parameters": {"colm": colm.num_parameters(), "air": air.num_parameters(),
-                       "llama": sum(p.numel() for p in hf.parameters())},
+        "device": device_name,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "parameters": {
+            "colm": colm.num_parameters(),
+            "air": air.num_parameters(),
+            "llama": sum(p.numel() for p in hf.parameters()),
+        },
         "args": {k: str(v) for k, v in vars(args).items()},
-        "median": result, "samples": samples,
-        "air_prefill_speedup": prefill_speedup, "air_prefill_same_first_token": same_first_token,
-        "decode_1_vs_all_chains": decode_ratio, "decode_colm_vs_llama": anchor_ratio,
+        "median": result,
+        "samples": samples,
+        "air_prefill_speedup": prefill_speedup,
+        "air_prefill_same_first_token": same_first_token,
+        "decode_1_vs_all_chains": decode_ratio,
+        "decode_colm_vs_llama": anchor_ratio,
         f"decode_batch_{BATCH}_colm_vs_llama": batch_ratio,
     }
     where = device_name if device_name != "cpu" else f"CPU, {torch.get_num_threads()} threads"
-    report(f"generation on {where}, {args.dtype}, median of {args.repeats}",
-           ["case", "median", "unit"], rows, payload, args.out, notes)
+    report(
+        f"generation on {where}, {args.dtype}, median of {args.repeats}",
+        ["case", "median", "unit"],
+        rows,
+        payload,
+        args.out,
+        notes,
+    )
 
 
 def prefill(model: CoLM, prompt: list[int], chains: int, prefill_chains: int) -> tuple[float, int]:
     """Time to the first token, with the prompt's cache built at `prefill_chains`."""
-    [out] = generate_batch(model, [prompt], GenerateOptions(max_new_tokens=1, chains=chains,
-                                                            prefill_chains=prefill_chains), eos_id=NO_EOS)
+    [out] = generate_batch(
+        model, [prompt], GenerateOptions(max_new_tokens=1, chains=chains, prefill_chains=prefill_chains), eos_id=NO_EOS
+    )
     return out["timings"]["time_to_first_token_s"], out["token_ids"][0]
 
 

@@ -25,16 +25,27 @@ import torch.nn.functional as F
 from benchmarks.common import interleaved_medians, parser, report, set_threads
 from colm_kernels.chain_linear import op
 
-FULL = dict(widths=[2048, 4096], chains=[1, 2, 4, 8], tokens=8192, repeats=10,
-            step=dict(layers=16, width=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, batch=2, seq=2048))
-QUICK = dict(widths=[128], chains=[1, 2, 4], tokens=256, repeats=3,
-             step=dict(layers=2, width=128, heads=8, kv_heads=4, ffn=256, vocab=512, batch=2, seq=64))
+FULL = dict(
+    widths=[2048, 4096],
+    chains=[1, 2, 4, 8],
+    tokens=8192,
+    repeats=10,
+    step=dict(layers=16, width=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, batch=2, seq=2048),
+)
+QUICK = dict(
+    widths=[128],
+    chains=[1, 2, 4],
+    tokens=256,
+    repeats=3,
+    step=dict(layers=2, width=128, heads=8, kv_heads=4, ffn=256, vocab=512, batch=2, seq=64),
+)
 
 
 def with_backend(backend: str, fn):
     def run():
         os.environ["COLM_KERNELS"] = backend
         return fn()
+
     return run
 
 
@@ -67,8 +78,15 @@ def kernel_row(width: int, n: int, tokens: int, repeats: int, device: str, dtype
         }
     sync = torch.cuda.synchronize if device == "cuda" else None
     seconds = interleaved_medians(cases, repeats, warmup=2, sync=sync)
-    row = {"width": width, "chains": n, "tokens": tokens, "dtype": str(dtype), "seconds": seconds,
-           "ideal": 2 * n / (n + 1), "dense_tflops": 3 * 2 * tokens * width * width / seconds["dense total"] / 1e12}
+    row = {
+        "width": width,
+        "chains": n,
+        "tokens": tokens,
+        "dtype": str(dtype),
+        "seconds": seconds,
+        "ideal": 2 * n / (n + 1),
+        "dense_tflops": 3 * 2 * tokens * width * width / seconds["dense total"] / 1e12,
+    }
     for b in backends:
         row[f"{b}_tflops"] = 3 * useful / seconds[f"{b} total"] / 1e12
         row[f"{b}_speedup"] = seconds["dense total"] / seconds[f"{b} total"]
@@ -81,9 +99,16 @@ def colm_loss(shape: dict, chains: int, device: str):
     from colm_core.model import CoLM
 
     per_chain = lambda total: [total // chains] * chains  # noqa: E731
-    cfg = ColmConfig(vocab_size=shape["vocab"], n_layers=shape["layers"], head_dim=shape["width"] // shape["heads"],
-                     heads=per_chain(shape["heads"]), kv_heads=per_chain(shape["kv_heads"]), ffn=per_chain(shape["ffn"]),
-                     max_seq_len=shape["seq"], tie_embeddings=True).validate()
+    cfg = ColmConfig(
+        vocab_size=shape["vocab"],
+        n_layers=shape["layers"],
+        head_dim=shape["width"] // shape["heads"],
+        heads=per_chain(shape["heads"]),
+        kv_heads=per_chain(shape["kv_heads"]),
+        ffn=per_chain(shape["ffn"]),
+        max_seq_len=shape["seq"],
+        tie_embeddings=True,
+    ).validate()
     model = CoLM(cfg).init_weights().to(device).train()
     module = MultiScaleLoss(model, [chains])  # the full model's loss only, as Llama's
     return lambda ids, targets: module(ids, targets).total
@@ -92,15 +117,23 @@ def colm_loss(shape: dict, chains: int, device: str):
 def llama_loss(shape: dict, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=shape["width"], intermediate_size=shape["ffn"], num_hidden_layers=shape["layers"],
-                      num_attention_heads=shape["heads"], num_key_value_heads=shape["kv_heads"],
-                      vocab_size=shape["vocab"], max_position_embeddings=shape["seq"], tie_word_embeddings=True)
+    cfg = LlamaConfig(
+        hidden_size=shape["width"],
+        intermediate_size=shape["ffn"],
+        num_hidden_layers=shape["layers"],
+        num_attention_heads=shape["heads"],
+        num_key_value_heads=shape["kv_heads"],
+        vocab_size=shape["vocab"],
+        max_position_embeddings=shape["seq"],
+        tie_word_embeddings=True,
+    )
     cfg._attn_implementation = "sdpa"
     model = LlamaForCausalLM(cfg).to(device).train()
 
     def loss(ids, targets):
         logits = model(ids).logits
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+
     return loss
 
 
@@ -112,6 +145,7 @@ def step_rows(shape: dict, repeats: int, device: str, dtype: torch.dtype, backen
             with torch.autocast(device, dtype=dtype):
                 total = loss(ids[:, :-1], ids[:, 1:]).sum()
             total.backward()
+
         return run
 
     cases = {"llama": step(llama_loss(shape, device))}
@@ -122,8 +156,10 @@ def step_rows(shape: dict, repeats: int, device: str, dtype: torch.dtype, backen
     sync = torch.cuda.synchronize if device == "cuda" else None
     seconds = interleaved_medians(cases, repeats, warmup=2, sync=sync)
     tokens = shape["batch"] * shape["seq"]
-    return [{"model": name, "tokens_per_second": tokens / s, "vs_llama": seconds["llama"] / s, "seconds": s}
-            for name, s in seconds.items()]
+    return [
+        {"model": name, "tokens_per_second": tokens / s, "vs_llama": seconds["llama"] / s, "seconds": s}
+        for name, s in seconds.items()
+    ]
 
 
 def main():
@@ -140,26 +176,49 @@ def main():
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     payload = {"device": name, "torch": torch.__version__, "dtype": args.dtype, "quick": args.quick}
 
-    kernels = [kernel_row(w, n, setup["tokens"], setup["repeats"], device, dtype, backends)
-               for w in setup["widths"] for n in setup["chains"]]
+    kernels = [
+        kernel_row(w, n, setup["tokens"], setup["repeats"], device, dtype, backends)
+        for w in setup["widths"]
+        for n in setup["chains"]
+    ]
     payload["kernels"] = kernels
-    columns = ["width", "n", "dense ms", "dense TFLOP/s"] + [
-        f"{b} {c}" for b in backends for c in ("fwd ms", "dx ms", "dw ms", "total ms", "TFLOP/s", "vs dense")] + ["ideal"]
-    cells = [[r["width"], r["chains"], f"{r['seconds']['dense total'] * 1e3:.2f}", f"{r['dense_tflops']:.0f}"]
-             + [v for b in backends for v in (
-                 *(f"{r['seconds'][f'{b} {c}'] * 1e3:.2f}" for c in ("fwd", "dx", "dw", "total")),
-                 f"{r[f'{b}_tflops']:.0f}", f"{r[f'{b}_speedup']:.2f}x")]
-             + [f"{r['ideal']:.2f}x"] for r in kernels]
-    report(f"chain linear on {name}, {setup['tokens']} tokens, {args.dtype}, median of {setup['repeats']}",
-           columns, cells, payload, args.out)
+    columns = (
+        ["width", "n", "dense ms", "dense TFLOP/s"]
+        + [f"{b} {c}" for b in backends for c in ("fwd ms", "dx ms", "dw ms", "total ms", "TFLOP/s", "vs dense")]
+        + ["ideal"]
+    )
+    cells = [
+        [r["width"], r["chains"], f"{r['seconds']['dense total'] * 1e3:.2f}", f"{r['dense_tflops']:.0f}"]
+        + [
+            v
+            for b in backends
+            for v in (
+                *(f"{r['seconds'][f'{b} {c}'] * 1e3:.2f}" for c in ("fwd", "dx", "dw", "total")),
+                f"{r[f'{b}_tflops']:.0f}",
+                f"{r[f'{b}_speedup']:.2f}x",
+            )
+        ]
+        + [f"{r['ideal']:.2f}x"]
+        for r in kernels
+    ]
+    report(
+        f"chain linear on {name}, {setup['tokens']} tokens, {args.dtype}, median of {setup['repeats']}",
+        columns,
+        cells,
+        payload,
+        args.out,
+    )
 
     if not args.skip_step:
         shape = setup["step"]
         payload["step"] = {"shape": shape, "rows": step_rows(shape, setup["repeats"], device, dtype, backends)}
-        report(f"training step on {name}: {shape}, {args.dtype} autocast, median of {setup['repeats']}",
-               ["model", "tokens/s", "vs llama"],
-               [[r["model"], f"{r['tokens_per_second']:.0f}", f"{r['vs_llama']:.2f}x"] for r in payload["step"]["rows"]],
-               payload, args.out)
+        report(
+            f"training step on {name}: {shape}, {args.dtype} autocast, median of {setup['repeats']}",
+            ["model", "tokens/s", "vs llama"],
+            [[r["model"], f"{r['tokens_per_second']:.0f}", f"{r['vs_llama']:.2f}x"] for r in payload["step"]["rows"]],
+            payload,
+            args.out,
+        )
 
 
 if __name__ == "__main__":

@@ -36,14 +36,18 @@ import torch.nn.functional as F
 
 from benchmarks.common import interleaved, parser, report, set_threads
 
-FULL = dict(t1=dict(widths=[2048, 4096], chains=[1, 4], tokens=8192),
-            t2=dict(width=64, chains=2, tokens=16, calls=200),
-            t3=dict(tokens=4096, vocab=128256, width=2048, chains=4),
-            t4=dict(layers=16, width=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, batch=2, seq=2048, repeats=10))
-QUICK = dict(t1=dict(widths=[64], chains=[1, 4], tokens=128),
-             t2=dict(width=64, chains=2, tokens=16, calls=5),
-             t3=dict(tokens=64, vocab=512, width=64, chains=4),
-             t4=dict(layers=1, width=64, heads=4, kv_heads=4, ffn=128, vocab=256, batch=2, seq=32, repeats=2))
+FULL = dict(
+    t1=dict(widths=[2048, 4096], chains=[1, 4], tokens=8192),
+    t2=dict(width=64, chains=2, tokens=16, calls=200),
+    t3=dict(tokens=4096, vocab=128256, width=2048, chains=4),
+    t4=dict(layers=16, width=2048, heads=32, kv_heads=8, ffn=8192, vocab=128256, batch=2, seq=2048, repeats=10),
+)
+QUICK = dict(
+    t1=dict(widths=[64], chains=[1, 4], tokens=128),
+    t2=dict(width=64, chains=2, tokens=16, calls=5),
+    t3=dict(tokens=64, vocab=512, width=64, chains=4),
+    t4=dict(layers=1, width=64, heads=4, kv_heads=4, ffn=128, vocab=256, batch=2, seq=32, repeats=2),
+)
 
 
 class Run:
@@ -102,8 +106,9 @@ def kernels(run: Run, setup: dict) -> tuple[str, list[dict]]:
             chain = width // n
             weights32 = [make(chain, chain * (i + 1)) for i in range(n)]
             x32, dy32 = make(setup["tokens"], width), make(setup["tokens"], width)
-            exact = reference.chain_linear(x32.to(run.device, torch.float64),
-                                           [w.to(run.device, torch.float64) for w in weights32])
+            exact = reference.chain_linear(
+                x32.to(run.device, torch.float64), [w.to(run.device, torch.float64) for w in weights32]
+            )
             x, dy = x32.to(run.device, run.dtype), dy32.to(run.device, run.dtype)
             weights = [w.to(run.device, run.dtype) for w in weights32]
             dense = reference.dense_chain_weight(weights).contiguous()
@@ -113,22 +118,41 @@ def kernels(run: Run, setup: dict) -> tuple[str, list[dict]]:
                 leaf, params = x.detach().requires_grad_(), [p.detach().clone().requires_grad_() for p in params]
                 return lambda: torch.autograd.grad(fn(leaf, params), [leaf, *params], dy)
 
-            passes = {"dense": (lambda: F.linear(x, dense), lambda: dy @ dense, lambda: dy.t() @ x,
-                                eager_total(lambda x, p: F.linear(x, p[0]), [dense]), F.linear(x, dense))}
+            passes = {
+                "dense": (
+                    lambda: F.linear(x, dense),
+                    lambda: dy @ dense,
+                    lambda: dy.t() @ x,
+                    eager_total(lambda x, p: F.linear(x, p[0]), [dense]),
+                    F.linear(x, dense),
+                )
+            }
             for b in backends:
                 impl = op.implementation(b)
-                passes[b] = (lambda impl=impl: impl.forward(x, weights),
-                             lambda impl=impl: impl.grad_input(dy, weights, width),
-                             lambda impl=impl: impl.grad_weights(dy, x, weights, [True] * n),
-                             eager_total(lambda x, p, b=b: op.ChainLinear.apply(x, b, *p), weights),
-                             impl.forward(x, weights))
+                passes[b] = (
+                    lambda impl=impl: impl.forward(x, weights),
+                    lambda impl=impl: impl.grad_input(dy, weights, width),
+                    lambda impl=impl: impl.grad_weights(dy, x, weights, [True] * n),
+                    eager_total(lambda x, p, b=b: op.ChainLinear.apply(x, b, *p), weights),
+                    impl.forward(x, weights),
+                )
             for name, (fwd, dx, dw, total, y) in passes.items():
                 times = [run.ms(f) for f in (fwd, dx, dw, total)]
-                rows.append({"width": width, "chains": n, "backend": name, "fwd_ms": times[0], "dx_ms": times[1],
-                             "dw_ms": times[2], "passes_ms": sum(times[:3]), "autograd_ms": times[3],
-                             "max_rel_err_vs_fp64": relative_error(y.double(), exact)})
-            dense_total = next(r["autograd_ms"] for r in rows[-len(passes):] if r["backend"] == "dense")
-            for r in rows[-len(passes):]:
+                rows.append(
+                    {
+                        "width": width,
+                        "chains": n,
+                        "backend": name,
+                        "fwd_ms": times[0],
+                        "dx_ms": times[1],
+                        "dw_ms": times[2],
+                        "passes_ms": sum(times[:3]),
+                        "autograd_ms": times[3],
+                        "max_rel_err_vs_fp64": relative_error(y.double(), exact),
+                    }
+                )
+            dense_total = next(r["autograd_ms"] for r in rows[-len(passes) :] if r["backend"] == "dense")
+            for r in rows[-len(passes) :]:
                 r["vs_dense"] = dense_total / r["autograd_ms"]
                 r["ideal"] = 2 * n / (n + 1)
     return f"T1 chain linear, {setup['tokens']} tokens, {run.dtype}", rows
@@ -148,9 +172,12 @@ def overhead(run: Run, setup: dict) -> tuple[str, list[dict]]:
         with torch.autocast(run.device, dtype=torch.bfloat16):
             return chain_linear(x, weights)
 
-    cases = {"F.linear": lambda: F.linear(x, dense), "custom op": lambda: op.chain_linear(x, weights, "torch"),
-             "autograd.Function": lambda: op.ChainLinear.apply(x, "torch", *weights),
-             "entry point, autocast": under_autocast}
+    cases = {
+        "F.linear": lambda: F.linear(x, dense),
+        "custom op": lambda: op.chain_linear(x, weights, "torch"),
+        "autograd.Function": lambda: op.ChainLinear.apply(x, "torch", *weights),
+        "entry point, autocast": under_autocast,
+    }
     rows = []
     for name, fn in cases.items():
         fn().backward(dy)
@@ -171,25 +198,32 @@ def loss(run: Run, setup: dict) -> tuple[str, list[dict]]:
     n, vocab, tokens = setup["chains"], setup["vocab"], setup["tokens"]
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(tokens, setup["width"], generator=gen).to(run.device).requires_grad_()
-    blocks = [(torch.randn(vocab, setup["width"] // n, generator=gen) * 0.02).to(run.device).requires_grad_()
-              for _ in range(n)]
+    blocks = [
+        (torch.randn(vocab, setup["width"] // n, generator=gen) * 0.02).to(run.device).requires_grad_()
+        for _ in range(n)
+    ]
     y = torch.randint(0, vocab, (tokens,), generator=gen).to(run.device)
     starts = [0, *(setup["width"] // n * (k + 1) for k in range(n))]
 
     def materialised(scales):
-        return sum(F.cross_entropy(F.linear(h[:, : starts[k]], torch.cat(blocks[:k], dim=1)).float(), y,
-                                   reduction="sum") for k in scales)
+        return sum(
+            F.cross_entropy(F.linear(h[:, : starts[k]], torch.cat(blocks[:k], dim=1)).float(), y, reduction="sum")
+            for k in scales
+        )
 
     def fused(scales):
-        return FusedChainCrossEntropy.apply(h, y, torch.ones(len(scales), device=run.device), tuple(scales),
-                                            *blocks)[0]
+        return FusedChainCrossEntropy.apply(h, y, torch.ones(len(scales), device=run.device), tuple(scales), *blocks)[0]
 
-    arms = {"materialised fp32 logits": materialised, "checkpointed (before)":
-            lambda scales: checkpointed_head_loss(h, blocks, y, scales).sum(), "fused": fused}
+    arms = {
+        "materialised fp32 logits": materialised,
+        "checkpointed (before)": lambda scales: checkpointed_head_loss(h, blocks, y, scales).sum(),
+        "fused": fused,
+    }
     rows = []
     for scales in ([n], list(range(1, n + 1))):
         results = {}
         for name, arm in arms.items():
+
             def step(arm=arm):
                 h.grad = None
                 for b in blocks:
@@ -203,7 +237,7 @@ def loss(run: Run, setup: dict) -> tuple[str, list[dict]]:
             results[name] = (step().detach(), blocks[0].grad.clone())
             rows.append({"scales": str(scales), "loss": name, "ms": run.ms(step), "peak_gib": peak})
         ref_loss, ref_grad = results["materialised fp32 logits"]
-        for r in rows[-len(arms):]:
+        for r in rows[-len(arms) :]:
             got_loss, got_grad = results[r["loss"]]
             r["loss_rel_diff"] = relative_error(got_loss, ref_loss)
             r["head_grad_rel_diff"] = relative_error(got_grad, ref_grad)
@@ -225,9 +259,16 @@ def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
     tokens = x.numel()
 
     def llama():
-        cfg = LlamaConfig(hidden_size=s["width"], intermediate_size=s["ffn"], num_hidden_layers=s["layers"],
-                          num_attention_heads=s["heads"], num_key_value_heads=s["kv_heads"], vocab_size=s["vocab"],
-                          max_position_embeddings=s["seq"], tie_word_embeddings=True)
+        cfg = LlamaConfig(
+            hidden_size=s["width"],
+            intermediate_size=s["ffn"],
+            num_hidden_layers=s["layers"],
+            num_attention_heads=s["heads"],
+            num_key_value_heads=s["kv_heads"],
+            vocab_size=s["vocab"],
+            max_position_embeddings=s["seq"],
+            tie_word_embeddings=True,
+        )
         cfg._attn_implementation = "sdpa"
         with torch.device(run.device):  # initialised where it trains
             model = LlamaForCausalLM(cfg).train()
@@ -236,16 +277,27 @@ def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
 
     def colm(n):
         per_chain = lambda total: [total // n] * n  # noqa: E731
-        cfg = ColmConfig(vocab_size=s["vocab"], n_layers=s["layers"], head_dim=s["width"] // s["heads"],
-                         heads=per_chain(s["heads"]), kv_heads=per_chain(s["kv_heads"]), ffn=per_chain(s["ffn"]),
-                         max_seq_len=s["seq"], tie_embeddings=True).validate()
+        cfg = ColmConfig(
+            vocab_size=s["vocab"],
+            n_layers=s["layers"],
+            head_dim=s["width"] // s["heads"],
+            heads=per_chain(s["heads"]),
+            kv_heads=per_chain(s["kv_heads"]),
+            ffn=per_chain(s["ffn"]),
+            max_seq_len=s["seq"],
+            tie_embeddings=True,
+        ).validate()
         with torch.device(run.device):
             model = CoLM(cfg)
         model.init_weights().train()  # drawn on the CPU (its generator), copied tensor by tensor
         fused = MultiScaleLoss(model, [n])
-        variants = {f"colm {n} chains, fused loss": ("torch", lambda: fused(x, targets).total),
-                    f"colm {n} chains, checkpointed loss (before)": ("torch",
-                                                                     lambda: checkpointed_loss(model, x, targets, [n]).sum())}
+        variants = {
+            f"colm {n} chains, fused loss": ("torch", lambda: fused(x, targets).total),
+            f"colm {n} chains, checkpointed loss (before)": (
+                "torch",
+                lambda: checkpointed_loss(model, x, targets, [n]).sum(),
+            ),
+        }
         if n > 1:
             variants[f"colm {n} chains, fused loss, masked"] = ("masked", lambda: fused(x, targets).total)
         return model, {name: with_backend(backend, fn) for name, (backend, fn) in variants.items()}
@@ -256,7 +308,7 @@ def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=run.cuda or None)
         host = {}
 
-        def train_step(name, loss):
+        def train_step(name, loss, optimizer):
             def run_step():
                 start = time.perf_counter()
                 with run.autocast():
@@ -266,24 +318,34 @@ def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
                 optimizer.zero_grad(set_to_none=True)
                 host.setdefault(name, []).append(time.perf_counter() - start)
                 run.sync()
+
             return run_step
 
-        steps = {name: train_step(name, loss) for name, loss in variants.items()}
+        steps = {name: train_step(name, loss, optimizer) for name, loss in variants.items()}
         timed = {name: (lambda fn=fn: _seconds(fn, run)) for name, fn in steps.items()}
         seconds = {name: statistics.median(v) for name, v in interleaved(timed, s["repeats"], warmup=3).items()}
-        host_ms = {name: statistics.median(v[-s["repeats"]:]) * 1e3 for name, v in host.items()}
+        host_ms = {name: statistics.median(v[-s["repeats"] :]) * 1e3 for name, v in host.items()}
         peaks = {name: run.peak_gib(fn) for name, fn in steps.items()}  # warm: the optimizer's state exists
         for name, sec in seconds.items():
-            rows.append({"model": name, "ms": sec * 1e3, "tokens_per_second": tokens / sec, "peak_gib": peaks[name],
-                         "host_ms": host_ms[name]})
+            rows.append(
+                {
+                    "model": name,
+                    "ms": sec * 1e3,
+                    "tokens_per_second": tokens / sec,
+                    "peak_gib": peaks[name],
+                    "host_ms": host_ms[name],
+                }
+            )
         del model, optimizer, variants, steps, timed
         if run.cuda:
             torch.cuda.empty_cache()
     llama_ms = rows[0]["ms"]
     for r in rows:
         r["vs_transformers"] = llama_ms / r["ms"]
-    return (f"T4 training step, {s['layers']} layers, width {s['width']}, vocab {s['vocab']}, "
-            f"{s['batch']} x {s['seq']} tokens, {run.dtype} autocast, AdamW"), rows
+    return (
+        f"T4 training step, {s['layers']} layers, width {s['width']}, vocab {s['vocab']}, "
+        f"{s['batch']} x {s['seq']} tokens, {run.dtype} autocast, AdamW"
+    ), rows
 
 
 def _seconds(fn, run: Run) -> float:
@@ -297,6 +359,7 @@ def with_backend(backend: str, fn):
     def run():
         os.environ["COLM_KERNELS"] = backend
         return fn()
+
     return run
 
 
@@ -321,9 +384,13 @@ def main() -> None:
             title, rows = fn(run, shapes[key])
             payload["tables"][table] = {"title": title, "seconds": time.perf_counter() - start, "rows": rows}
             columns = list(rows[0])
-            report(f"{title} on {name}", columns,
-                   [[f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else v for v in r.values()] for r in rows],
-                   payload, args.out)
+            report(
+                f"{title} on {name}",
+                columns,
+                [[f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else v for v in r.values()] for r in rows],
+                payload,
+                args.out,
+            )
     finally:
         if backend is None:
             os.environ.pop("COLM_KERNELS", None)

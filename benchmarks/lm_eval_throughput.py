@@ -41,8 +41,13 @@ PROSE = BOOKS / "persuasion.txt"
 
 def dense_model(preset: str, vocab_size: int, max_seq_len: int) -> CoLM:
     cfg = PRESETS[preset]
-    cfg = cfg.replace(heads=[sum(cfg.heads)], kv_heads=[sum(cfg.kv_heads)], ffn=[sum(cfg.ffn)],
-                      vocab_size=vocab_size, max_seq_len=max_seq_len)
+    cfg = cfg.replace(
+        heads=[sum(cfg.heads)],
+        kv_heads=[sum(cfg.kv_heads)],
+        ffn=[sum(cfg.ffn)],
+        vocab_size=vocab_size,
+        max_seq_len=max_seq_len,
+    )
     return CoLM(cfg, ByteTokenizer()).init_weights(seed=0).eval()
 
 
@@ -82,8 +87,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save(dense_model(args.preset, args.vocab_size, max_seq_len=512), Path(tmp, "colm"))
         export(Path(tmp, "colm"), Path(tmp, "hf"), fmt="hf-llama", verify=False)
-        colm = ColmLM(str(Path(tmp, "colm")), batch_size=args.batch_size, device=args.device,
-                      dtype=parse_dtype(args.dtype))
+        colm = ColmLM(
+            str(Path(tmp, "colm")), batch_size=args.batch_size, device=args.device, dtype=parse_dtype(args.dtype)
+        )
         hf = HFLM(pretrained=str(Path(tmp, "hf")), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
@@ -94,26 +100,40 @@ def main() -> None:
             scores = lm.loglikelihood(work, disable_tqdm=True)
             sync()
             return len(work) / (time.perf_counter() - start), scores
+
         return run
 
-    runs = interleaved({"colm (lm-eval model `colm`)": rate(colm), "transformers Llama (lm-eval model `hf`)": rate(hf)},
-                       args.repeats)
+    runs = interleaved(
+        {"colm (lm-eval model `colm`)": rate(colm), "transformers Llama (lm-eval model `hf`)": rate(hf)}, args.repeats
+    )
     result = medians({name: [r for r, _ in values] for name, values in runs.items()})
     colm_scores, hf_scores = (values[-1][1] for values in runs.values())
     max_diff = max(abs(a[0] - b[0]) for a, b in zip(colm_scores, hf_scores))
     ratio = result["colm (lm-eval model `colm`)"] / result["transformers Llama (lm-eval model `hf`)"]
     device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
     where = device_name if device_name != "cpu" else f"CPU, {torch.get_num_threads()} threads"
-    payload = {"device": device_name, "dtype": args.dtype, "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()},
-               "requests": len(work), "median_requests_per_s": result,
-               "samples": {name: [r for r, _ in values] for name, values in runs.items()},
-               "colm_vs_hf": ratio, "max_abs_loglikelihood_diff": max_diff}
-    report(f"lm-eval loglikelihood on {where}, {args.dtype}, {args.preset} shape, vocabulary {args.vocab_size}, "
-           f"{len(work)} requests, batch {args.batch_size}, "
-           f"median of {args.repeats}", ["model", "requests/s"], [[name, v] for name, v in result.items()],
-           payload, args.out,
-           [f"colm vs hf: {ratio:.2f}x (goal >= 1x); largest log-likelihood difference {max_diff:.2e}"])
+    payload = {
+        "device": device_name,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "requests": len(work),
+        "median_requests_per_s": result,
+        "samples": {name: [r for r, _ in values] for name, values in runs.items()},
+        "colm_vs_hf": ratio,
+        "max_abs_loglikelihood_diff": max_diff,
+    }
+    report(
+        f"lm-eval loglikelihood on {where}, {args.dtype}, {args.preset} shape, vocabulary {args.vocab_size}, "
+        f"{len(work)} requests, batch {args.batch_size}, "
+        f"median of {args.repeats}",
+        ["model", "requests/s"],
+        [[name, v] for name, v in result.items()],
+        payload,
+        args.out,
+        [f"colm vs hf: {ratio:.2f}x (goal >= 1x); largest log-likelihood difference {max_diff:.2e}"],
+    )
 
 
 if __name__ == "__main__":

@@ -57,23 +57,39 @@ def run_scenario(checkpoint: Path, model: str, flags: list[str], args) -> dict:
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
     log = tempfile.TemporaryFile("w+")
-    server = subprocess.Popen([sys.executable, "-m", "colm_cli", "serve", str(checkpoint), "--port", "0",
-                               "--max-batch", str(args.max_batch), *flags], stdout=subprocess.PIPE, stderr=log,
-                              env=env, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "colm_cli",
+            "serve",
+            str(checkpoint),
+            "--port",
+            "0",
+            "--max-batch",
+            str(args.max_batch),
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        env=env,
+        text=True,
+    )
     try:
         url = server.stdout.readline().strip()
         if not url:
             log.seek(0)
             raise SystemExit(f"colm serve did not start: {log.read()}")
-        prompt = ("It is a truth universally acknowledged, that a single man in possession of a good fortune "
-                  * 8)[: args.prompt_tokens - 1]  # the byte tokenizer adds BOS
-        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": args.max_tokens,
-                           "temperature": 0}).encode()
+        prompt = ("It is a truth universally acknowledged, that a single man in possession of a good fortune " * 8)[
+            : args.prompt_tokens - 1
+        ]  # the byte tokenizer adds BOS
+        body = json.dumps({"model": model, "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0}).encode()
 
         def one_request(_):
             start = time.perf_counter()
-            request = urllib.request.Request(f"{url}/completions", data=body,
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"{url}/completions", data=body, headers={"Content-Type": "application/json"}
+            )
             try:
                 with urllib.request.urlopen(request, timeout=600) as response:
                     answer = json.loads(response.read())
@@ -94,13 +110,20 @@ def run_scenario(checkpoint: Path, model: str, flags: list[str], args) -> dict:
         log.close()
     latencies = sorted(seconds for seconds, _, _ in results)
     errors = sum(served.startswith("error") for _, _, served in results)
-    return {"model": model, "flags": flags, "requests": len(results), "errors": errors,
-            "completion_tokens": sum(tokens for _, tokens, _ in results), "wall_s": wall,
-            "tokens_per_s": sum(tokens for _, tokens, _ in results) / wall,
-            "p50_ms": 1000 * statistics.median(latencies),
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
-            "served_by": dict(sorted(Counter(served for _, _, served in results).items())),
-            "rss_mib_before": memory_before, "rss_mib_after": memory_after}
+    return {
+        "model": model,
+        "flags": flags,
+        "requests": len(results),
+        "errors": errors,
+        "completion_tokens": sum(tokens for _, tokens, _ in results),
+        "wall_s": wall,
+        "tokens_per_s": sum(tokens for _, tokens, _ in results) / wall,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))],
+        "served_by": dict(sorted(Counter(served for _, _, served in results).items())),
+        "rss_mib_before": memory_before,
+        "rss_mib_after": memory_after,
+    }
 
 
 def main() -> None:
@@ -122,15 +145,30 @@ def main() -> None:
         scenarios = [(f"{NAME}@{k}", device) for k in range(n, 0, -1)]
         scenarios.append((f"{NAME}@auto", [*device, "--elastic", "--max-wait-ms", str(args.max_wait_ms)]))
         results = [run_scenario(checkpoint, model, flags, args) for model, flags in scenarios]
-    rows = [[r["model"] + (f" (--max-wait-ms {args.max_wait_ms:g})" if "--elastic" in r["flags"] else ""),
-             r["requests"], r["errors"], r["tokens_per_s"], r["p50_ms"], r["p99_ms"],
-             ", ".join(f"{name.partition('@')[2]}: {count}" for name, count in r["served_by"].items()),
-             f"{r['rss_mib_before']:.0f} -> {r['rss_mib_after']:.0f}"] for r in results]
-    load = (f"{args.clients} clients x {args.requests} requests, {args.prompt_tokens}-token prompts, "
-            f"{args.max_tokens} new tokens each, --max-batch {args.max_batch}")
-    report(f"colm serve under load ({args.preset} preset shape, 4-chain CoLM-Air; {load})",
-           ["model", "requests", "errors", "tokens/s", "p50 ms", "p99 ms", "served by k", "server RSS MiB"], rows,
-           {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, args.out)
+    rows = [
+        [
+            r["model"] + (f" (--max-wait-ms {args.max_wait_ms:g})" if "--elastic" in r["flags"] else ""),
+            r["requests"],
+            r["errors"],
+            r["tokens_per_s"],
+            r["p50_ms"],
+            r["p99_ms"],
+            ", ".join(f"{name.partition('@')[2]}: {count}" for name, count in r["served_by"].items()),
+            f"{r['rss_mib_before']:.0f} -> {r['rss_mib_after']:.0f}",
+        ]
+        for r in results
+    ]
+    load = (
+        f"{args.clients} clients x {args.requests} requests, {args.prompt_tokens}-token prompts, "
+        f"{args.max_tokens} new tokens each, --max-batch {args.max_batch}"
+    )
+    report(
+        f"colm serve under load ({args.preset} preset shape, 4-chain CoLM-Air; {load})",
+        ["model", "requests", "errors", "tokens/s", "p50 ms", "p99 ms", "served by k", "server RSS MiB"],
+        rows,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
+        args.out,
+    )
 
 
 if __name__ == "__main__":

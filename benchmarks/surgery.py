@@ -105,6 +105,7 @@ def main() -> None:
 
     def surgery_then_copy(op: str, value: int):
         """The operation, then a plain copy of its output: the two numbers to compare."""
+
         def run() -> dict:
             out = work / f"{op}-out"
             result = {**run_child(op, src, out, value), "output_bytes": dir_bytes(out)}
@@ -112,6 +113,7 @@ def main() -> None:
             shutil.rmtree(out)
             shutil.rmtree(work / f"{op}-copy")
             return result
+
         return run
 
     try:
@@ -121,10 +123,15 @@ def main() -> None:
         size = dir_bytes(src)
         print(f"input: {args.preset}, {size / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         baseline = run_child("baseline", src, work / "none")
-        results = interleaved({"digest": lambda: run_child("digest", src, work / "none"),
-                               "slice": surgery_then_copy("slice", args.slice_chains),
-                               "expand": surgery_then_copy("expand", args.add_chains)},
-                              repeats=args.repeats, warmup=0)
+        results = interleaved(
+            {
+                "digest": lambda: run_child("digest", src, work / "none"),
+                "slice": surgery_then_copy("slice", args.slice_chains),
+                "expand": surgery_then_copy("expand", args.add_chains),
+            },
+            repeats=args.repeats,
+            warmup=0,
+        )
         verified = {}
         for op, value in (("slice", args.slice_chains), ("expand", args.add_chains)):
             verified[op] = run_child(op, src, work / f"{op}-verified", value, verify=True)
@@ -137,34 +144,73 @@ def main() -> None:
             for k in keys:
                 sample = sample[k]
             return sample
+
         return statistics.median(get(x) for x in samples)
 
     digest_s = median(results["digest"], "seconds")
     rows = []
     for op in ("slice", "expand"):
         seconds, copy_s = median(results[op], "seconds"), median(results[op], "copy", "seconds")
-        rows.append({
-            "operation": op, "seconds": seconds, "copy_seconds": copy_s, "time_vs_copy": seconds / copy_s,
-            "peak_rss_bytes": median(results[op], "peak_rss"),
-            "peak_rss_vs_checkpoint": median(results[op], "peak_rss") / size,
-            "output_bytes": results[op][0]["output_bytes"],
-            "verified_seconds": verified[op]["seconds"], "verified_peak_rss_bytes": verified[op]["peak_rss"],
-        })
+        rows.append(
+            {
+                "operation": op,
+                "seconds": seconds,
+                "copy_seconds": copy_s,
+                "time_vs_copy": seconds / copy_s,
+                "peak_rss_bytes": median(results[op], "peak_rss"),
+                "peak_rss_vs_checkpoint": median(results[op], "peak_rss") / size,
+                "output_bytes": results[op][0]["output_bytes"],
+                "verified_seconds": verified[op]["seconds"],
+                "verified_peak_rss_bytes": verified[op]["peak_rss"],
+            }
+        )
     gib = 2**30
-    report(f"colm surgery on a {size / gib:.2f} GiB {args.preset} checkpoint, median of {args.repeats} "
-           "(each operation in its own process, --no-verify; verification measured once apart)",
-           ["operation", "output GiB", "time s", "copy s", "vs copy", "peak RSS GiB", "of ckpt",
-            "verify s", "verify peak GiB"],
-           [[r["operation"], r["output_bytes"] / gib, r["seconds"], r["copy_seconds"], r["time_vs_copy"],
-             r["peak_rss_bytes"] / gib, r["peak_rss_vs_checkpoint"],
-             r["verified_seconds"], r["verified_peak_rss_bytes"] / gib] for r in rows],
-           {"preset": args.preset, "checkpoint_bytes": size, "repeats": args.repeats, "input_hash_seconds": digest_s,
-            "slice_chains": args.slice_chains, "add_chains": args.add_chains,
-            "process_baseline_rss_bytes": baseline["peak_rss"], "results": rows, "raw": results},
-           args.out,
-           notes=[f"an idle python+torch process peaks at {baseline['peak_rss'] / gib:.2f} GiB; re-hashing the input "
-                  f"takes {digest_s:.2f} s (`colm inspect --verify`; surgery takes the digests the input recorded "
-                  "and hashes only its output, as it writes it)"])
+    report(
+        f"colm surgery on a {size / gib:.2f} GiB {args.preset} checkpoint, median of {args.repeats} "
+        "(each operation in its own process, --no-verify; verification measured once apart)",
+        [
+            "operation",
+            "output GiB",
+            "time s",
+            "copy s",
+            "vs copy",
+            "peak RSS GiB",
+            "of ckpt",
+            "verify s",
+            "verify peak GiB",
+        ],
+        [
+            [
+                r["operation"],
+                r["output_bytes"] / gib,
+                r["seconds"],
+                r["copy_seconds"],
+                r["time_vs_copy"],
+                r["peak_rss_bytes"] / gib,
+                r["peak_rss_vs_checkpoint"],
+                r["verified_seconds"],
+                r["verified_peak_rss_bytes"] / gib,
+            ]
+            for r in rows
+        ],
+        {
+            "preset": args.preset,
+            "checkpoint_bytes": size,
+            "repeats": args.repeats,
+            "input_hash_seconds": digest_s,
+            "slice_chains": args.slice_chains,
+            "add_chains": args.add_chains,
+            "process_baseline_rss_bytes": baseline["peak_rss"],
+            "results": rows,
+            "raw": results,
+        },
+        args.out,
+        notes=[
+            f"an idle python+torch process peaks at {baseline['peak_rss'] / gib:.2f} GiB; re-hashing the input "
+            f"takes {digest_s:.2f} s (`colm inspect --verify`; surgery takes the digests the input recorded "
+            "and hashes only its output, as it writes it)"
+        ],
+    )
 
 
 if __name__ == "__main__":

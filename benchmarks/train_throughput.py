@@ -27,10 +27,19 @@ def colm_step(cfg: ColmConfig, scales_of):
 def llama_step(cfg: ColmConfig):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    hf = LlamaConfig(vocab_size=cfg.vocab_size, hidden_size=sum(cfg.chain_widths), intermediate_size=sum(cfg.ffn),
-                     num_hidden_layers=cfg.n_layers, num_attention_heads=sum(cfg.heads),
-                     num_key_value_heads=sum(cfg.kv_heads), head_dim=cfg.head_dim, max_position_embeddings=cfg.max_seq_len,
-                     rms_norm_eps=cfg.norm_eps, tie_word_embeddings=False, attn_implementation="sdpa")
+    hf = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=sum(cfg.chain_widths),
+        intermediate_size=sum(cfg.ffn),
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=sum(cfg.heads),
+        num_key_value_heads=sum(cfg.kv_heads),
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
     model = LlamaForCausalLM(hf)
     return model, lambda ids: model(input_ids=ids[:, :-1], labels=ids[:, :-1]).loss
 
@@ -51,8 +60,14 @@ def main() -> None:
     set_threads(args.threads)
 
     n, h = args.chains, args.heads_per_chain
-    common = dict(vocab_size=args.vocab_size, n_layers=args.layers, head_dim=args.head_dim,
-                  max_seq_len=args.seq_len + 1, bos_token_id=0, eos_token_id=1)
+    common = dict(
+        vocab_size=args.vocab_size,
+        n_layers=args.layers,
+        head_dim=args.head_dim,
+        max_seq_len=args.seq_len + 1,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
     chained = ColmConfig(heads=[h] * n, kv_heads=[h] * n, ffn=[args.ffn_per_chain] * n, **common).validate()
     dense = ColmConfig(heads=[h * n], kv_heads=[h * n], ffn=[args.ffn_per_chain * n], **common).validate()
     contenders = {
@@ -61,8 +76,9 @@ def main() -> None:
         "CoLM dense (1 chain)": colm_step(dense, lambda k: [k]),
         "transformers Llama": llama_step(dense),
     }
-    steps = {name: (torch.optim.AdamW(model.parameters(), lr=1e-4), loss_fn)
-             for name, (model, loss_fn) in contenders.items()}
+    steps = {
+        name: (torch.optim.AdamW(model.parameters(), lr=1e-4), loss_fn) for name, (model, loss_fn) in contenders.items()
+    }
     params = {name: sum(p.numel() for p in model.parameters()) for name, (model, _) in contenders.items()}
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, args.vocab_size, (args.batch_size, args.seq_len + 1), generator=g)
@@ -82,16 +98,32 @@ def main() -> None:
     llama = median["transformers Llama"]
     dense_name = "CoLM dense (1 chain)"
 
-    rows = [[name, f"{params[name]:,}", f"{median[name]:,.0f}", f"{median[name] / llama:.2f}x",
-             f"{median[name] / median[dense_name]:.2f}x"] for name in steps]
-    report(f"training throughput on CPU ({torch.get_num_threads()} threads), batch {args.batch_size} x "
-           f"{args.seq_len} tokens, width {sum(dense.chain_widths)}, {args.layers} layers, vocab {args.vocab_size}",
-           ["model", "parameters", "tokens/s", "vs Llama", "vs dense"], rows,
-           {"args": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads(),
-            "parameters": params, "tokens_per_second": median, "samples": samples,
+    rows = [
+        [
+            name,
+            f"{params[name]:,}",
+            f"{median[name]:,.0f}",
+            f"{median[name] / llama:.2f}x",
+            f"{median[name] / median[dense_name]:.2f}x",
+        ]
+        for name in steps
+    ]
+    report(
+        f"training throughput on CPU ({torch.get_num_threads()} threads), batch {args.batch_size} x "
+        f"{args.seq_len} tokens, width {sum(dense.chain_widths)}, {args.layers} layers, vocab {args.vocab_size}",
+        ["model", "parameters", "tokens/s", "vs Llama", "vs dense"],
+        rows,
+        {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "threads": torch.get_num_threads(),
+            "parameters": params,
+            "tokens_per_second": median,
+            "samples": samples,
             "ratio_vs_llama": {k: v / llama for k, v in median.items()},
-            "ratio_vs_dense": {k: v / median[dense_name] for k, v in median.items()}},
-           args.out)
+            "ratio_vs_dense": {k: v / median[dense_name] for k, v in median.items()},
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.exceptions import TyperException
@@ -19,16 +19,27 @@ from colm_cli.common import emit_json, emit_path, err, input_path, input_paths, 
 from colm_cli.options import ranged, with_options
 from colm_core.errors import WORKER_ERRORS_ENV, ColmError, Interrupted, OptionError, os_error
 from colm_core.init import InitOptions
-from colm_core.options import (AT_LEAST_ONE, EVAL_SEQ_LEN, EvalOptions, ExpandOptions, ExportOptions,
-                               GenerateOptions, InspectOptions, PullOptions, PushOptions, ServeOptions, SliceOptions,
-                               TrainOptions)
+from colm_core.options import (
+    AT_LEAST_ONE,
+    EVAL_SEQ_LEN,
+    EvalOptions,
+    ExpandOptions,
+    ExportOptions,
+    GenerateOptions,
+    InspectOptions,
+    PullOptions,
+    PushOptions,
+    ServeOptions,
+    SliceOptions,
+    TrainOptions,
+)
 from colm_core.options import from_sources as options_from
 
 app = typer.Typer(
     name="colm",
     help="Model surgery for Chain-of-Model language models: grow, slice, tune and ship CoLMs.\n\n"
-         "Every command reads a checkpoint (argument, or first line of stdin) and writes a checkpoint "
-         "(path on stdout) or JSON, so commands compose in pipes: colm init | colm eval --data x.txt",
+    "Every command reads a checkpoint (argument, or first line of stdin) and writes a checkpoint "
+    "(path on stdout) or JSON, so commands compose in pipes: colm init | colm eval --data x.txt",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -48,23 +59,36 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def options(
-    version: Annotated[bool, typer.Option("--version", callback=show_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-    debug_flag: Annotated[bool, typer.Option("--debug", envvar="COLM_DEBUG",
-                                             help="Show the traceback of a failure (also COLM_DEBUG=1).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug_flag: Annotated[
+        bool, typer.Option("--debug", envvar="COLM_DEBUG", help="Show the traceback of a failure (also COLM_DEBUG=1).")
+    ] = False,
 ):
     global debug
     debug = debug_flag
 
-CkptArg = Annotated[Optional[str], typer.Argument(
-    metavar="CKPT", help="Checkpoint directory; read from the first line of stdin when omitted.", show_default=False)]
-OutputOpt = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", help="Output checkpoint directory (default: a new name derived from the input).")]
+
+CkptArg = Annotated[
+    str | None,
+    typer.Argument(
+        metavar="CKPT", help="Checkpoint directory; read from the first line of stdin when omitted.", show_default=False
+    ),
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option("--output", "-o", help="Output checkpoint directory (default: a new name derived from the input)."),
+]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing output checkpoint.")]
-DeviceOpt = Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
-DtypeOpt = Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16 (default: as stored).")]
-VerifyOpt = Annotated[bool, typer.Option(
-    "--verify/--no-verify", help="Check the result on a probe batch (loads the models; skip for minimum memory).")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ... (default: cuda if available).")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16 (default: as stored).")]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verify/--no-verify", help="Check the result on a probe batch (loads the models; skip for minimum memory)."
+    ),
+]
 
 
 def torch_dtype(name: str | None):
@@ -116,11 +140,15 @@ def _without_nproc(argv: list[str]) -> list[str]:
 @with_options(TrainOptions, after=1)
 def train(
     ckpt: CkptArg = None,
-    config: Annotated[Optional[Path], typer.Option(
-        help="JSON or TOML file with any of these options (keys as the flags); flags given win.")] = None,
-    resume: Annotated[Optional[str], typer.Option(
-        help="auto (newest complete step checkpoint of this output's run) or a step/run directory.")] = None,
-    nproc: Annotated[Optional[int], ranged("Launch this many processes with torchrun.", AT_LEAST_ONE)] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="JSON or TOML file with any of these options (keys as the flags); flags given win."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="auto (newest complete step checkpoint of this output's run) or a step/run directory."),
+    ] = None,
+    nproc: Annotated[int | None, ranged("Launch this many processes with torchrun.", AT_LEAST_ONE)] = None,
     output: OutputOpt = None,
     force: ForceOpt = False,
     **options,
@@ -131,11 +159,11 @@ def train(
 
         stdin_input = [] if ckpt else [str(input_path(None))]  # the workers do not share our stdin
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:]) + stdin_input))
+    from colm_cli.render import TrainProgress
     from colm_core.checkpoint import refuse_overlap
     from colm_core.data import matched_paths
     from colm_core.run_directory import partial_dir
     from colm_core.train import train as run_training
-    from colm_cli.render import TrainProgress
 
     opts = options_from(TrainOptions, config, options)
     path, read = input_paths(ckpt)
@@ -156,8 +184,10 @@ def report_verification(report: dict) -> None:
     if report.get("exact") and "probe" not in report:
         err.print(f"[green]verified[/] {report['check']}")
     elif "max_abs_diff" in report:
-        err.print(f"[green]verified[/] {report['check']}: max abs logit difference {report['max_abs_diff']:.3g} "
-                  f"on a {report['probe'][0]}x{report['probe'][1]} probe batch")
+        err.print(
+            f"[green]verified[/] {report['check']}: max abs logit difference {report['max_abs_diff']:.3g} "
+            f"on a {report['probe'][0]}x{report['probe'][1]} probe batch"
+        )
     elif report:
         err.print(f"[yellow]not verified[/]: {report['check']}")
 
@@ -229,23 +259,28 @@ def eval_(
     ks = sorted(set(opts.chains or range(1, n + 1)))
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
-        raise ColmError(f"--chains {','.join(map(str, opts.chains))}: {bad[0]} is outside 1..{n} (this model has "
-                        f"{n} chains)")
+        raise ColmError(
+            f"--chains {','.join(map(str, opts.chains))}: {bad[0]} is outside 1..{n} (this model has {n} chains)"
+        )
     if opts.tasks is not None:
         evaluate_on_tasks(model, path, ks, opts)
         return
+    from colm_cli.render import eval_table
     from colm_core.data import default_validation_tokens, read_texts
     from colm_core.evaluate import evaluate_tokens, token_stream
-    from colm_cli.render import eval_table
 
     if opts.data:
         ids = token_stream(model.tokenizer, read_texts(opts.data))
     else:
-        err.print("no --data: evaluating the held-out part of the embedded corpus (the validation split that "
-                  "`colm train` without --data never trains on)", soft_wrap=True)
+        err.print(
+            "no --data: evaluating the held-out part of the embedded corpus (the validation split that "
+            "`colm train` without --data never trains on)",
+            soft_wrap=True,
+        )
         ids = default_validation_tokens(model.tokenizer)
-    report = evaluate_tokens(model, ids, ks, seq_len=opts.seq_len or EVAL_SEQ_LEN, batch_size=opts.batch_size,
-                             max_tokens=opts.max_tokens)
+    report = evaluate_tokens(
+        model, ids, ks, seq_len=opts.seq_len or EVAL_SEQ_LEN, batch_size=opts.batch_size, max_tokens=opts.max_tokens
+    )
     report["checkpoint"] = str(path)
     err.print(eval_table(report))
     emit_json(report)
@@ -255,12 +290,19 @@ def evaluate_on_tasks(model, path: Path, chains: list[int], opts: EvalOptions) -
     """`colm eval --tasks`: lm-eval's results per chain count as JSON; whatever lm-eval prints goes to stderr."""
     from contextlib import redirect_stdout
 
-    from colm_core.lm_eval_adapter import evaluate_tasks
     from colm_cli.render import tasks_table
+    from colm_core.lm_eval_adapter import evaluate_tasks
 
     with redirect_stdout(sys.stderr):
-        report = evaluate_tasks(model, opts.tasks, chains, num_fewshot=opts.num_fewshot, limit=opts.limit,
-                                include_path=opts.include_path, batch_size=opts.batch_size)
+        report = evaluate_tasks(
+            model,
+            opts.tasks,
+            chains,
+            num_fewshot=opts.num_fewshot,
+            limit=opts.limit,
+            include_path=opts.include_path,
+            batch_size=opts.batch_size,
+        )
     report = {"checkpoint": str(path), **report}
     err.print(tasks_table(report))
     emit_json(report)
@@ -270,11 +312,15 @@ def evaluate_on_tasks(model, path: Path, chains: list[int], opts: EvalOptions) -
 @with_options(GenerateOptions, after=4)
 def generate(
     ckpt: CkptArg = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Text to continue.")] = None,
-    prompt_file: Annotated[Optional[Path], typer.Option(help="Read the prompt from this file.")] = None,
-    prompts: Annotated[Optional[Path], typer.Option(
-        help='Generate for many prompts in one batch: a JSON-lines file, one {"prompt": TEXT} per line; '
-             "prints one JSON line per prompt, in order.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Text to continue.")] = None,
+    prompt_file: Annotated[Path | None, typer.Option(help="Read the prompt from this file.")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help='Generate for many prompts in one batch: a JSON-lines file, one {"prompt": TEXT} per line; '
+            "prints one JSON line per prompt, in order."
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of streaming text.")] = False,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -309,15 +355,22 @@ def generate(
     results = generate_batch(model, prompt_ids, opts, on_text=None if json_out or prompts else stream)
     for seg in results[0]["schedule"]:
         if seg["recomputed"]:
-            err.print(f"switching up to {seg['chains']} chains at token {seg['start']}: recomputed the keys/values "
-                      "of the whole sequence (only CoLM-Air switches without recomputing)", soft_wrap=True)
+            err.print(
+                f"switching up to {seg['chains']} chains at token {seg['start']}: recomputed the keys/values "
+                "of the whole sequence (only CoLM-Air switches without recomputing)",
+                soft_wrap=True,
+            )
     t = results[0]["timings"]  # the whole batch's
     decode = f"{t['decode_tokens_per_s']:.1f}" if t["decode_tokens_per_s"] is not None else "-"
     tokens = sum(len(r["token_ids"]) for r in results)
     what = f"{len(results)} prompts, {tokens} tokens" if prompts else f"{tokens} tokens ({results[0]['stop_reason']})"
-    err.print(f"{what}; time to first token "
-              f"{t['time_to_first_token_s'] * 1000:.0f} ms, prefill {t['prefill_tokens_per_s']:.0f} tokens/s "
-              f"at {results[0]['prefill_chains']} chain(s), decode {decode} tokens/s", highlight=False, soft_wrap=True)
+    err.print(
+        f"{what}; time to first token "
+        f"{t['time_to_first_token_s'] * 1000:.0f} ms, prefill {t['prefill_tokens_per_s']:.0f} tokens/s "
+        f"at {results[0]['prefill_chains']} chain(s), decode {decode} tokens/s",
+        highlight=False,
+        soft_wrap=True,
+    )
     if prompts is not None:
         for text, result in zip(texts, results):
             print(json.dumps({"prompt": text, **result}, separators=(",", ":")), flush=True)
@@ -361,8 +414,9 @@ def read_utf8(path: Path, flag: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ColmError(f"{flag} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                        "convert it to UTF-8") from None
+        raise ColmError(
+            f"{flag} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); convert it to UTF-8"
+        ) from None
 
 
 def utf8_text(text: str, where: str) -> str:
@@ -371,8 +425,10 @@ def utf8_text(text: str, where: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ColmError(f"{where}: not UTF-8 text ({text[e.start]!r} at character {e.start}: a byte the command "
-                        "line could not decode, or a lone surrogate); give UTF-8 text") from None
+        raise ColmError(
+            f"{where}: not UTF-8 text ({text[e.start]!r} at character {e.start}: a byte the command "
+            "line could not decode, or a lone surrogate); give UTF-8 text"
+        ) from None
     return text
 
 
@@ -395,14 +451,29 @@ def serve(
     sock = bind(opts.host, opts.port)
     model = load(path, device=torch_device(device), dtype=torch_dtype(dtype))
     name, api_key, elastic = opts.name or Path(path).resolve().name, opts.api_key or None, opts.elastic
-    service = Service(model, name, ServeLimits.of(opts, model.config.max_seq_len), chat_template(path), path,
-                      api_key, opts.max_wait_ms / 1000 if elastic else None)
-    err.print(f"[green]serving[/] {name} ({model.config.n_chains} chains: {name}@1..{name}@{model.config.n_chains}"
-              f"{f', {name}@auto' if elastic else ''}) on {url_of(sock)}"
-              f"{'' if api_key else ' without an API key'}; Ctrl-C stops", highlight=False, soft_wrap=True)
+    service = Service(
+        model,
+        name,
+        ServeLimits.of(opts, model.config.max_seq_len),
+        chat_template(path),
+        path,
+        api_key,
+        opts.max_wait_ms / 1000 if elastic else None,
+    )
+    err.print(
+        f"[green]serving[/] {name} ({model.config.n_chains} chains: {name}@1..{name}@{model.config.n_chains}"
+        f"{f', {name}@auto' if elastic else ''}) on {url_of(sock)}"
+        f"{'' if api_key else ' without an API key'}; Ctrl-C stops",
+        highlight=False,
+        soft_wrap=True,
+    )
     if not api_key and opts.host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning[/]: --host {opts.host} is reachable from the network and no API key is set; set "
-                  "COLM_API_KEY to require one", highlight=False, soft_wrap=True)
+        err.print(
+            f"[yellow]warning[/]: --host {opts.host} is reachable from the network and no API key is set; set "
+            "COLM_API_KEY to require one",
+            highlight=False,
+            soft_wrap=True,
+        )
     print(url_of(sock), flush=True)
     run(service, sock)
 
@@ -424,11 +495,16 @@ def inspect(ckpt: CkptArg = None, **options):
 
 @app.command(name="import")
 def import_(
-    hf_dir: Annotated[str, typer.Argument(
-        metavar="SOURCE", show_default=False,
-        help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors), a `colm export --format hf` "
-             "directory, an hf://ORG/NAME reference (@REVISION optional), or a Llama GGUF file (FILE.gguf; "
-             "quantized weights are dequantized to float32).")],
+    hf_dir: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            show_default=False,
+            help="A Hugging Face LlamaForCausalLM directory (config.json, safetensors), a `colm export --format hf` "
+            "directory, an hf://ORG/NAME reference (@REVISION optional), or a Llama GGUF file (FILE.gguf; "
+            "quantized weights are dequantized to float32).",
+        ),
+    ],
     verify: VerifyOpt = True,
     output: OutputOpt = None,
     force: ForceOpt = False,
@@ -464,8 +540,7 @@ def export(
     fmt = options_from(ExportOptions, None, options).format
     path, read = input_paths(ckpt)
     out = output_path(output, path, fmt, force, inputs=read)
-    report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify,
-                                          force=force))
+    report_verification(export_checkpoint(path, out, fmt=fmt, dtype=torch_dtype(dtype), verify=verify, force=force))
     err.print(f"[green]exported[/] {path} as {fmt} -> {out}")
     emit_path(out)
 
@@ -473,10 +548,15 @@ def export(
 @app.command()
 @with_options(PullOptions, after=1)
 def pull(
-    repo_id: Annotated[str, typer.Argument(metavar="REPO_ID",
-                                           help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")],
-    output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Also copy the files into this directory (default: print the Hub-cache path).")] = None,
+    repo_id: Annotated[
+        str, typer.Argument(metavar="REPO_ID", help="Hub model repo: ORG/NAME or hf://ORG/NAME[@REVISION].")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Also copy the files into this directory (default: print the Hub-cache path)."
+        ),
+    ] = None,
     force: ForceOpt = False,
     **options,
 ):
@@ -493,17 +573,24 @@ def pull(
 @app.command()
 @with_options(PushOptions, after=2)
 def push(
-    ckpt: Annotated[Optional[str], typer.Argument(
-        metavar="CKPT", show_default=False,
-        help="Checkpoint directory; when only REPO_ID is given, it is read from stdin.")] = None,
-    repo_id: Annotated[Optional[str], typer.Argument(
-        metavar="REPO_ID", show_default=False, help="Hub model repo: ORG/NAME.")] = None,
+    ckpt: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="CKPT",
+            show_default=False,
+            help="Checkpoint directory; when only REPO_ID is given, it is read from stdin.",
+        ),
+    ] = None,
+    repo_id: Annotated[
+        str | None, typer.Argument(metavar="REPO_ID", show_default=False, help="Hub model repo: ORG/NAME.")
+    ] = None,
     **options,
 ):
     """Upload a checkpoint with a fresh model card; print hf://ORG/NAME@COMMIT.
 
     The token comes from HF_TOKEN or `hf auth login`, never from a flag."""
-    from colm_core.hub import parse_reference, push as push_checkpoint
+    from colm_core.hub import parse_reference
+    from colm_core.hub import push as push_checkpoint
 
     if repo_id is None:
         ckpt, repo_id = None, ckpt

@@ -48,8 +48,10 @@ def input_paths(arg: str | None, import_hf: bool = True) -> tuple[Path, list[Pat
         arg = os.fsdecode(line)  # as the file system would name it
         if len(line) > MAX_PATH_BYTES or not arg.isprintable():  # binary data, a whole file, ...
             shown = repr(line[:80]) + ("..." if len(line) > 80 else "")
-            raise ColmError(f"the first line of stdin is not a checkpoint path: {shown} ({len(line):,} bytes); "
-                            "pipe in the path a colm command prints, or pass it as an argument")
+            raise ColmError(
+                f"the first line of stdin is not a checkpoint path: {shown} ({len(line):,} bytes); "
+                "pipe in the path a colm command prints, or pass it as an argument"
+            )
     from colm_core.resolve import resolve_checkpoint, resolve_input
 
     given = resolve_input(arg)
@@ -74,7 +76,8 @@ def emit_json(obj) -> None:
     nulls: list[str] = []
     text = finite_json(obj, indent=2, on_null=nulls.append)
     if nulls:
-        err.print(f"note: {', '.join(nulls)} {'is' if len(nulls) == 1 else 'are'} not a finite number (the model's "
-                  "outputs overflowed: its weights have diverged or are broken); written as null in the JSON")
+        err.print(
+            f"note: {', '.join(nulls)} {'is' if len(nulls) == 1 else 'are'} not a finite number (the model's "
+            "outputs overflowed: its weights have diverged or are broken); written as null in the JSON"
+        )
     print(text, flush=True)
-

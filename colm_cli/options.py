@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -43,28 +43,39 @@ def typer_parameter(cls, f: dataclasses.Field) -> inspect.Parameter:
     if cli_type is str and not is_list and kind is not str:
         metavar = f"<{kind.__name__}>"  # shown as what it means, not as the text it is read from
     envvar = f.metadata.get("envvar")
-    info = typer.Option(*decls, help=option_help(f), show_default=False, metavar=metavar, envvar=envvar,
-                        show_envvar=envvar is not None)
+    info = typer.Option(
+        *decls, help=option_help(f), show_default=False, metavar=metavar, envvar=envvar, show_envvar=envvar is not None
+    )
     required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    return inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=... if required else None,
-                             annotation=Annotated[cli_type if required else Optional[cli_type], info])
+    return inspect.Parameter(
+        f.name,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=... if required else None,
+        annotation=Annotated[cli_type if required else cli_type | None, info],
+    )
 
 
 def with_options(cls, after: int = 0):
     """Give a command `def cmd(..., **options)` one option per field of cls, placed after its first `after`
     parameters; the command receives the given values (None for those not given) in **options."""
+
     def decorate(command):
-        own = [p for p in inspect.signature(command, eval_str=True).parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        own = [
+            p
+            for p in inspect.signature(command, eval_str=True).parameters.values()
+            if p.kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         fields = [typer_parameter(cls, f) for f in dataclasses.fields(cls)]
         command.__signature__ = inspect.Signature(own[:after] + fields + own[after:])
         return command
+
     return decorate
 
 
 def ranged(help: str, valid: Range, *decls: str, **kwargs):
     """A Typer option that is not an options field (train's --nproc, which launches the processes): its range
     is shown in --help and checked when the flag is read, with the same message as a field's."""
+
     def callback(param: typer.CallbackParam, value):
         if value is not None:
             check_range(param.name, value, valid, help)

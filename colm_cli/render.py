@@ -11,8 +11,15 @@ def chains_table(report: dict) -> Table:
     for col in ("chain", "query heads", "KV heads", "FFN units", "width", "parameters", "sub-model parameters"):
         t.add_column(col, justify="right")
     for c in report["chains"]:
-        t.add_row(str(c["chain"]), str(c["heads"]), str(c["kv_heads"]), str(c["ffn"]), str(c["width"]),
-                  f"{c['parameters']:,}", f"{c['submodel_parameters']:,}")
+        t.add_row(
+            str(c["chain"]),
+            str(c["heads"]),
+            str(c["kv_heads"]),
+            str(c["ffn"]),
+            str(c["width"]),
+            f"{c['parameters']:,}",
+            f"{c['submodel_parameters']:,}",
+        )
     return t
 
 
@@ -34,8 +41,10 @@ def render(report: dict, console: Console) -> None:
 
 
 def eval_table(report: dict) -> Table:
-    t = Table(title=f"{report['checkpoint']}: {report['tokens']:,} tokens"
-                    + (f", {report['tokens_per_second']:,.0f} tokens/s" if report.get("tokens_per_second") else ""))
+    t = Table(
+        title=f"{report['checkpoint']}: {report['tokens']:,} tokens"
+        + (f", {report['tokens_per_second']:,.0f} tokens/s" if report.get("tokens_per_second") else "")
+    )
     for col in ("chains", "loss", "ppl", "bits/byte"):
         t.add_column(col, justify="right")
     for r in report["results"]:
@@ -72,8 +81,19 @@ class TrainProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.console = console
-        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeRemainingColumn(), console=console, transient=True) if console.is_terminal else None
+        self.progress = (
+            Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            if console.is_terminal
+            else None
+        )
         self.task = None
         self.steps = None
 
@@ -108,8 +128,10 @@ class TrainProgress:
 
 
 def train_summary(record: dict) -> Table:
-    t = Table(title=f"{record['path']}: {record['steps']} steps, {record['tokens']:,} tokens in "
-                    f"{record['seconds']:.1f} s on {record['processes']} process(es)")
+    t = Table(
+        title=f"{record['path']}: {record['steps']} steps, {record['tokens']:,} tokens in "
+        f"{record['seconds']:.1f} s on {record['processes']} process(es)"
+    )
     for col in ("chains", "train loss", "validation loss"):
         t.add_column(col, justify="right")
     for k, val in record["val_loss"].items():

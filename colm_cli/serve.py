@@ -10,8 +10,16 @@ import json
 import socket
 
 from colm_core.errors import ColmError, missing_extra
-from colm_core.serving import (RequestError, Service, check_api_key, new_id, parse_json_body, served_name,
-                               stream_chunk, usage_chunk)
+from colm_core.serving import (
+    RequestError,
+    Service,
+    check_api_key,
+    new_id,
+    parse_json_body,
+    served_name,
+    stream_chunk,
+    usage_chunk,
+)
 
 try:
     import uvicorn
@@ -117,17 +125,23 @@ def create_app(service: Service) -> Starlette:
 
     async def http_error(request: Request, e: HTTPException):
         kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return error_response(RequestError(f"{request.method} {request.url.path}: {e.detail}", e.status_code,
-                                           kind=kind))
+        return error_response(
+            RequestError(f"{request.method} {request.url.path}: {e.detail}", e.status_code, kind=kind)
+        )
 
     async def unexpected(request: Request, e: Exception):
         return error_response(RequestError(f"internal error: {type(e).__name__}: {e}", 500, kind="server_error"))
 
-    routes = [Route("/v1/models", models, methods=["GET"]), Route("/health", health, methods=["GET"]),
-              Route("/v1/completions", completions, methods=["POST"]),
-              Route("/v1/chat/completions", chat_completions, methods=["POST"])]
-    return Starlette(routes=routes, exception_handlers={RequestError: request_error, HTTPException: http_error,
-                                                        Exception: unexpected})
+    routes = [
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: unexpected},
+    )
 
 
 def sse(payload: dict) -> str:
@@ -143,8 +157,9 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ColmError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port, or 0 for any "
-                        "free one") from None
+        raise ColmError(
+            f"cannot listen on {host}:{port} ({e.strerror}); choose another --port, or 0 for any free one"
+        ) from None
     sock.listen(128)
     return sock
 
@@ -165,7 +180,8 @@ def run(service: Service, sock: socket.socket, graceful_s: float = 30.0) -> None
         sock.close()
 
 
-def make_server(service: Service, graceful_s: float = 30.0) -> "uvicorn.Server":
-    config = uvicorn.Config(create_app(service), log_level="warning", timeout_graceful_shutdown=graceful_s,
-                            lifespan="off", access_log=False)
+def make_server(service: Service, graceful_s: float = 30.0) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(service), log_level="warning", timeout_graceful_shutdown=graceful_s, lifespan="off", access_log=False
+    )
     return uvicorn.Server(config)

@@ -50,9 +50,13 @@ def recorded_license(history: list[dict]) -> str | None:
 def card_metadata(cfg: ColmConfig, history: list[dict], license: str | None = None) -> ModelCardData:
     tags = ["colm", "chain-of-model"] + (["colm-air"] if cfg.kv_share else [])
     bases = base_models(history)
-    return ModelCardData(library_name="colm", pipeline_tag="text-generation", tags=tags,
-                         license=license or recorded_license(history),
-                         base_model=(bases[0] if len(bases) == 1 else bases) or None)
+    return ModelCardData(
+        library_name="colm",
+        pipeline_tag="text-generation",
+        tags=tags,
+        license=license or recorded_license(history),
+        base_model=(bases[0] if len(bases) == 1 else bases) or None,
+    )
 
 
 def _metrics(record: dict) -> dict[str, dict[int, float]]:
@@ -86,8 +90,14 @@ def evaluation_lines(history: list[dict]) -> list[str]:
     if not evaluations:
         return []
     names = list(dict.fromkeys(m for _, metrics in evaluations for m in metrics))
-    lines = ["## Evaluation", "", "As recorded in the history, on the data each command was given.", "",
-             "| recorded by | chains | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
+    lines = [
+        "## Evaluation",
+        "",
+        "As recorded in the history, on the data each command was given.",
+        "",
+        "| recorded by | chains | " + " | ".join(names) + " |",
+        "| --- | --- |" + " --- |" * len(names),
+    ]
     for entry, metrics in evaluations:
         source = f"`colm {entry['command']}` {entry.get('time', '')}".rstrip()
         for k in sorted({k for by_chains in metrics.values() for k in by_chains}):
@@ -118,9 +128,13 @@ def model_card(cfg: ColmConfig, history: list[dict], license: str | None = None)
     for i, (h, kv, f, n) in enumerate(zip(cfg.heads, cfg.kv_heads, cfg.ffn, per_chain), start=1):
         running += n
         lines.append(f"| {i} | {h} | {kv} | {f} | {h * cfg.head_dim} | {n:,} | {running:,} |")
-    lines += ["", f"Vocabulary {cfg.vocab_size} ({cfg.tokenizer} tokenizer), head_dim {cfg.head_dim}, "
-              f"RoPE theta {cfg.rope_theta:g}, max sequence length {cfg.max_seq_len}, "
-              f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}.", ""]
+    lines += [
+        "",
+        f"Vocabulary {cfg.vocab_size} ({cfg.tokenizer} tokenizer), head_dim {cfg.head_dim}, "
+        f"RoPE theta {cfg.rope_theta:g}, max sequence length {cfg.max_seq_len}, "
+        f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}.",
+        "",
+    ]
     lines += evaluation_lines(history) + ["## Provenance", ""]
     if history:
         for entry in history:

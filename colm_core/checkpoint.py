@@ -19,7 +19,6 @@ in the history from digests.json instead of reading the whole input again.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import datetime
 import errno
@@ -46,8 +45,8 @@ from colm_core.cache import process_alive
 from colm_core.card import model_card
 from colm_core.config import ColmConfig, read_json
 from colm_core.errors import ColmError, ColmRuntimeError
-from colm_core.strict_json import finite_json
 from colm_core.model import expected_shapes
+from colm_core.strict_json import finite_json
 from colm_core.tokenizer import TOKENIZER_FILES, load_tokenizer
 
 CONFIG_FILE = "config.json"
@@ -60,8 +59,16 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 FLOAT_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 DTYPE_ALIASES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SAFETENSORS_DTYPES = {**{v: k for k, v in FLOAT_DTYPES.items()}, "F64": torch.float64, "I64": torch.int64,
-                      "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+SAFETENSORS_DTYPES = {
+    **{v: k for k, v in FLOAT_DTYPES.items()},
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20  # surgery holds about one shard: under 10% of a 1B fp32 model
 
@@ -100,7 +107,7 @@ class Checkpoint:
                     readers[file] = stack.enter_context(SafetensorsReader(self.path / file))
                 yield name, readers[file].get_tensor(name)
 
-    def stored(self, names: Iterable[str]) -> Iterator[tuple[str, "StoredTensor"]]:
+    def stored(self, names: Iterable[str]) -> Iterator[tuple[str, StoredTensor]]:
         """Yield (name, where its bytes lie) in the order asked: what write_weights copies without a tensor."""
         headers: dict[str, tuple[dict, int]] = {}
         for name in names:
@@ -110,8 +117,15 @@ class Checkpoint:
                     headers[file] = reader.header, reader.data_start
             header, data_start = headers[file]
             info = header[name]
-            yield name, StoredTensor(self.path / file, data_start + info["data_offsets"][0], tuple(info["shape"]),
-                                     SAFETENSORS_DTYPES[info["dtype"]])
+            yield (
+                name,
+                StoredTensor(
+                    self.path / file,
+                    data_start + info["data_offsets"][0],
+                    tuple(info["shape"]),
+                    SAFETENSORS_DTYPES[info["dtype"]],
+                ),
+            )
 
     @property
     def files(self) -> list[Path]:
@@ -162,7 +176,7 @@ class SafetensorsReader:
             raise ColmError(f"{self.path} is truncated at tensor {name!r}; restore it from the source")
         return tensor
 
-    def __enter__(self) -> "SafetensorsReader":
+    def __enter__(self) -> SafetensorsReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -179,8 +193,9 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
                 out[name] = (sl.get_dtype(), tuple(sl.get_shape()))
             return out
     except (SafetensorError, OSError, ValueError) as e:
-        raise ColmError(f"{path} is truncated or not a safetensors file ({e}); "
-                        "restore it from the source checkpoint") from None
+        raise ColmError(
+            f"{path} is truncated or not a safetensors file ({e}); restore it from the source checkpoint"
+        ) from None
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -198,8 +213,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     else:
         pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
-            raise ColmError(f"{path / pickles[0]} is a pickle file, which colm never loads; "
-                            "convert the weights to safetensors")
+            raise ColmError(
+                f"{path / pickles[0]} is a pickle file, which colm never loads; convert the weights to safetensors"
+            )
         raise ColmError(f"{path} has no {WEIGHTS_FILE} or {INDEX_FILE}; restore the weights from the source")
 
     headers: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -213,8 +229,10 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             shard = safetensors_header(path / file)
             for name in shard:
                 if weight_map.get(name) != file:
-                    raise ColmError(f"{path / file} holds {name!r}, which {INDEX_FILE} does not place there; "
-                                    "the index and shards disagree")
+                    raise ColmError(
+                        f"{path / file} holds {name!r}, which {INDEX_FILE} does not place there; "
+                        "the index and shards disagree"
+                    )
             headers.update(shard)
         for name, file in weight_map.items():
             if name not in headers:
@@ -225,8 +243,9 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         if name not in headers:
             raise ColmError(f"{path}: tensor {name!r} is missing; config.json says the model has it")
         if headers[name][1] != shape:
-            raise ColmError(f"{path}: tensor {name!r} has shape {list(headers[name][1])}, "
-                            f"config.json implies {list(shape)}")
+            raise ColmError(
+                f"{path}: tensor {name!r} has shape {list(headers[name][1])}, config.json implies {list(shape)}"
+            )
     for name in headers:
         if name not in expected:
             raise ColmError(f"{path}: unexpected tensor {name!r}; config.json does not describe it")
@@ -247,12 +266,15 @@ def read_digests(path: Path) -> dict[str, str]:
     data = read_json(path / DIGESTS_FILE, fix)
     digests = data.get("sha256") if isinstance(data, dict) else None
     if not isinstance(digests, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items()):
-        raise ColmError(f"{path / DIGESTS_FILE}: not a valid digest list (expected {{\"sha256\": {{file: digest}}}}); "
-                        f"{fix}")
+        raise ColmError(
+            f'{path / DIGESTS_FILE}: not a valid digest list (expected {{"sha256": {{file: digest}}}}); {fix}'
+        )
     for name in digests:
         if name != Path(name).name or name in ("", ".", ".."):
-            raise ColmError(f"{path / DIGESTS_FILE} lists {name!r}, outside the checkpoint directory; it may only "
-                            f"name the checkpoint's own files: {fix}")
+            raise ColmError(
+                f"{path / DIGESTS_FILE} lists {name!r}, outside the checkpoint directory; it may only "
+                f"name the checkpoint's own files: {fix}"
+            )
     return digests
 
 
@@ -261,11 +283,13 @@ def read_index(path: Path, fix: str) -> dict[str, str]:
     index = read_json(path, fix)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise ColmError(f"{path}: not a valid index (expected {{\"weight_map\": {{tensor: file}}}}); {fix}")
+        raise ColmError(f'{path}: not a valid index (expected {{"weight_map": {{tensor: file}}}}); {fix}')
     for file in weight_map.values():
         if file != Path(file).name or file in ("", ".", ".."):
-            raise ColmError(f"{path} places tensors in {file!r}, outside the directory; the index may only name "
-                            f"shard files beside it: {fix}")
+            raise ColmError(
+                f"{path} places tensors in {file!r}, outside the directory; the index may only name "
+                f"shard files beside it: {fix}"
+            )
     return weight_map
 
 
@@ -291,14 +315,21 @@ def load(path: str | Path, device: str | torch.device | None = None, dtype: torc
     return model
 
 
-def save(model, path: str | Path, *, force: bool = False, history: list[dict] | None = None,
-         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> Path:
+def save(
+    model,
+    path: str | Path,
+    *,
+    force: bool = False,
+    history: list[dict] | None = None,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
     """Write a model as a checkpoint directory. `history` defaults to the model's own."""
     if history is None:
         history = model.history
     with atomic_directory(path, force) as tmp:
-        write_checkpoint(tmp, model.config, model.state_dict().items(), model.tokenizer, history,
-                         max_shard_bytes=max_shard_bytes)
+        write_checkpoint(
+            tmp, model.config, model.state_dict().items(), model.tokenizer, history, max_shard_bytes=max_shard_bytes
+        )
     return Path(path)
 
 
@@ -314,8 +345,10 @@ def check_output(path: str | Path, force: bool, inputs: Iterable[str | Path] = (
     if path.exists() and not path.is_dir():
         raise ColmError(f"{path} exists and is not a directory; choose another -o/--output")
     if path.exists() and any(path.iterdir()) and not (path / CONFIG_FILE).is_file():
-        raise ColmError(f"{path} is a non-empty directory that is not a checkpoint; even with --force colm "
-                        "only replaces checkpoints: choose another -o/--output")
+        raise ColmError(
+            f"{path} is a non-empty directory that is not a checkpoint; even with --force colm "
+            "only replaces checkpoints: choose another -o/--output"
+        )
     return path
 
 
@@ -328,8 +361,10 @@ def refuse_overlap(output: str | Path, inputs: Iterable[str | Path]) -> None:
         if out == inp or inp in out.parents:
             raise ColmError(f"output {output} is inside the input {given}; choose an output outside it")
         if out in inp.parents:
-            raise ColmError(f"output {output} contains the input {given}, which writing it would replace; "
-                            "choose an output that does not hold the command's inputs")
+            raise ColmError(
+                f"output {output} contains the input {given}, which writing it would replace; "
+                "choose an output that does not hold the command's inputs"
+            )
 
 
 def temporary_sibling(path: Path, kind: str) -> Path:
@@ -351,7 +386,7 @@ def sweep_stale_siblings(path: Path) -> None:
     for kind in ("old", "tmp"):
         prefix = f".{path.name}.{kind}-"
         for stale in path.parent.glob(glob.escape(prefix) + "*"):
-            pid = stale.name[len(prefix):].split("-")[0]
+            pid = stale.name[len(prefix) :].split("-")[0]
             if stale.is_dir() and pid.isdigit() and not process_alive(int(pid)):
                 if kind == "old" and (stale / path.name).exists() and not path.exists():
                     os.replace(stale / path.name, path)
@@ -416,13 +451,18 @@ def rename_unless_taken(src: Path, dst: Path) -> bool:
 
 
 def lost_race(path: Path) -> ColmError:
-    return ColmError(f"{path} appeared while this command was writing it (another command writing the same "
-                     "output?); the one there is kept: choose another -o/--output, or pass --force to replace it")
+    return ColmError(
+        f"{path} appeared while this command was writing it (another command writing the same "
+        "output?); the one there is kept: choose another -o/--output, or pass --force to replace it"
+    )
 
 
-def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor | StoredTensor]],
-                  shapes: dict[str, tuple[int, ...]],
-                  max_shard_bytes: int) -> dict[str, str]:
+def write_weights(
+    directory: Path,
+    tensors: Iterable[tuple[str, torch.Tensor | StoredTensor]],
+    shapes: dict[str, tuple[int, ...]],
+    max_shard_bytes: int,
+) -> dict[str, str]:
     """Write tensors as one safetensors file, or as shards plus an index when they exceed max_shard_bytes;
     return the sha256 of each safetensors file written.
 
@@ -447,8 +487,11 @@ def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor | S
         shards[-1][name] = tuple(shape)
         size += nbytes
         total += nbytes
-    files = [WEIGHTS_FILE] if len(shards) == 1 else \
-        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    files = (
+        [WEIGHTS_FILE]
+        if len(shards) == 1
+        else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    )
 
     digests = {}
     with ThreadPoolExecutor(1) as hasher:
@@ -456,8 +499,11 @@ def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor | S
             header, offset = {}, 0
             for name, shape in shard.items():
                 nbytes = math.prod(shape) * dtype.itemsize
-                header[name] = {"dtype": SAFETENSORS_NAMES[dtype], "shape": list(shape),
-                                "data_offsets": [offset, offset + nbytes]}
+                header[name] = {
+                    "dtype": SAFETENSORS_NAMES[dtype],
+                    "shape": list(shape),
+                    "data_offsets": [offset, offset + nbytes],
+                }
                 offset += nbytes
             meta = json.dumps({"__metadata__": {"format": "pt"}, **header}, separators=(",", ":")).encode()
             meta += b" " * (-len(meta) % 8)  # the data starts 8-byte aligned, as safetensors writes it
@@ -467,8 +513,10 @@ def write_weights(directory: Path, tensors: Iterable[tuple[str, torch.Tensor | S
                 for name, shape in shard.items():
                     got, tensor = next(tensors, (None, torch.empty(0)))
                     if got != name or tuple(tensor.shape) != shape or tensor.dtype != dtype:
-                        raise ValueError(f"write_weights expected {name} {list(shape)} {dtype}, "
-                                         f"got {got} {list(tensor.shape)} {tensor.dtype}")
+                        raise ValueError(
+                            f"write_weights expected {name} {list(shape)} {dtype}, "
+                            f"got {got} {list(tensor.shape)} {tensor.dtype}"
+                        )
                     if isinstance(tensor, StoredTensor):
                         copy_hashed(out, digest, tensor, hasher)
                         continue
@@ -515,8 +563,7 @@ def copy_range(src, out, offset: int, nbytes: int) -> None:
     done = 0
     if hasattr(os, "copy_file_range"):
         with contextlib.suppress(OSError):  # an old kernel across filesystems, or a filesystem without it
-            while done < nbytes and (n := os.copy_file_range(src.fileno(), out.fileno(), nbytes - done,
-                                                             offset + done)):
+            while done < nbytes and (n := os.copy_file_range(src.fileno(), out.fileno(), nbytes - done, offset + done)):
                 done += n
     src.seek(offset + done)
     while done < nbytes:
@@ -532,8 +579,11 @@ def hash_range(digest, fd: int, offset: int, nbytes: int, chunk: int = 1 << 26) 
     into this process, and only the chunk being hashed is resident."""
     end = offset + nbytes
     for base in range(offset - offset % mmap.ALLOCATIONGRANULARITY, end, chunk):  # chunk: a multiple of it
-        with (mmap.mmap(fd, min(chunk, end - base), offset=base, access=mmap.ACCESS_READ) as mapped,
-              memoryview(mapped) as view, view[max(offset - base, 0):] as part):
+        with (
+            mmap.mmap(fd, min(chunk, end - base), offset=base, access=mmap.ACCESS_READ) as mapped,
+            memoryview(mapped) as view,
+            view[max(offset - base, 0) :] as part,
+        ):
             digest.update(part)
 
 
@@ -545,8 +595,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_checkpoint(directory: str | Path, config: ColmConfig, tensors: Iterable[tuple[str, torch.Tensor]],
-                     tokenizer, history: list[dict], *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> None:
+def write_checkpoint(
+    directory: str | Path,
+    config: ColmConfig,
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    tokenizer,
+    history: list[dict],
+    *,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> None:
     """Write a checkpoint's files into `directory` (made if missing), config.json last: the directory is a
     checkpoint only once it holds every file. Not atomic by itself: a new output is written inside
     atomic_directory. `tensors` come one at a time in the model's order (expected_shapes)."""
@@ -596,19 +653,25 @@ def verify_digests(ckpt: Checkpoint) -> dict[str, str]:
     """Hash every file digests.json lists and compare; a mismatch names the first file, in name order.
     Every file the checkpoint needs must be listed: one that is not could have changed unseen."""
     if not ckpt.digests:
-        raise ColmError(f"{ckpt.path} has no {DIGESTS_FILE} (written before colm recorded digests), so there is "
-                        "nothing to verify against; omit --verify")
+        raise ColmError(
+            f"{ckpt.path} has no {DIGESTS_FILE} (written before colm recorded digests), so there is "
+            "nothing to verify against; omit --verify"
+        )
     uncovered = [name for name in ckpt.needed_files() if name not in ckpt.digests]
     if uncovered:
-        raise ColmRuntimeError(f"{ckpt.path / uncovered[0]} has no sha256 in {DIGESTS_FILE}, so it cannot be "
-                               "verified; restore the checkpoint (or its digests.json) from the source")
+        raise ColmRuntimeError(
+            f"{ckpt.path / uncovered[0]} has no sha256 in {DIGESTS_FILE}, so it cannot be "
+            "verified; restore the checkpoint (or its digests.json) from the source"
+        )
     for name, recorded in sorted(ckpt.digests.items()):
         file = ckpt.path / name
         if not file.is_file():
             raise ColmRuntimeError(f"{file} is missing, but {DIGESTS_FILE} lists it; restore it from the source")
         if file_sha256(file) != recorded:
-            raise ColmRuntimeError(f"{file} does not match its sha256 in {DIGESTS_FILE}: it changed after colm "
-                                   "wrote it; restore it from the source")
+            raise ColmRuntimeError(
+                f"{file} does not match its sha256 in {DIGESTS_FILE}: it changed after colm "
+                "wrote it; restore it from the source"
+            )
     return ckpt.digests
 
 
@@ -644,9 +707,11 @@ def history_entry(command: str, args: dict, inputs: Iterable[Checkpoint] = ()) -
         "argv": ["colm", *sys.argv[1:]] if Path(sys.argv[0]).name in ("colm", "__main__.py") else None,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
         "colm_version": __version__,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "inputs": [{"path": str(c.path),
-                    "sha256": weights_digest(c) if has_recorded_digests(c) else BackgroundDigest(c)} for c in inputs],
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "inputs": [
+            {"path": str(c.path), "sha256": weights_digest(c) if has_recorded_digests(c) else BackgroundDigest(c)}
+            for c in inputs
+        ],
     }
 
 

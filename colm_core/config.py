@@ -42,8 +42,13 @@ def is_int(value) -> bool:
 
 def is_finite_number(value) -> bool:
     """An int that converts to a float (JSON holds 10**400 too), or a finite float."""
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63 \
-        or isinstance(value, float) and math.isfinite(value)
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and abs(value) < 2**63
+        or isinstance(value, float)
+        and math.isfinite(value)
+    )
 
 
 def value_check(kind) -> tuple[Callable[[object], bool], str]:
@@ -64,8 +69,10 @@ def value_check(kind) -> tuple[Callable[[object], bool], str]:
     if kind == list[int]:
         return (lambda v: isinstance(v, list) and all(is_int(x) for x in v)), "a list of integers below 2**31"
     if kind is dict:
-        return (lambda v: isinstance(v, dict) and all(is_finite_number(x) or isinstance(x, str) for x in v.values()),
-                "an object of numbers")
+        return (
+            lambda v: isinstance(v, dict) and all(is_finite_number(x) or isinstance(x, str) for x in v.values()),
+            "an object of numbers",
+        )
     raise TypeError(f"no config.json check for a field of type {kind}; add one to value_check")
 
 
@@ -117,7 +124,7 @@ class ColmConfig:
 
     # --- validation ------------------------------------------------------------------
 
-    def validate(self) -> "ColmConfig":
+    def validate(self) -> ColmConfig:
         def bad(msg: str) -> ColmError:
             return ColmError(f"invalid config: {msg}")
 
@@ -150,7 +157,9 @@ class ColmConfig:
                 if i > 1 and kv != 0:
                     raise bad(f"chain {i}: CoLM-Air shares chain 1's KV heads, so kv_heads must be 0, got {kv}")
                 if h % self.kv_heads[0]:
-                    raise bad(f"chain {i}: {h} query heads is not a multiple of chain 1's {self.kv_heads[0]} shared KV heads")
+                    raise bad(
+                        f"chain {i}: {h} query heads is not a multiple of chain 1's {self.kv_heads[0]} shared KV heads"
+                    )
             else:
                 if kv < 1:
                     raise bad(f"chain {i}: needs at least 1 KV head, got {kv}")
@@ -162,8 +171,10 @@ class ColmConfig:
             missing = [k for k in LLAMA3_ROPE_KEYS if k not in self.rope_scaling]
             extra = sorted(set(self.rope_scaling) - set(LLAMA3_ROPE_KEYS) - {"rope_type"})
             if missing or extra:
-                raise bad(f"rope_scaling needs exactly {', '.join(LLAMA3_ROPE_KEYS)} (Llama-3 style); "
-                          f"missing {missing}, unknown {extra}")
+                raise bad(
+                    f"rope_scaling needs exactly {', '.join(LLAMA3_ROPE_KEYS)} (Llama-3 style); "
+                    f"missing {missing}, unknown {extra}"
+                )
         if self.norm_eps <= 0:
             raise bad(f"norm_eps must be positive, got {self.norm_eps}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -180,16 +191,20 @@ class ColmConfig:
         return {"colm_format": FORMAT_VERSION, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "config") -> "ColmConfig":
+    def from_dict(cls, data: dict, source: str = "config") -> ColmConfig:
         data = dict(data)
         version = data.pop("colm_format", None)
         if version != FORMAT_VERSION:
-            raise ColmError(f"{source}: colm_format is {version!r}, this colm reads format {FORMAT_VERSION}; "
-                            "is this a colm checkpoint? (use `colm import` for a Hugging Face Llama)")
+            raise ColmError(
+                f"{source}: colm_format is {version!r}, this colm reads format {FORMAT_VERSION}; "
+                "is this a colm checkpoint? (use `colm import` for a Hugging Face Llama)"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ColmError(f"{source}: unknown field {unknown[0]!r}; remove it (known fields: {', '.join(sorted(known))})")
+            raise ColmError(
+                f"{source}: unknown field {unknown[0]!r}; remove it (known fields: {', '.join(sorted(known))})"
+            )
         try:
             cfg = cls(**data)
         except TypeError as e:
@@ -203,29 +218,62 @@ class ColmConfig:
         Path(path).write_text(self.to_json())
 
     @classmethod
-    def load(cls, path: Path) -> "ColmConfig":
-        data = read_json(path, "restore the file or re-create the checkpoint (a colm checkpoint directory "
-                               "holds config.json)")
+    def load(cls, path: Path) -> ColmConfig:
+        data = read_json(
+            path, "restore the file or re-create the checkpoint (a colm checkpoint directory holds config.json)"
+        )
         if not isinstance(data, dict):
             raise ColmError(f"{path}: expected a JSON object")
         return cls.from_dict(data, source=str(path))
 
-    def replace(self, **changes) -> "ColmConfig":
+    def replace(self, **changes) -> ColmConfig:
         return dataclasses.replace(self, **changes).validate()
 
 
 PRESETS: dict[str, ColmConfig] = {
     # Trains to a visibly falling loss in minutes on 2 CPU cores (~2M parameters).
-    "tiny": ColmConfig(vocab_size=258, n_layers=4, head_dim=32, heads=[2, 2, 2, 2], kv_heads=[1, 1, 1, 1],
-                       ffn=[176] * 4, max_seq_len=1024, bos_token_id=256, eos_token_id=257),
+    "tiny": ColmConfig(
+        vocab_size=258,
+        n_layers=4,
+        head_dim=32,
+        heads=[2, 2, 2, 2],
+        kv_heads=[1, 1, 1, 1],
+        ffn=[176] * 4,
+        max_seq_len=1024,
+        bos_token_id=256,
+        eos_token_id=257,
+    ),
     # A few tens of millions of parameters: benchmarks and short experiments.
-    "small": ColmConfig(vocab_size=258, n_layers=8, head_dim=64, heads=[2, 2, 2, 2], kv_heads=[1, 1, 1, 1],
-                        ffn=[352] * 4, max_seq_len=2048, bos_token_id=256, eos_token_id=257),
+    "small": ColmConfig(
+        vocab_size=258,
+        n_layers=8,
+        head_dim=64,
+        heads=[2, 2, 2, 2],
+        kv_heads=[1, 1, 1, 1],
+        ffn=[352] * 4,
+        max_seq_len=2048,
+        bos_token_id=256,
+        eos_token_id=257,
+    ),
     # Llama-3.2-1B's shape cut into 4 equal chains: for scale tests of surgery and I/O.
-    "llama-1b": ColmConfig(vocab_size=128256, n_layers=16, head_dim=64, heads=[8, 8, 8, 8], kv_heads=[2, 2, 2, 2],
-                           ffn=[2048] * 4, rope_theta=500000.0,
-                           rope_scaling={"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                                         "original_max_position_embeddings": 8192},
-                           norm_eps=1e-5, tie_embeddings=True, max_seq_len=131072,
-                           bos_token_id=256, eos_token_id=257),
+    "llama-1b": ColmConfig(
+        vocab_size=128256,
+        n_layers=16,
+        head_dim=64,
+        heads=[8, 8, 8, 8],
+        kv_heads=[2, 2, 2, 2],
+        ffn=[2048] * 4,
+        rope_theta=500000.0,
+        rope_scaling={
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+        norm_eps=1e-5,
+        tie_embeddings=True,
+        max_seq_len=131072,
+        bos_token_id=256,
+        eos_token_id=257,
+    ),
 }

@@ -28,8 +28,11 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
     files: list[Path] = []
     for m in matched_paths(specs):
         if m.is_dir():
-            files += sorted(p for p in m.rglob("*") if p.is_file()
-                            and not any(part.startswith(".") for part in p.relative_to(m).parts))
+            files += sorted(
+                p
+                for p in m.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(m).parts)
+            )
         elif m.is_file():
             files.append(m)
         else:
@@ -39,8 +42,11 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
         (text if is_text_file(p) else binary).append(p)
     skipped = f"{len(binary)} file(s) that are not UTF-8 text, e.g. {binary[0]}" if binary else ""
     if not text:
-        raise ColmError(f"--data {' '.join(map(str, specs))}: no text files found"
-                        + (f" (skipped {skipped})" if binary else "") + "; point it at UTF-8 text files")
+        raise ColmError(
+            f"--data {' '.join(map(str, specs))}: no text files found"
+            + (f" (skipped {skipped})" if binary else "")
+            + "; point it at UTF-8 text files"
+        )
     if binary:
         print(f"--data: skipped {skipped}", file=sys.stderr)
     return text
@@ -139,8 +145,10 @@ def split_tokens(tokens: np.ndarray, seq_len: int, val_fraction: float) -> tuple
     """(train, validation): the last val_fraction of the stream (at least one window) is held out."""
     n_val = max(seq_len + 1, int(len(tokens) * val_fraction))
     if len(tokens) - n_val < seq_len + 1:
-        raise ColmError(f"--data has {len(tokens):,} tokens: too few for training and validation windows of "
-                        f"{seq_len + 1} tokens; give more text or lower --seq-len")
+        raise ColmError(
+            f"--data has {len(tokens):,} tokens: too few for training and validation windows of "
+            f"{seq_len + 1} tokens; give more text or lower --seq-len"
+        )
     return tokens[:-n_val], tokens[-n_val:]
 
 
@@ -149,8 +157,7 @@ def default_validation_tokens(tokenizer) -> list[int]:
     from colm_core.options import TrainOptions
 
     defaults = TrainOptions()
-    _, held_out = split_tokens(token_cache(default_corpus_files(), tokenizer), defaults.seq_len,
-                               defaults.val_fraction)
+    _, held_out = split_tokens(token_cache(default_corpus_files(), tokenizer), defaults.seq_len, defaults.val_fraction)
     return held_out.tolist()
 
 
@@ -168,5 +175,6 @@ def sample_windows(tokens: np.ndarray, seq_len: int, count: int, seed: int, step
 def fixed_windows(tokens: np.ndarray, seq_len: int, max_windows: int) -> torch.Tensor:
     """Consecutive windows of seq_len + 1 tokens overlapping by one, from the start: the validation set."""
     n = min(max_windows, (len(tokens) - 1) // seq_len)
-    return torch.from_numpy(np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)])
-                            .astype(np.int64))
+    return torch.from_numpy(
+        np.stack([tokens[i * seq_len : i * seq_len + seq_len + 1] for i in range(n)]).astype(np.int64)
+    )

@@ -61,8 +61,9 @@ def os_error(e: OSError) -> ColmError:
     is to rerun: nothing half-written is left."""
     what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
     if e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-        return ColmRuntimeError(f"{what}; free disk space (or raise the file-size limit) and rerun: "
-                                "nothing half-written was kept")
+        return ColmRuntimeError(
+            f"{what}; free disk space (or raise the file-size limit) and rerun: nothing half-written was kept"
+        )
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return ColmError(f"{what}; choose an -o/--output where you may write, or fix the permissions")
     return ColmRuntimeError(f"{what}; check the path and rerun")

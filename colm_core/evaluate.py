@@ -24,16 +24,31 @@ def token_stream(tokenizer, texts: list[str]) -> list[int]:
     return ids
 
 
-def evaluate(model, texts: list[str], chains: list[int], seq_len: int = EVAL_SEQ_LEN,
-             batch_size: int = EvalOptions.batch_size, max_tokens: int | None = None, progress=None) -> dict:
+def evaluate(
+    model,
+    texts: list[str],
+    chains: list[int],
+    seq_len: int = EVAL_SEQ_LEN,
+    batch_size: int = EvalOptions.batch_size,
+    max_tokens: int | None = None,
+    progress=None,
+) -> dict:
     """Mean next-token loss of each k-chain sub-model over the texts (see evaluate_tokens)."""
-    return evaluate_tokens(model, token_stream(model.tokenizer, texts), chains, seq_len, batch_size, max_tokens,
-                           progress)
+    return evaluate_tokens(
+        model, token_stream(model.tokenizer, texts), chains, seq_len, batch_size, max_tokens, progress
+    )
 
 
 @torch.no_grad()
-def evaluate_tokens(model, ids: list[int], chains: list[int], seq_len: int = EVAL_SEQ_LEN,
-                    batch_size: int = EvalOptions.batch_size, max_tokens: int | None = None, progress=None) -> dict:
+def evaluate_tokens(
+    model,
+    ids: list[int],
+    chains: list[int],
+    seq_len: int = EVAL_SEQ_LEN,
+    batch_size: int = EvalOptions.batch_size,
+    max_tokens: int | None = None,
+    progress=None,
+) -> dict:
     """Mean next-token loss of each k-chain sub-model over a token stream (BOS doc EOS ...).
 
     Windows of seq_len + 1 tokens overlap by one, so every token after the first is predicted
@@ -70,7 +85,18 @@ def evaluate_tokens(model, ids: list[int], chains: list[int], seq_len: int = EVA
     results = []
     for k, total in zip(chains, nll.tolist()):
         mean = total / max(n_tokens, 1)
-        results.append({"chains": k, "loss": mean, "ppl": math.exp(min(mean, 700.0)),
-                        "bits_per_byte": total / math.log(2) / max(n_bytes, 1)})
-    return {"results": results, "tokens": n_tokens, "bytes": n_bytes, "seconds": elapsed,
-            "tokens_per_second": n_tokens / elapsed if elapsed > 0 else None}
+        results.append(
+            {
+                "chains": k,
+                "loss": mean,
+                "ppl": math.exp(min(mean, 700.0)),
+                "bits_per_byte": total / math.log(2) / max(n_bytes, 1),
+            }
+        )
+    return {
+        "results": results,
+        "tokens": n_tokens,
+        "bytes": n_bytes,
+        "seconds": elapsed,
+        "tokens_per_second": n_tokens / elapsed if elapsed > 0 else None,
+    }

@@ -19,9 +19,19 @@ from pathlib import Path
 import torch
 
 from colm_core.card import model_card
-from colm_core.checkpoint import (CARD_FILE, DEFAULT_MAX_SHARD_BYTES, DTYPE_NAMES, Checkpoint, atomic_directory,
-                                  expected_shapes, history_entry, open_checkpoint, write_history,
-                                  write_last_file, write_weights)
+from colm_core.checkpoint import (
+    CARD_FILE,
+    DEFAULT_MAX_SHARD_BYTES,
+    DTYPE_NAMES,
+    Checkpoint,
+    atomic_directory,
+    expected_shapes,
+    history_entry,
+    open_checkpoint,
+    write_history,
+    write_last_file,
+    write_weights,
+)
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
 from colm_core.llama import COLM_EXPORT_TYPE, colm_to_hf_names, config_to_hf
@@ -44,8 +54,9 @@ def byte_level_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken("<|begin_of_text|>", special=True), AddedToken("<|end_of_text|>", special=True)])
-    tok.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
-                                                       special_tokens=[("<|begin_of_text|>", 256)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", 256)]
+    )
     return tok
 
 
@@ -75,8 +86,13 @@ def write_tokenizer(ckpt: Checkpoint, directory: Path) -> None:
     unk = json.loads(tok.to_str())["model"].get("unk_token")
     if unk is not None:
         special["unk_token"] = unk
-    written = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": cfg.max_seq_len,
-               "clean_up_tokenization_spaces": False, **special, **stored}
+    written = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": cfg.max_seq_len,
+        "clean_up_tokenization_spaces": False,
+        **special,
+        **stored,
+    }
     (directory / TOKENIZER_CONFIG_FILE).write_text(json.dumps(written, indent=2) + "\n")
 
 
@@ -87,10 +103,18 @@ def generation_config(cfg: ColmConfig) -> dict:
 def hf_colm_config(cfg: ColmConfig, dtype: torch.dtype) -> dict:
     """config.json of a `--format hf` export: colm's config nested under "colm", plus auto_map."""
     return {
-        "architectures": ["ColmForCausalLM"], "model_type": COLM_EXPORT_TYPE,
-        "auto_map": {"AutoConfig": "modeling_colm.ColmHFConfig", "AutoModelForCausalLM": "modeling_colm.ColmForCausalLM"},
-        "colm": cfg.to_dict(), "chains": cfg.n_chains, "dtype": DTYPE_NAMES[dtype],
-        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
+        "architectures": ["ColmForCausalLM"],
+        "model_type": COLM_EXPORT_TYPE,
+        "auto_map": {
+            "AutoConfig": "modeling_colm.ColmHFConfig",
+            "AutoModelForCausalLM": "modeling_colm.ColmForCausalLM",
+        },
+        "colm": cfg.to_dict(),
+        "chains": cfg.n_chains,
+        "dtype": DTYPE_NAMES[dtype],
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
     }
 
 
@@ -107,8 +131,16 @@ def exported_tensors(ckpt: Checkpoint, fmt: str, dtype: torch.dtype) -> Iterator
         del tensor  # before the next one is read: one tensor in memory at a time
 
 
-def export(path: Path, out: Path, *, fmt: str, dtype: torch.dtype | None = None, verify: bool = True,
-           force: bool = False, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> dict:
+def export(
+    path: Path,
+    out: Path,
+    *,
+    fmt: str,
+    dtype: torch.dtype | None = None,
+    verify: bool = True,
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> dict:
     """Write `path` in `fmt` to `out`; returns the verification report (or {})."""
     from colm_core.verify import verify_export
 

@@ -105,8 +105,9 @@ class KVCache(nn.Module):
         visible = (keys <= new[:, None]) & (keys >= self.pad[:, None, None]) | (keys == new[:, None])
         return cos, sin, visible[:, None]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor,
-               at: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, at: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         heads = k.shape[1]
         if heads > self.keys.shape[2]:
             raise ColmError(f"KV cache holds {self.keys.shape[2]} heads; cannot add {heads}")
@@ -146,10 +147,10 @@ class Sampling:
     seed: int = GenerateOptions.seed
 
     @classmethod
-    def of(cls, options: GenerateOptions) -> "Sampling":
+    def of(cls, options: GenerateOptions) -> Sampling:
         return cls(options.temperature, options.top_k, options.top_p, options.seed)
 
-    def validate(self) -> "Sampling":
+    def validate(self) -> Sampling:
         """Checked as the options that set it are (a request to `colm serve` sets it too)."""
         GenerateOptions(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed)
         return self
@@ -185,14 +186,15 @@ def chains_at(schedule: Schedule, position: int) -> int:
 
 
 def parse_switch(text: str | None) -> Schedule:
-    """"0:4,32:1,64:2" -> [(0, 4), (32, 1), (64, 2)]; None -> []."""
+    """ "0:4,32:1,64:2" -> [(0, 4), (32, 1), (64, 2)]; None -> []."""
     entries = []
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         try:
             position, chains = (int(v) for v in part.split(":"))
         except ValueError:
-            raise OptionError("{switch} {text!r}: expected POSITION:CHAINS pairs, e.g. 0:4,32:1,64:2",
-                              text=text) from None
+            raise OptionError(
+                "{switch} {text!r}: expected POSITION:CHAINS pairs, e.g. 0:4,32:1,64:2", text=text
+            ) from None
         entries.append((position, chains))
     return entries
 
@@ -205,8 +207,10 @@ def make_schedule(n_chains: int, chains: int | None = None, switch: Schedule = (
         if not 1 <= k <= n_chains:
             raise ColmError(f"chains {k} is outside 1..{n_chains}: this model has {n_chains} chains")
         if position < 0 or (i and position <= schedule[i - 1][0]):
-            raise ColmError(f"switch schedule {', '.join(f'{p}:{c}' for p, c in schedule)} is not increasing; "
-                            "give generated positions in increasing order, e.g. 0:4,32:1,64:2")
+            raise ColmError(
+                f"switch schedule {', '.join(f'{p}:{c}' for p, c in schedule)} is not increasing; "
+                "give generated positions in increasing order, e.g. 0:4,32:1,64:2"
+            )
     return schedule
 
 
@@ -215,8 +219,9 @@ def check_prompt(cfg, prompt_ids: list[int], name: str = "the prompt") -> None:
     if not prompt_ids:
         raise ColmError(f"{name} is empty; give some text to continue")
     if len(prompt_ids) > cfg.max_seq_len:
-        raise ColmError(f"{name} is {len(prompt_ids)} tokens, longer than the model's context of "
-                        f"{cfg.max_seq_len}; shorten it")
+        raise ColmError(
+            f"{name} is {len(prompt_ids)} tokens, longer than the model's context of {cfg.max_seq_len}; shorten it"
+        )
     bad = [i for i in prompt_ids if not 0 <= i < cfg.vocab_size]
     if bad:
         raise ColmError(f"{name} has token id {bad[0]}, outside the vocabulary 0..{cfg.vocab_size - 1}")
@@ -227,9 +232,16 @@ def default_prefill_chains(cfg, schedule: Schedule) -> int:
     return 1 if cfg.kv_share else schedule[0][1]
 
 
-def decode_step(model, cache: KVCache, tokens: torch.Tensor, at: int | torch.Tensor, chains: int,
-                sampling: Sampling, noise: torch.Tensor | None,
-                head: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_step(
+    model,
+    cache: KVCache,
+    tokens: torch.Tensor,
+    at: int | torch.Tensor,
+    chains: int,
+    sampling: Sampling,
+    noise: torch.Tensor | None,
+    head: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run new tokens (B, T) at `chains` chains into the cache's columns `at` and pick every row's next
     token on the device: (token ids (B,), next-token logits (B, V)). A pure function of its tensors: it
     reads no host state and leaves the cache's bookkeeping to its caller, so that with `at` a device
@@ -250,8 +262,11 @@ def compiled_decode_step(device: torch.device) -> Callable:
     if device.type not in COMPILED_STEPS:
         kernels = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor")))
         if not (kernels.is_dir() and any(kernels.iterdir())):
-            print(f"colm: first run: compiling the decode step (warm-up; the kernels are kept in {kernels} "
-                  "for later runs)", file=sys.stderr)
+            print(
+                f"colm: first run: compiling the decode step (warm-up; the kernels are kept in {kernels} "
+                "for later runs)",
+                file=sys.stderr,
+            )
         # One graph per chain count, batch and cache capacity: more than torch's default of 8 recompilations.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         mode = "reduce-overhead" if device.type == "cuda" else None
@@ -295,9 +310,16 @@ def kept_head(model) -> torch.Tensor:
 
 
 @torch.inference_mode()  # on a generator function: active only while the generator itself runs
-def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_tokens: int,
-                 prefill_chains: int | None = None, sampling: Sampling | None = None,
-                 report: dict | None = None, compile_step: bool = False) -> Iterator[tuple[list[int], torch.Tensor]]:
+def stream_batch(
+    model,
+    prompts: list[list[int]],
+    schedule: Schedule,
+    max_new_tokens: int,
+    prefill_chains: int | None = None,
+    sampling: Sampling | None = None,
+    report: dict | None = None,
+    compile_step: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Yield (every row's token id, (B, V) next-token logits) for each generated position, up to
     max_new_tokens or the context of the shortest prompt (each row's own context ends it earlier:
     generate_batch stops there).
@@ -322,8 +344,10 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
     if not 1 <= prefill_chains <= cfg.n_chains:
         raise ColmError(f"prefill chains {prefill_chains} is outside 1..{cfg.n_chains}")
     if kv_heads_needed(cfg, prefill_chains) < kv_heads_needed(cfg, schedule[0][1]):
-        raise OptionError(f"prefill with {prefill_chains} chains cannot serve {schedule[0][1]} chains: only "
-                          "CoLM-Air models (keys/values from chain 1) can; omit {prefill_chains}")
+        raise OptionError(
+            f"prefill with {prefill_chains} chains cannot serve {schedule[0][1]} chains: only "
+            "CoLM-Air models (keys/values from chain 1) can; omit {prefill_chains}"
+        )
     param = next(model.parameters())
     width = max(map(len, prompts))
     pad = [width - len(p) for p in prompts]
@@ -381,12 +405,20 @@ def stream_batch(model, prompts: list[list[int]], schedule: Schedule, max_new_to
         cache.in_use = False
 
 
-def stream_tokens(model, prompt_ids: list[int], schedule: Schedule, max_new_tokens: int,
-                  prefill_chains: int | None = None, sampling: Sampling | None = None,
-                  report: dict | None = None, compile_step: bool = False) -> Iterator[tuple[int, torch.Tensor]]:
+def stream_tokens(
+    model,
+    prompt_ids: list[int],
+    schedule: Schedule,
+    max_new_tokens: int,
+    prefill_chains: int | None = None,
+    sampling: Sampling | None = None,
+    report: dict | None = None,
+    compile_step: bool = False,
+) -> Iterator[tuple[int, torch.Tensor]]:
     """stream_batch of one prompt: yield (token id, (V,) next-token logits) for each generated token."""
-    for tokens, logits in stream_batch(model, [prompt_ids], schedule, max_new_tokens, prefill_chains, sampling,
-                                       report, compile_step):
+    for tokens, logits in stream_batch(
+        model, [prompt_ids], schedule, max_new_tokens, prefill_chains, sampling, report, compile_step
+    ):
         yield tokens[0], logits[0]
 
 
@@ -413,8 +445,7 @@ class TextStream:
             return self._take(len(self.text))
         final = len(self.text.rstrip("\ufffd"))
         # Hold back a tail that may be the start of a stop string.
-        final -= max((n for s in self.stop for n in range(1, len(s)) if self.text[:final].endswith(s[:n])),
-                     default=0)
+        final -= max((n for s in self.stop for n in range(1, len(s)) if self.text[:final].endswith(s[:n])), default=0)
         return self._take(final)
 
     def finish(self) -> str:
@@ -432,8 +463,9 @@ class Continuation:
     text), a stop string ("stop_string", cut from the text), max_new_tokens, or the model's context
     ("context")."""
 
-    def __init__(self, tokenizer, cfg, prompt_tokens: int, max_new_tokens: int, eos_id: int | None,
-                 stop: list[str] = ()):
+    def __init__(
+        self, tokenizer, cfg, prompt_tokens: int, max_new_tokens: int, eos_id: int | None, stop: list[str] = ()
+    ):
         self.tokens: list[int] = []
         self.text = TextStream(tokenizer, stop)
         self.max_new_tokens = max_new_tokens
@@ -455,8 +487,15 @@ class Continuation:
         return piece
 
 
-def generate(model, prompt: str | list[int], options: GenerateOptions | None = None, *, eos_id: int | None = None,
-             on_text: Callable[[str], None] | None = None, compile_step: bool | None = None) -> dict:
+def generate(
+    model,
+    prompt: str | list[int],
+    options: GenerateOptions | None = None,
+    *,
+    eos_id: int | None = None,
+    on_text: Callable[[str], None] | None = None,
+    compile_step: bool | None = None,
+) -> dict:
     """Continue a prompt and return a JSON-ready record: prompt ids, text, token ids, schedule, timings.
 
     A text prompt is encoded as the model's tokenizer starts a sequence (BOS only if its policy adds
@@ -465,13 +504,25 @@ def generate(model, prompt: str | list[int], options: GenerateOptions | None = N
     (eos_id; default: the config's eos_token_id), at a stop string (cut from the text), after
     max_new_tokens, or at the model's context. `on_text` receives the text as it becomes final.
     """
-    return generate_batch(model, [prompt], options, eos_id=eos_id,
-                          on_text=on_text and (lambda row, piece: on_text(piece)), compile_step=compile_step)[0]
+    return generate_batch(
+        model,
+        [prompt],
+        options,
+        eos_id=eos_id,
+        on_text=on_text and (lambda row, piece: on_text(piece)),
+        compile_step=compile_step,
+    )[0]
 
 
-def generate_batch(model, prompts: list[str | list[int]], options: GenerateOptions | None = None, *,
-                   eos_id: int | None = None, on_text: Callable[[int, str], None] | None = None,
-                   compile_step: bool | None = None) -> list[dict]:
+def generate_batch(
+    model,
+    prompts: list[str | list[int]],
+    options: GenerateOptions | None = None,
+    *,
+    eos_id: int | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+    compile_step: bool | None = None,
+) -> list[dict]:
     """Continue several prompts in one batch: one record per prompt, in order, each as `generate` gives
     it (under greedy decoding, the same tokens as that prompt alone). Each row stops on its own; the
     timings are the whole batch's. `on_text(row, piece)` receives each row's text as it becomes final.
@@ -515,14 +566,17 @@ def generate_batch(model, prompts: list[str | list[int]], options: GenerateOptio
         "decode_tokens_per_s": decoded / (end - first_token_at) if decoded else None,
         "total_s": end - start,
     }
-    return [{
-        "prompt_ids": prompt_ids,
-        "prompt_tokens": len(prompt_ids),
-        "text": row.text.text,
-        "token_ids": row.tokens,
-        "stop_reason": row.stop_reason,
-        "prefill_chains": prefill_chains,
-        **report,
-        "sampling": dataclasses.asdict(sampling),
-        "timings": timings,
-    } for prompt_ids, row in zip(prompts, rows)]
+    return [
+        {
+            "prompt_ids": prompt_ids,
+            "prompt_tokens": len(prompt_ids),
+            "text": row.text.text,
+            "token_ids": row.tokens,
+            "stop_reason": row.stop_reason,
+            "prefill_chains": prefill_chains,
+            **report,
+            "sampling": dataclasses.asdict(sampling),
+            "timings": timings,
+        }
+        for prompt_ids, row in zip(prompts, rows)
+    ]

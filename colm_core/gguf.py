@@ -16,10 +16,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from colm_core.config import ColmConfig
 from colm_core.errors import ColmError
 from colm_core.llama import config_from_hf
+
+if TYPE_CHECKING:  # imported where used: commands that never read a GGUF or Llama file skip them
+    import gguf
+    import tokenizers
+    import torch
 
 GGUF_SUFFIX = ".gguf"
 ARCHITECTURE = "llama"
@@ -41,8 +47,10 @@ _LAYER_NAMES = {
 # GGUF token types (llama.cpp's llama_token_type)
 CONTROL, USER_DEFINED = 3, 4
 # The pre-tokenizer split of byte-level vocabularies that do not use GPT-2's (tokenizer.ggml.pre).
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 _SPLITS = {"llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT}
 
 
@@ -55,7 +63,7 @@ class GGUFModel:
     """A Llama GGUF file, its metadata read; tensors are read (memory-mapped) one at a time."""
 
     path: Path
-    reader: "gguf.GGUFReader"
+    reader: gguf.GGUFReader
     metadata: dict  # key -> value (strings, numbers, lists)
     config: ColmConfig
 
@@ -70,7 +78,7 @@ class GGUFModel:
             names |= {g.format(i=i): c.format(i=i) for g, c in _LAYER_NAMES.items()}
         return names
 
-    def tensors(self) -> Iterator[tuple[str, "torch.Tensor"]]:
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The weights under colm's names, in colm's order, dequantized to float32, q/k rows unpermuted."""
         import numpy as np
         import torch
@@ -89,7 +97,7 @@ class GGUFModel:
             yield colm_name, weight
 
 
-def unpermute_rows(weight: "torch.Tensor", heads: int) -> "torch.Tensor":
+def unpermute_rows(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """Undo llama.cpp's permutation of a query/key projection: within each head, row 2j+p of the file is
     row p*(head_dim/2)+j of the Hugging Face weight."""
     rows = weight.shape[0]
@@ -121,8 +129,10 @@ def open_gguf(path: str | Path) -> GGUFModel:
         raise ColmError(f"{path}: GGUF architecture {arch!r} is not supported; colm imports 'llama' GGUF files")
     unsupported = sorted({t.tensor_type.name for t in reader.tensors if not dequantizable(t.tensor_type)})
     if unsupported:
-        raise ColmError(f"{path}: tensor type {unsupported[0]} cannot be dequantized by the installed gguf "
-                        "package; upgrade it (pip install -U gguf) or convert the file to another type")
+        raise ColmError(
+            f"{path}: tensor type {unsupported[0]} cannot be dequantized by the installed gguf "
+            "package; upgrade it (pip install -U gguf) or convert the file to another type"
+        )
     tensor_names = {t.name for t in reader.tensors}
     try:
         cfg = config_from_hf(hf_config(meta, tensor_names, path), tokenizer="tokenizer.json")
@@ -134,8 +144,11 @@ def open_gguf(path: str | Path) -> GGUFModel:
     expected = model.colm_names()
     extra = sorted(tensor_names - set(expected))
     if extra:
-        hint = " (Llama 3 RoPE scaling, which GGUF stores as frequencies; not supported)" \
-            if extra[0] == "rope_freqs.weight" else ""
+        hint = (
+            " (Llama 3 RoPE scaling, which GGUF stores as frequencies; not supported)"
+            if extra[0] == "rope_freqs.weight"
+            else ""
+        )
         raise ColmError(f"{path}: unexpected tensor {extra[0]!r}{hint}; colm imports plain Llama GGUF files")
     missing = [name for name in expected if name not in tensor_names]
     if missing:
@@ -157,13 +170,17 @@ def check_tensors(model: GGUFModel) -> None:
         shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions innermost first
         expected = shapes[to_colm[t.name]]
         if shape != expected:
-            raise ColmError(f"{model.path}: tensor {t.name!r} has shape {list(shape)}, but the metadata describes a "
-                            f"model whose {t.name} is {list(expected)}; the file is inconsistent: convert it again")
+            raise ColmError(
+                f"{model.path}: tensor {t.name!r} has shape {list(shape)}, but the metadata describes a "
+                f"model whose {t.name} is {list(expected)}; the file is inconsistent: convert it again"
+            )
         block = GGML_QUANT_SIZES[t.tensor_type][0]
         if shape[-1] % block:
-            raise ColmError(f"{model.path}: tensor {t.name!r} is stored as {t.tensor_type.name}, whose blocks of "
-                            f"{block} values do not tile its rows of {shape[-1]}; the file is inconsistent: convert "
-                            "it again")
+            raise ColmError(
+                f"{model.path}: tensor {t.name!r} is stored as {t.tensor_type.name}, whose blocks of "
+                f"{block} values do not tile its rows of {shape[-1]}; the file is inconsistent: convert "
+                "it again"
+            )
 
 
 def dequantizable(kind) -> bool:
@@ -181,6 +198,7 @@ def dequantizable(kind) -> bool:
 
 def hf_config(meta: dict, tensor_names: set[str], path: Path) -> dict:
     """A transformers Llama config.json from `llama.*` metadata, so that config_from_hf checks it as any import."""
+
     def need(key):
         if key not in meta:
             raise ColmError(f"{path}: metadata {key!r} is missing; not a complete llama GGUF file")
@@ -190,8 +208,10 @@ def hf_config(meta: dict, tensor_names: set[str], path: Path) -> dict:
         value = need(key) if default is None else meta.get(key, default)
         if isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < float("inf"):
             what = "whole number" if kind is int else "number"
-            raise ColmError(f"{path}: metadata {key!r} is {value!r}, not a positive {what}; the file is "
-                            "inconsistent: convert it again")
+            raise ColmError(
+                f"{path}: metadata {key!r} is {value!r}, not a positive {what}; the file is "
+                "inconsistent: convert it again"
+            )
         return value
 
     def count(key, default=None):
@@ -204,23 +224,30 @@ def hf_config(meta: dict, tensor_names: set[str], path: Path) -> dict:
     tokens = listed(meta, "tokenizer.ggml.tokens", str, path)
     hidden, heads = count("llama.embedding_length"), count("llama.attention.head_count")
     return {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": count("llama.vocab_size", len(tokens)), "hidden_size": hidden,
-        "intermediate_size": count("llama.feed_forward_length"), "num_hidden_layers": count("llama.block_count"),
-        "num_attention_heads": heads, "num_key_value_heads": count("llama.attention.head_count_kv", heads),
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": count("llama.vocab_size", len(tokens)),
+        "hidden_size": hidden,
+        "intermediate_size": count("llama.feed_forward_length"),
+        "num_hidden_layers": count("llama.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": count("llama.attention.head_count_kv", heads),
         "head_dim": count("llama.rope.dimension_count", max(hidden // heads, 1)),
         "rope_theta": positive("llama.rope.freq_base", 10000.0),
         "rms_norm_eps": positive("llama.attention.layer_norm_rms_epsilon"),
         "max_position_embeddings": count("llama.context_length", 2048),
         "tie_word_embeddings": "output.weight" not in tensor_names,
-        **{f"{hf}_token_id": token_id(meta, f"tokenizer.ggml.{gguf}_token_id", tokens, path)
-           for hf, gguf in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))},
+        **{
+            f"{hf}_token_id": token_id(meta, f"tokenizer.ggml.{gguf}_token_id", tokens, path)
+            for hf, gguf in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))
+        },
     }
 
 
 # --- the tokenizer ---------------------------------------------------------------------------------
 
-def build_tokenizer(meta: dict, path: Path) -> "tokenizers.Tokenizer":
+
+def build_tokenizer(meta: dict, path: Path) -> tokenizers.Tokenizer:
     """The tokenizer the `tokenizer.ggml.*` metadata describes, as transformers' GGUF loading builds it."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
 
@@ -232,31 +259,51 @@ def build_tokenizer(meta: dict, path: Path) -> "tokenizers.Tokenizer":
         merges = [tuple(m.split(" ", 1)) for m in listed(meta, "tokenizer.ggml.merges", str, path)]
         tok = Tokenizer(bpe(path, vocab, merges))
         split = _SPLITS.get(meta.get("tokenizer.ggml.pre"))
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False) if split is None else \
-            pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+        tok.pre_tokenizer = (
+            pre_tokenizers.ByteLevel(add_prefix_space=False)
+            if split is None
+            else pre_tokenizers.Sequence(
+                [
+                    pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+                ]
+            )
+        )
         tok.decoder = decoders.ByteLevel()
         default_bos = False
     elif kind == "llama":
-        merges = ([tuple(m.split(" ", 1)) for m in listed(meta, "tokenizer.ggml.merges", str, path)]
-                  if "tokenizer.ggml.merges" in meta else
-                  merges_from_scores(tokens, listed(meta, "tokenizer.ggml.scores", (int, float), path)
-                                     or [0.0] * len(tokens)))
+        merges = (
+            [tuple(m.split(" ", 1)) for m in listed(meta, "tokenizer.ggml.merges", str, path)]
+            if "tokenizer.ggml.merges" in meta
+            else merges_from_scores(
+                tokens, listed(meta, "tokenizer.ggml.scores", (int, float), path) or [0.0] * len(tokens)
+            )
+        )
         unk = token_id(meta, "tokenizer.ggml.unknown_token_id", tokens, path)
-        tok = Tokenizer(bpe(path, vocab, merges, unk_token=None if unk is None else tokens[unk], fuse_unk=True,
-                            byte_fallback=True))
+        tok = Tokenizer(
+            bpe(path, vocab, merges, unk_token=None if unk is None else tokens[unk], fuse_unk=True, byte_fallback=True)
+        )
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
-        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
         default_bos = True
     else:
-        raise ColmError(f"{path}: tokenizer.ggml.model {kind!r} is not supported; colm rebuilds 'gpt2' (byte-level "
-                        "BPE) and 'llama' (SentencePiece) tokenizers")
+        raise ColmError(
+            f"{path}: tokenizer.ggml.model {kind!r} is not supported; colm rebuilds 'gpt2' (byte-level "
+            "BPE) and 'llama' (SentencePiece) tokenizers"
+        )
     byte_alphabet = set(decoders_byte_alphabet()) if kind == "gpt2" else None
-    tok.add_special_tokens([AddedToken(t, normalized=False, special=True) for t, kind_ in zip(tokens, types)
-                            if kind_ == CONTROL and (byte_alphabet is None or set(t) <= byte_alphabet)])
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t, kind_ in zip(tokens, types)
-                    if kind_ == USER_DEFINED])
+    tok.add_special_tokens(
+        [
+            AddedToken(t, normalized=False, special=True)
+            for t, kind_ in zip(tokens, types)
+            if kind_ == CONTROL and (byte_alphabet is None or set(t) <= byte_alphabet)
+        ]
+    )
+    tok.add_tokens(
+        [AddedToken(t, normalized=False, special=False) for t, kind_ in zip(tokens, types) if kind_ == USER_DEFINED]
+    )
     bos, eos = (token_id(meta, f"tokenizer.ggml.{which}_token_id", tokens, path) for which in ("bos", "eos"))
     add_bos = meta.get("tokenizer.ggml.add_bos_token", default_bos) and bos is not None
     add_eos = meta.get("tokenizer.ggml.add_eos_token", False) and eos is not None
@@ -265,8 +312,10 @@ def build_tokenizer(meta: dict, path: Path) -> "tokenizers.Tokenizer":
         last = [tokens[eos]] if add_eos else []
         special = sorted({(tokens[i], i) for i in [bos] * add_bos + [eos] * add_eos}, key=lambda s: s[1])
         tok.post_processor = processors.TemplateProcessing(
-            single=" ".join(first + ["$A"] + last), pair=" ".join(first + ["$A"] + last + first + ["$B"] + last),
-            special_tokens=special)
+            single=" ".join(first + ["$A"] + last),
+            pair=" ".join(first + ["$A"] + last + first + ["$B"] + last),
+            special_tokens=special,
+        )
     return tok
 
 
@@ -274,8 +323,10 @@ def listed(meta: dict, key: str, kind, path: Path) -> list:
     """A list metadata value whose items are all of `kind` ([] when absent)."""
     value = meta.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
-        raise ColmError(f"{path}: metadata {key!r} is not a list of {getattr(kind, '__name__', 'number')}s; the file "
-                        "is inconsistent: convert it again")
+        raise ColmError(
+            f"{path}: metadata {key!r} is not a list of {getattr(kind, '__name__', 'number')}s; the file "
+            "is inconsistent: convert it again"
+        )
     return value
 
 
@@ -283,8 +334,10 @@ def token_id(meta: dict, key: str, tokens: list[str], path: Path) -> int | None:
     """A token id metadata value (None when absent): one of the vocabulary's."""
     value = meta.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < len(tokens)):
-        raise ColmError(f"{path}: metadata {key!r} is {value!r}, not a token id of its {len(tokens)}-token vocabulary; "
-                        "the file is inconsistent: convert it again")
+        raise ColmError(
+            f"{path}: metadata {key!r} is {value!r}, not a token id of its {len(tokens)}-token vocabulary; "
+            "the file is inconsistent: convert it again"
+        )
     return value
 
 
@@ -295,8 +348,10 @@ def bpe(path: Path, vocab: dict, merges: list, **options):
     try:
         return models.BPE(vocab, merges, **options)
     except Exception as e:  # tokenizers raises plain Exceptions
-        raise ColmError(f"{path}: its tokenizer metadata builds no tokenizer ({' '.join(str(e).split())}); the file is "
-                        "inconsistent: convert it again") from None
+        raise ColmError(
+            f"{path}: its tokenizer metadata builds no tokenizer ({' '.join(str(e).split())}); the file is "
+            "inconsistent: convert it again"
+        ) from None
 
 
 def decoders_byte_alphabet() -> list[str]:
@@ -312,8 +367,9 @@ def merges_from_scores(tokens: list[str], scores: list[float]) -> list[tuple[str
     vocab = {token: i for i, token in enumerate(tokens)}
     merges = []
     for token, score in zip(tokens, scores):
-        local = [(token[:k], token[k:], score) for k in range(1, len(token))
-                 if token[:k] in vocab and token[k:] in vocab]
+        local = [
+            (token[:k], token[k:], score) for k in range(1, len(token)) if token[:k] in vocab and token[k:] in vocab
+        ]
         merges += sorted(local, key=lambda m: (vocab[m[0]], vocab[m[1]]))
     merges.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
     return [(left, right) for left, right, _ in merges]
@@ -332,6 +388,7 @@ def write_tokenizer(model: GGUFModel, directory: Path) -> None:
 
 
 # --- import ------------------------------------------------------------------------------------------
+
 
 def import_gguf(file: str | Path, out: str | Path, *, verify: bool = True, force: bool = False) -> dict:
     """Write a Llama GGUF file as a 1-chain float32 CoLM checkpoint; returns the verification report."""

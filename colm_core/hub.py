@@ -34,8 +34,16 @@ from colm_core.references import parse_reference, reference_text
 from colm_core.tokenizer import TOKENIZER_FILES
 
 # Top-level files of a colm checkpoint or of a Llama `transformers` repo: nothing else is downloaded.
-CHECKPOINT_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES,
-                       "generation_config.json", "colm_history.json", "README.md", "digests.json"]
+CHECKPOINT_PATTERNS = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    *TOKENIZER_FILES,
+    "generation_config.json",
+    "colm_history.json",
+    "README.md",
+    "digests.json",
+]
 # Subfolders hold what colm never reads (e.g. a Llama repo's original/ pickled weights).
 SUBFOLDER_PATTERNS = ["*/*"]
 
@@ -44,24 +52,38 @@ def download(repo_id: str, revision: str | None = None) -> Path:
     """The local snapshot directory of a repo revision, downloading what the cache lacks (offline: cache only)."""
     ref = reference_text(repo_id, revision)
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=CHECKPOINT_PATTERNS,
-                                      ignore_patterns=SUBFOLDER_PATTERNS, library_name="colm",
-                                      library_version=__version__))
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                allow_patterns=CHECKPOINT_PATTERNS,
+                ignore_patterns=SUBFOLDER_PATTERNS,
+                library_name="colm",
+                library_version=__version__,
+            )
+        )
     except GatedRepoError:
-        raise ColmError(f"{ref} is gated: accept its terms on huggingface.co, then log in "
-                        "(`hf auth login` or HF_TOKEN)") from None
+        raise ColmError(
+            f"{ref} is gated: accept its terms on huggingface.co, then log in (`hf auth login` or HF_TOKEN)"
+        ) from None
     except RepositoryNotFoundError:
-        raise ColmError(f"{ref}: no such model repo on the Hub, or it is private: check the id, "
-                        "or log in (`hf auth login` or HF_TOKEN)") from None
+        raise ColmError(
+            f"{ref}: no such model repo on the Hub, or it is private: check the id, "
+            "or log in (`hf auth login` or HF_TOKEN)"
+        ) from None
     except RevisionNotFoundError:
         raise ColmError(f"{ref}: the repo has no revision {revision!r}; check the branch, tag or commit") from None
     except IncompleteSnapshotError:
-        raise ColmError(f"{ref}: the cached copy is incomplete and the Hub cannot be reached; "
-                        f"rerun `colm pull {ref}` with network access") from None
+        raise ColmError(
+            f"{ref}: the cached copy is incomplete and the Hub cannot be reached; "
+            f"rerun `colm pull {ref}` with network access"
+        ) from None
     except LocalEntryNotFoundError:
         why = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else "the Hub cannot be reached"
-        raise ColmError(f"{ref} is not cached in {constants.HF_HUB_CACHE} and {why}; "
-                        f"run `colm pull {ref}` with network access first") from None
+        raise ColmError(
+            f"{ref} is not cached in {constants.HF_HUB_CACHE} and {why}; "
+            f"run `colm pull {ref}` with network access first"
+        ) from None
     except HfHubHTTPError as e:
         raise ColmRuntimeError(f"{ref}: the Hub refused the download: {str(e).splitlines()[0]}") from None
 
@@ -99,8 +121,15 @@ def checkpoint_files(ckpt) -> list[Path]:
     return [ckpt.path / n for n in names if (ckpt.path / n).is_file()] + ckpt.files
 
 
-def push(path: Path, reference: str, *, private: bool = False, revision: str | None = None,
-         license: str | None = None, api: HfApi | None = None) -> str:
+def push(
+    path: Path,
+    reference: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    license: str | None = None,
+    api: HfApi | None = None,
+) -> str:
     """Upload a checkpoint with a freshly generated model card; returns `hf://ORG/NAME@COMMIT`.
 
     The input directory is never modified: the upload is staged as symlinks plus the new README.md.
@@ -111,8 +140,10 @@ def push(path: Path, reference: str, *, private: bool = False, revision: str | N
     if constants.is_offline_mode():
         raise ColmError("HF_HUB_OFFLINE is set, and pushing needs the network; unset it to push")
     if get_token() is None:
-        raise ColmError("no Hugging Face token: set HF_TOKEN or run `hf auth login` "
-                        "(colm takes no token flag, so that it never lands in shell history)")
+        raise ColmError(
+            "no Hugging Face token: set HF_TOKEN or run `hf auth login` "
+            "(colm takes no token flag, so that it never lands in shell history)"
+        )
     ckpt = open_checkpoint(path)
     files = checkpoint_files(ckpt)
     card = model_card(ckpt.config, ckpt.history, license=license)
@@ -126,9 +157,12 @@ def push(path: Path, reference: str, *, private: bool = False, revision: str | N
             if revision not in (None, constants.DEFAULT_REVISION):
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             commit = api.upload_folder(
-                repo_id=repo_id, folder_path=staging, revision=revision,
+                repo_id=repo_id,
+                folder_path=staging,
+                revision=revision,
                 commit_message=f"Upload a CoLM checkpoint ({ckpt.config.n_chains} chains) with colm {__version__}",
-                delete_patterns=CHECKPOINT_PATTERNS)
+                delete_patterns=CHECKPOINT_PATTERNS,
+            )
     except HfHubHTTPError as e:
         raise ColmRuntimeError(f"pushing to {repo_id} failed: {str(e).splitlines()[0]}") from None
     return reference_text(repo_id, commit.oid)

@@ -38,8 +38,17 @@ def describe(path: Path, verify: bool = False) -> dict:
     chains, running = [], 0
     for i, n in enumerate(per_chain):
         running += n
-        chains.append({"chain": i + 1, "heads": cfg.heads[i], "kv_heads": cfg.kv_heads[i], "ffn": cfg.ffn[i],
-                       "width": cfg.chain_widths[i], "parameters": n, "submodel_parameters": running})
+        chains.append(
+            {
+                "chain": i + 1,
+                "heads": cfg.heads[i],
+                "kv_heads": cfg.kv_heads[i],
+                "ffn": cfg.ffn[i],
+                "width": cfg.chain_widths[i],
+                "parameters": n,
+                "submodel_parameters": running,
+            }
+        )
     return {
         "path": str(path),
         "parameters": sum(per_chain),

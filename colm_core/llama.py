@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from colm_core.config import LLAMA3_ROPE_KEYS, ColmConfig, read_json
 from colm_core.errors import ColmError
+
+if TYPE_CHECKING:  # imported where used: commands that never read a GGUF or Llama file skip them
+    import torch
 
 # (transformers name pattern, CoLM name pattern); {i} is the layer index.
 _LAYER_NAMES = [
@@ -63,8 +67,10 @@ def config_from_hf(hf: dict, tokenizer: str = "byte") -> ColmConfig:
     """A 1-chain ColmConfig from a transformers LlamaForCausalLM config.json."""
     archs = hf.get("architectures") or ["LlamaForCausalLM"]
     if hf.get("model_type", "llama") != "llama" or "LlamaForCausalLM" not in archs:
-        raise ColmError(f"architecture {archs[0]!r} (model_type {hf.get('model_type')!r}) is not supported; "
-                        "colm imports LlamaForCausalLM checkpoints (model_type 'llama')")
+        raise ColmError(
+            f"architecture {archs[0]!r} (model_type {hf.get('model_type')!r}) is not supported; "
+            "colm imports LlamaForCausalLM checkpoints (model_type 'llama')"
+        )
     for flag in ("attention_bias", "mlp_bias"):
         if hf.get(flag):
             raise ColmError(f"{flag}=true is not supported: CoLM layers have no biases")
@@ -80,13 +86,22 @@ def config_from_hf(hf: dict, tokenizer: str = "byte") -> ColmConfig:
         return value[0] if isinstance(value, list) else value
 
     return ColmConfig(
-        vocab_size=hf["vocab_size"], n_layers=hf["num_hidden_layers"], head_dim=head_dim, heads=[heads],
-        kv_heads=[hf.get("num_key_value_heads") or heads], ffn=[hf["intermediate_size"]],
-        rope_theta=theta, rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
+        vocab_size=hf["vocab_size"],
+        n_layers=hf["num_hidden_layers"],
+        head_dim=head_dim,
+        heads=[heads],
+        kv_heads=[hf.get("num_key_value_heads") or heads],
+        ffn=[hf["intermediate_size"]],
+        rope_theta=theta,
+        rope_scaling=scaling,
+        norm_eps=hf.get("rms_norm_eps", 1e-6),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        max_seq_len=hf.get("max_position_embeddings", 2048), bos_token_id=one_id(hf.get("bos_token_id")),
-        eos_token_id=one_id(hf.get("eos_token_id")), pad_token_id=one_id(hf.get("pad_token_id")),
-        tokenizer=tokenizer).validate()
+        max_seq_len=hf.get("max_position_embeddings", 2048),
+        bos_token_id=one_id(hf.get("bos_token_id")),
+        eos_token_id=one_id(hf.get("eos_token_id")),
+        pad_token_id=one_id(hf.get("pad_token_id")),
+        tokenizer=tokenizer,
+    ).validate()
 
 
 def config_to_hf(cfg: ColmConfig) -> dict:
@@ -94,19 +109,29 @@ def config_to_hf(cfg: ColmConfig) -> dict:
     if cfg.n_chains != 1:
         raise ColmError(f"this model has {cfg.n_chains} chains; slice to 1 chain first: colm slice --chains 1")
     hf = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-        "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size(), "intermediate_size": cfg.ffn[0],
-        "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.heads[0],
-        "num_key_value_heads": cfg.kv_heads[0], "head_dim": cfg.head_dim, "hidden_act": "silu",
-        "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta, "tie_word_embeddings": cfg.tie_embeddings,
-        "attention_bias": False, "mlp_bias": False,
-        "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "pad_token_id": cfg.pad_token_id,
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size(),
+        "intermediate_size": cfg.ffn[0],
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.heads[0],
+        "num_key_value_heads": cfg.kv_heads[0],
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_id,
+        "pad_token_id": cfg.pad_token_id,
     }
     if cfg.rope_scaling is not None:
         hf["rope_scaling"] = {"rope_type": "llama3", **{k: cfg.rope_scaling[k] for k in LLAMA3_ROPE_KEYS}}
     return hf
-
 
 
 # --- import: a Hugging Face directory -> a colm checkpoint ---------------------------------------
@@ -138,7 +163,7 @@ class HFModelDir:
     def files(self) -> list[Path]:
         return [self.path / f for f in sorted(set(self.weight_map.values()))]
 
-    def tensors(self, names: list[str]) -> Iterator[tuple[str, "torch.Tensor"]]:
+    def tensors(self, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
         from colm_core.checkpoint import SafetensorsReader
 
         for name in names:
@@ -169,16 +194,18 @@ def is_hf_model_dir(path: Path) -> bool:
 
 
 def llama_tokenizer_kind(path: Path, vocab_size: int) -> str:
-    """"tokenizer.json" when the directory has one; else "byte", but only for a vocabulary that is colm's
+    """ "tokenizer.json" when the directory has one; else "byte", but only for a vocabulary that is colm's
     byte tokenizer: any other would read bytes as the ids of unrelated tokens."""
     from colm_core.tokenizer import TOKENIZER_FILE, ByteTokenizer
 
     if (path / TOKENIZER_FILE).is_file():
         return TOKENIZER_FILE
     if vocab_size != ByteTokenizer.vocab_size:
-        raise ColmError(f"{path} has no {TOKENIZER_FILE}, and its vocabulary of {vocab_size:,} tokens is not "
-                        f"colm's byte tokenizer ({ByteTokenizer.vocab_size}); copy the model's {TOKENIZER_FILE} "
-                        "into the directory")
+        raise ColmError(
+            f"{path} has no {TOKENIZER_FILE}, and its vocabulary of {vocab_size:,} tokens is not "
+            f"colm's byte tokenizer ({ByteTokenizer.vocab_size}); copy the model's {TOKENIZER_FILE} "
+            "into the directory"
+        )
     return "byte"
 
 
@@ -209,8 +236,10 @@ def open_hf_dir(path: str | Path) -> HFModelDir:
 
         weight_map = {name: HF_WEIGHTS for name in safetensors_header(path / HF_WEIGHTS)}
     else:
-        raise ColmError(f"{path} has no {HF_WEIGHTS} or {HF_INDEX}; colm imports safetensors weights only "
-                        "(convert pickled .bin weights to safetensors first)")
+        raise ColmError(
+            f"{path} has no {HF_WEIGHTS} or {HF_INDEX}; colm imports safetensors weights only "
+            "(convert pickled .bin weights to safetensors first)"
+        )
     for file in sorted(set(weight_map.values())):
         if not (path / file).is_file():
             raise ColmError(f"{path / file} is missing (listed in {HF_INDEX}); download the shard again")
@@ -233,7 +262,7 @@ def source_names(src: HFModelDir) -> dict[str, str]:
     return names
 
 
-def imported_tensors(src: HFModelDir, dtype: "torch.dtype") -> Iterator[tuple[str, "torch.Tensor"]]:
+def imported_tensors(src: HFModelDir, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
     """The directory's tensors under their colm names, one at a time, checked against the config's shapes."""
     from colm_core.model import expected_shapes
 
@@ -243,13 +272,15 @@ def imported_tensors(src: HFModelDir, dtype: "torch.dtype") -> Iterator[tuple[st
     for name, tensor in src.tensors(list(names.values())):
         colm_name = to_colm[name]
         if tuple(tensor.shape) != expected[colm_name]:
-            raise ColmError(f"{src.path}: tensor {name!r} has shape {list(tensor.shape)}, "
-                            f"config.json implies {list(expected[colm_name])}")
+            raise ColmError(
+                f"{src.path}: tensor {name!r} has shape {list(tensor.shape)}, "
+                f"config.json implies {list(expected[colm_name])}"
+            )
         yield colm_name, tensor.to(dtype)
         del tensor  # before the next one is read: one tensor in memory at a time
 
 
-def weights_dtype(src: HFModelDir) -> "torch.dtype":
+def weights_dtype(src: HFModelDir) -> torch.dtype:
     """The embedding's dtype, from its file's header: colm stores one dtype, and Llama checkpoints use
     one for all weights."""
     import torch

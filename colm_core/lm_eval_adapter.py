@@ -54,8 +54,15 @@ class ColmLM(TemplateLM):
     lm-eval passes to every model, means nothing here (a batch is `batch_size` requests).
     """
 
-    def __init__(self, pretrained, chains: int | str | None = None, batch_size: int | str = 8,
-                 device: str | None = None, dtype: str | torch.dtype | None = None, max_batch_size=None):
+    def __init__(
+        self,
+        pretrained,
+        chains: int | str | None = None,
+        batch_size: int | str = 8,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_batch_size=None,
+    ):
         super().__init__()
         if isinstance(pretrained, (str, Path)):
             dtype = parse_dtype(dtype) if isinstance(dtype, str) else dtype
@@ -100,56 +107,74 @@ class ColmLM(TemplateLM):
     def get_model_info(self) -> dict:
         """Recorded in lm-eval's results["config"]."""
         cfg = self.model.config
-        return {"chains": self.chains, "n_chains": cfg.n_chains,
-                "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
-                "model_dtype": str(next(self.model.parameters()).dtype)}
+        return {
+            "chains": self.chains,
+            "n_chains": cfg.n_chains,
+            "model_num_parameters": sum(p.numel() for p in self.model.parameters()),
+            "model_dtype": str(next(self.model.parameters()).dtype),
+        }
 
     @torch.no_grad()
-    def _loglikelihood_tokens(self, requests: list[tuple], disable_tqdm: bool = False, **kwargs
-                              ) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list[tuple], disable_tqdm: bool = False, **kwargs
+    ) -> list[tuple[float, bool]]:
         """(log p(continuation | context), whether greedy decoding gives the continuation) per request.
 
         Longest first, `batch_size` at a time, right-padded: under the causal mask no real position sees
         a padding one. Requests that differ only in a last one-token continuation share one row
         (lm-eval's Collator groups them). The LM head runs on the continuation positions only."""
+
         def longest_first(request):
             tokens = request[1] + request[2]
             return -len(tokens), tuple(tokens)
 
-        collator = Collator(requests, sort_fn=longest_first, group_by="contexts",
-                            group_fn=lambda request: request[1] + request[2][:-1])
+        collator = Collator(
+            requests, sort_fn=longest_first, group_by="contexts", group_fn=lambda request: request[1] + request[2][:-1]
+        )
         longest = max((len(continuation) for _, _, continuation in requests), default=0)
         if longest > self.max_length:
-            raise ColmError(f"a continuation of {longest} tokens is longer than the model's context of "
-                            f"{self.max_length} tokens; shorten the task's targets")
+            raise ColmError(
+                f"a continuation of {longest} tokens is longer than the model's context of "
+                f"{self.max_length} tokens; shorten the task's targets"
+            )
         results = []
         for chunk in collator.get_batched(n=self.batch_size):
             # The last token is only ever a target; a window longer than the context keeps its end.
-            windows = [(context + continuation)[-(self.max_length + 1):][:-1] for _, context, continuation in chunk]
+            windows = [(context + continuation)[-(self.max_length + 1) :][:-1] for _, context, continuation in chunk]
             width = max(map(len, windows))
             ids = torch.tensor([w + [0] * (width - len(w)) for w in windows], device=self._device)
             hidden = self.model.hidden_states(ids, self.chains)  # (B, T, D)
             rows = torch.cat([torch.full((len(c),), b) for b, (_, _, c) in enumerate(chunk)]).to(self._device)
             columns = torch.cat([torch.arange(len(w) - len(c), len(w)) for w, (_, _, c) in zip(windows, chunk)])
-            logprobs = F.log_softmax(self.model.logits(hidden[rows, columns.to(self._device)], self.chains).float(),
-                                     dim=-1)  # (continuation tokens of the batch, V)
+            logprobs = F.log_softmax(
+                self.model.logits(hidden[rows, columns.to(self._device)], self.chains).float(), dim=-1
+            )  # (continuation tokens of the batch, V)
             for (request, context, continuation), row_logprobs in zip(
-                    chunk, logprobs.split([len(c) for _, _, c in chunk])):
-                for _, target, shared in collator.get_cache(req_str=request, cxt_toks=context,
-                                                            cont_toks=continuation, logits=row_logprobs[None]):
-                    scores = shared[0, -len(target):]  # a shorter continuation of a shared row ends with it
+                chunk, logprobs.split([len(c) for _, _, c in chunk])
+            ):
+                for _, target, shared in collator.get_cache(
+                    req_str=request, cxt_toks=context, cont_toks=continuation, logits=row_logprobs[None]
+                ):
+                    scores = shared[0, -len(target) :]  # a shorter continuation of a shared row ends with it
                     target = torch.tensor(target, device=scores.device)
-                    results.append((scores.gather(1, target[:, None]).sum().item(),
-                                    bool((scores.argmax(-1) == target).all())))
+                    results.append(
+                        (scores.gather(1, target[:, None]).sum().item(), bool((scores.argmax(-1) == target).all()))
+                    )
         return collator.get_original(results)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """log p(text) of each request's whole text, over disjoint windows of the model's context."""
         windows, owners = [], []
         for owner, (text,) in enumerate(request.args for request in requests):
-            for context, continuation in map(make_disjoint_window, get_rolling_token_windows(
-                    token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1)):
+            for context, continuation in map(
+                make_disjoint_window,
+                get_rolling_token_windows(
+                    token_list=self.tok_encode(text),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            ):
                 windows.append((None, context, continuation))
                 owners.append(owner)
         totals = [0.0] * len(requests)
@@ -160,9 +185,12 @@ class ColmLM(TemplateLM):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Continue each context until a stop string, EOS or the request's token limit, with colm's KV cache:
         prompts longest first, `batch_size` at a time, requests with the same generation kwargs together."""
-        collator = Collator([request.args for request in requests],
-                            sort_fn=lambda args: (-len(self.tok_encode(args[0])), args[0]),
-                            group_by="gen_kwargs", group_fn=lambda args: args[1])
+        collator = Collator(
+            [request.args for request in requests],
+            sort_fn=lambda args: (-len(self.tok_encode(args[0])), args[0]),
+            group_by="gen_kwargs",
+            group_fn=lambda args: args[1],
+        )
         texts = []
         for chunk in collator.get_batched(n=self.batch_size):
             contexts, all_kwargs = zip(*chunk)
@@ -170,23 +198,35 @@ class ColmLM(TemplateLM):
             until, max_gen_toks = kwargs.pop("until"), kwargs.pop("max_gen_toks")
             unsupported = sorted(set(kwargs) - SAMPLING_KWARGS)
             if unsupported:
-                raise ColmError(f"generation kwargs {', '.join(unsupported)} are not supported by the colm model; "
-                                f"it takes until, max_gen_toks and {', '.join(sorted(SAMPLING_KWARGS))}")
+                raise ColmError(
+                    f"generation kwargs {', '.join(unsupported)} are not supported by the colm model; "
+                    f"it takes until, max_gen_toks and {', '.join(sorted(SAMPLING_KWARGS))}"
+                )
             room = self.max_length - max_gen_toks  # the context keeps its last tokens, as in lm-eval's hf model
             if room < 1:
-                raise ColmError(f"max_gen_toks {max_gen_toks} leaves no room for a prompt in the model's context "
-                                f"of {self.max_length} tokens; lower it in the task's generation_kwargs")
-            sampling = ({"temperature": float(kwargs.get("temperature", 0.0)), "top_k": kwargs.get("top_k"),
-                         "top_p": kwargs.get("top_p")} if kwargs.get("do_sample") else {})  # else greedy
-            options = GenerateOptions(max_new_tokens=max_gen_toks, chains=self.chains, stop=[s for s in until if s],
-                                      **sampling)
+                raise ColmError(
+                    f"max_gen_toks {max_gen_toks} leaves no room for a prompt in the model's context "
+                    f"of {self.max_length} tokens; lower it in the task's generation_kwargs"
+                )
+            sampling = (
+                {
+                    "temperature": float(kwargs.get("temperature", 0.0)),
+                    "top_k": kwargs.get("top_k"),
+                    "top_p": kwargs.get("top_p"),
+                }
+                if kwargs.get("do_sample")
+                else {}
+            )  # else greedy
+            options = GenerateOptions(
+                max_new_tokens=max_gen_toks, chains=self.chains, stop=[s for s in until if s], **sampling
+            )
             records = generate_batch(self.model, [self.tok_encode(c)[-room:] for c in contexts], options)
             texts += [record["text"] for record in records]
         return collator.get_original(texts)
 
 
 def task_names(text: str) -> list[str]:
-    """"hellaswag, arc_easy" -> ["hellaswag", "arc_easy"]."""
+    """ "hellaswag, arc_easy" -> ["hellaswag", "arc_easy"]."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise ColmError(f"--tasks {text!r}: give lm-eval task names, e.g. --tasks hellaswag,arc_easy")
@@ -201,8 +241,9 @@ def task_manager(names: list[str], include_path: str | Path | None = None):
 
     if include_path is not None:
         if not Path(include_path).is_dir():
-            raise ColmError(f"--include-path {include_path}: no such directory; give the directory of your task "
-                            "YAML files")
+            raise ColmError(
+                f"--include-path {include_path}: no such directory; give the directory of your task YAML files"
+            )
         check_task_files(Path(include_path))
         local = TaskManager(include_path=str(include_path), include_defaults=False)
         if all(defined_in(local, name) for name in names):
@@ -210,8 +251,10 @@ def task_manager(names: list[str], include_path: str | Path | None = None):
     manager = TaskManager(include_path=None if include_path is None else str(include_path))
     unknown = [name for name in names if name not in manager.all_tasks and not Path(name).is_file()]
     if unknown:
-        raise ColmError(f"unknown lm-eval task {unknown[0]!r}; list the tasks with `lm_eval ls tasks`, or give "
-                        "the directory of your own task YAML files with --include-path")
+        raise ColmError(
+            f"unknown lm-eval task {unknown[0]!r}; list the tasks with `lm_eval ls tasks`, or give "
+            "the directory of your own task YAML files with --include-path"
+        )
     return manager
 
 
@@ -223,8 +266,10 @@ def check_task_files(directory: Path) -> None:
         try:
             load_yaml(path, resolve_func=False, recursive=True)
         except Exception as e:  # yaml's errors, a top level that is not a mapping, a missing include
-            raise ColmError(f"--include-path {directory}: {path} is not a valid task file ({one_line(e)}); fix it, "
-                            "or move it out of the directory") from None
+            raise ColmError(
+                f"--include-path {directory}: {path} is not a valid task file ({one_line(e)}); fix it, "
+                "or move it out of the directory"
+            ) from None
 
 
 def defined_in(manager, name: str, seen: frozenset = frozenset()) -> bool:
@@ -254,8 +299,10 @@ def check_tasks(manager, names: list[str], num_fewshot: int | None) -> None:
         except ColmError:
             raise
         except Exception as e:  # lm-eval's errors for a task's YAML, template or data
-            raise ColmError(f"lm-eval task {name!r} cannot be loaded ({one_line(e)}); fix its YAML file, or check "
-                            "that its dataset can be read") from None
+            raise ColmError(
+                f"lm-eval task {name!r} cannot be loaded ({one_line(e)}); fix its YAML file, or check "
+                "that its dataset can be read"
+            ) from None
         for task_name, task in built:
             shots = num_fewshot if num_fewshot is not None else task.get_config("num_fewshot") or 0
             if not isinstance(task, Task) or not shots:
@@ -265,18 +312,29 @@ def check_tasks(manager, names: list[str], num_fewshot: int | None) -> None:
             pool = task.fewshot_docs()
             available = 0 if pool is None else len(pool)
             if available < drawn:
-                raise ColmError(f"{shots} few-shot examples: task {task_name!r} has {available} to draw from"
-                                f"{' (the document evaluated is left out)' if drawn > shots else ''}; give "
-                                f"--num-fewshot {max(available - (drawn - shots), 0)} or less")
+                raise ColmError(
+                    f"{shots} few-shot examples: task {task_name!r} has {available} to draw from"
+                    f"{' (the document evaluated is left out)' if drawn > shots else ''}; give "
+                    f"--num-fewshot {max(available - (drawn - shots), 0)} or less"
+                )
 
 
 def one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
-def evaluate_tasks(model, tasks: str | list[str], chains: list[int] | None = None, *, num_fewshot: int | None = None,
-                   limit: int | None = None, include_path: str | Path | None = None, batch_size: int = 8,
-                   device: str | None = None, dtype: torch.dtype | None = None) -> dict:
+def evaluate_tasks(
+    model,
+    tasks: str | list[str],
+    chains: list[int] | None = None,
+    *,
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    include_path: str | Path | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict:
     """Run lm-eval tasks on each k-chain sub-model of one CoLM (a loaded model, or anything colm_core.load
     accepts), the same documents and few-shot examples for every chain count.
 
@@ -290,9 +348,15 @@ def evaluate_tasks(model, tasks: str | list[str], chains: list[int] | None = Non
     check_tasks(manager, names, num_fewshot)
     results = {}
     for k in chains:
-        out = lm_eval.simple_evaluate(model=ColmLM(model, chains=k, batch_size=batch_size), tasks=names,
-                                      num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                                      log_samples=False, batch_size=batch_size)
+        out = lm_eval.simple_evaluate(
+            model=ColmLM(model, chains=k, batch_size=batch_size),
+            tasks=names,
+            num_fewshot=num_fewshot,
+            limit=limit,
+            task_manager=manager,
+            log_samples=False,
+            batch_size=batch_size,
+        )
         # lm-eval's results hold a few objects JSON cannot (dtypes, functions in task configs)
         results[str(k)] = json.loads(json.dumps(out, default=handle_non_serializable))
     return {"tasks": names, "chains": chains, "results": results}

@@ -59,8 +59,14 @@ def chunk_rows(n_rows: int, vocab: int, bytes_per_logit: int, budget: int) -> in
 
 
 @torch.no_grad()
-def chain_cross_entropy(h: torch.Tensor, blocks: list[torch.Tensor], targets: torch.Tensor, scales: list[int],
-                        weights: torch.Tensor, gradients: bool):
+def chain_cross_entropy(
+    h: torch.Tensor,
+    blocks: list[torch.Tensor],
+    targets: torch.Tensor,
+    scales: list[int],
+    weights: torch.Tensor,
+    gradients: bool,
+):
     """Summed CE of each scale in `scales` (ascending) over rows h (N, D) -> (len(scales),), at least float32.
 
     With `gradients`, also the gradients of sum_k weights[k] * CE_k: dh (None unless h requires grad) and
@@ -73,8 +79,12 @@ def chain_cross_entropy(h: torch.Tensor, blocks: list[torch.Tensor], targets: to
         heads = [b.detach().to(dtype) for b in blocks]  # the one cast per call
         sums = torch.zeros(len(scales), dtype=acc, device=h.device)
         dh = torch.empty_like(h) if gradients and h.requires_grad else None
-        dheads = [torch.zeros(b.shape, dtype=torch.promote_types(b.dtype, torch.float32), device=b.device)
-                  if gradients and b.requires_grad else None for b in blocks]
+        dheads = [
+            torch.zeros(b.shape, dtype=torch.promote_types(b.dtype, torch.float32), device=b.device)
+            if gradients and b.requires_grad
+            else None
+            for b in blocks
+        ]
         # What a row holds at once: the logits, one stored gradient per scale below the top, and a cast of one.
         per_logit = len(scales) * acc.itemsize + (dtype.itemsize if dtype != acc else 0)
         head_bytes = blocks[0].shape[0] * starts[-1] * dtype.itemsize
@@ -149,8 +159,13 @@ class MultiScaleLoss(nn.Module):
         self.model = model
         self.scales = sorted(scales)
 
-    def forward(self, ids: torch.Tensor, targets: torch.Tensor, scales: list[int] | None = None,
-                weights: torch.Tensor | None = None) -> ScaleLosses:
+    def forward(
+        self,
+        ids: torch.Tensor,
+        targets: torch.Tensor,
+        scales: list[int] | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> ScaleLosses:
         """(B, T) inputs and targets -> the summed CE per scale (divide by B * T for the mean) and
         sum_k weights[k] * CE_k (weights default to 1), whose backward gives the model's gradients."""
         scales = sorted(scales or self.scales)

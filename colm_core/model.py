@@ -24,7 +24,6 @@ from colm_core.errors import ColmError
 from colm_kernels.chain_linear import chain_linear
 from colm_kernels.chain_rmsnorm import chain_rms_norm
 
-
 # Modules take their first k chains' parameters as list(params.parameters())[:k]: slicing a
 # ParameterList builds a new ParameterList module, which costs more than a decode step's matmuls,
 # and indexing it goes through string keys, which costs as much as a small op.
@@ -67,7 +66,8 @@ def rope_inv_freq(cfg: ColmConfig) -> torch.Tensor:
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > low_wavelen, inv_freq / s["factor"], inv_freq)
     smooth = (s["original_max_position_embeddings"] / wavelen - s["low_freq_factor"]) / (
-        s["high_freq_factor"] - s["low_freq_factor"])
+        s["high_freq_factor"] - s["low_freq_factor"]
+    )
     smoothed = (1 - smooth) * scaled / s["factor"] + smooth * scaled
     is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
     return torch.where(is_medium, smoothed, scaled).to(torch.get_default_device())
@@ -152,8 +152,9 @@ class Attention(nn.Module):
         elif not self.sdpa_groups[chains]:
             index = self.kv_index[:H]
             k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == T,
-                                           enable_gqa=self.sdpa_groups[chains])
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None and k.shape[2] == T, enable_gqa=self.sdpa_groups[chains]
+        )
         if self.reorder[chains]:
             y = y.index_select(1, self.query_orders[chains, 1, :H])
         return self.o(y.transpose(1, 2).reshape(B, T, -1), chains)
@@ -217,8 +218,9 @@ class CoLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def hidden_states(self, input_ids: torch.Tensor, chains: int | None = None, cache=None,
-                      at: int | torch.Tensor = 0) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, chains: int | None = None, cache=None, at: int | torch.Tensor = 0
+    ) -> torch.Tensor:
         """(B, T) token ids -> (B, T, D) final-normed hidden state of the first `chains` chains.
 
         With a cache (colm_core/generation.py KVCache), the new tokens fill its columns `at`: an int is
@@ -230,8 +232,10 @@ class CoLM(nn.Module):
         # stops each row at its own context; rows of a batch that already stopped are still fed (and
         # discarded) while the others run, so the cache's columns may pass max_seq_len.
         if cache is None and input_ids.shape[1] > self.config.max_seq_len:
-            raise ColmError(f"{input_ids.shape[1]} tokens is longer than the model's context "
-                            f"(max_seq_len {self.config.max_seq_len}); shorten the input")
+            raise ColmError(
+                f"{input_ids.shape[1]} tokens is longer than the model's context "
+                f"(max_seq_len {self.config.max_seq_len}); shorten the input"
+            )
         x = torch.cat([F.embedding(input_ids, w) for w in list(self.embed.parameters())[:k]], dim=-1)
         if cache is None:
             cos, sin = self.rope(torch.arange(input_ids.shape[1], device=input_ids.device), x.dtype)
@@ -273,7 +277,7 @@ class CoLM(nn.Module):
         return chains
 
     @torch.no_grad()
-    def init_weights(self, std: float = INIT_STD, seed: int = 0) -> "CoLM":
+    def init_weights(self, std: float = INIT_STD, seed: int = 0) -> CoLM:
         g = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():
             p.copy_(initial_value(name, p.shape, std, self.config.n_layers, g))
@@ -281,8 +285,7 @@ class CoLM(nn.Module):
 
     def num_parameters(self, chain: int | None = None) -> int:
         """All parameters, or those owned by one chain (1-based)."""
-        return sum(p.numel() for name, p in self.named_parameters()
-                   if chain is None or chain_of(name) == chain)
+        return sum(p.numel() for name, p in self.named_parameters() if chain is None or chain_of(name) == chain)
 
 
 def lateral_blocks(model: CoLM, k: int) -> list[tuple[nn.Parameter, int]]:
@@ -320,5 +323,7 @@ def shapes_of_config(config_json: str) -> tuple[tuple[str, tuple[int, ...]], ...
     """expected_shapes by the config's JSON: building the model on the meta device takes a tenth of a second
     at 1B parameters, and opening, checking and writing one checkpoint asks for its shapes several times."""
     with torch.device("meta"):
-        return tuple((name, tuple(t.shape)) for name, t in CoLM(ColmConfig.from_dict(json.loads(config_json)))
-                     .state_dict().items())
+        return tuple(
+            (name, tuple(t.shape))
+            for name, t in CoLM(ColmConfig.from_dict(json.loads(config_json))).state_dict().items()
+        )

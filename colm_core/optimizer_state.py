@@ -18,18 +18,27 @@ from safetensors.torch import load_file, save_file
 SEPARATOR = "::"
 
 
-def save_optimizer_state(path: Path, state_dict: dict, extra: Mapping[str, torch.Tensor] | None = None,
-                         metadata: dict[str, str] | None = None) -> list[dict]:
+def save_optimizer_state(
+    path: Path,
+    state_dict: dict,
+    extra: Mapping[str, torch.Tensor] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> list[dict]:
     """Write the state_dict's tensors, and `extra` tensors, to the safetensors file `path`; return its
     param groups as JSON values, for the caller's JSON file (load_optimizer_state takes them back)."""
-    tensors = {f"{param}{SEPARATOR}{slot}": (value.reshape(1) if value.ndim == 0 else value)
-               for param, per_param in state_dict["state"].items() for slot, value in per_param.items()}
+    tensors = {
+        f"{param}{SEPARATOR}{slot}": (value.reshape(1) if value.ndim == 0 else value)
+        for param, per_param in state_dict["state"].items()
+        for slot, value in per_param.items()
+    }
     clash = tensors.keys() & dict(extra or {}).keys()
     if clash:
         raise ValueError(f"extra tensor {sorted(clash)[0]!r} has the name of an optimizer state tensor")
     save_file(tensors | dict(extra or {}), path, metadata=metadata)
-    return [{k: v for k, v in group.items() if k != "params"} | {"params": list(group["params"])}
-            for group in state_dict["param_groups"]]
+    return [
+        {k: v for k, v in group.items() if k != "params"} | {"params": list(group["params"])}
+        for group in state_dict["param_groups"]
+    ]
 
 
 def load_optimizer_state(path: Path, param_groups: list[dict]) -> tuple[dict, dict[str, torch.Tensor]]:

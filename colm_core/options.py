@@ -59,16 +59,31 @@ def check_range(name: str, value: float | list[float], valid: Range, help: str, 
     is_list = isinstance(value, list)
     if not all(v in valid for v in (value if is_list else [value])):
         shown = ",".join(f"{v:g}" for v in value) if is_list else f"{value:g}"
-        raise OptionError(f"{{{name}}} {{shown}}: {{each}}must be {{valid}} ({{what}})", flags, shown=shown,
-                          each="each value " if is_list else "", valid=str(valid), what=help.rstrip("."))
+        raise OptionError(
+            f"{{{name}}} {{shown}}: {{each}}must be {{valid}} ({{what}})",
+            flags,
+            shown=shown,
+            each="each value " if is_list else "",
+            valid=str(valid),
+            what=help.rstrip("."),
+        )
 
 
 REQUIRED = dataclasses.MISSING  # the default of an option that must be given
 
 
-def option(default, help: str, *, range: Range | None = None, choices: tuple[str, ...] | None = None,
-           flag: str | None = None, example: str | None = None, hint: str | None = None,
-           negatable: bool = True, envvar: str | None = None):
+def option(
+    default,
+    help: str,
+    *,
+    range: Range | None = None,
+    choices: tuple[str, ...] | None = None,
+    flag: str | None = None,
+    example: str | None = None,
+    hint: str | None = None,
+    negatable: bool = True,
+    envvar: str | None = None,
+):
     """A dataclass field that is also a command-line option.
 
     range applies to a number and to every number of a list; choices to a string. flag: the option's
@@ -78,8 +93,16 @@ def option(default, help: str, *, range: Range | None = None, choices: tuple[str
     option also has its --no- form. envvar: the environment variable that gives the value when the flag
     is not given.
     """
-    meta = {"help": help, "range": range, "choices": choices, "flag": flag, "example": example, "hint": hint,
-            "negatable": negatable, "envvar": envvar}
+    meta = {
+        "help": help,
+        "range": range,
+        "choices": choices,
+        "flag": flag,
+        "example": example,
+        "hint": hint,
+        "negatable": negatable,
+        "envvar": envvar,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -120,8 +143,13 @@ def parse_text(cls, f: dataclasses.Field, text: str):
     except ValueError:
         what = f"comma-separated {kind.__name__}s, e.g. {f.metadata['example']}" if is_list else TYPE_WORDS[kind]
         hint = f.metadata.get("hint")
-        raise OptionError(f"{{{f.name}}} {{text!r}}: expected {{what}}" + (f"; {hint}" if hint else ""),
-                          flags_of(cls), text=text, value=text, what=what) from None
+        raise OptionError(
+            f"{{{f.name}}} {{text!r}}: expected {{what}}" + (f"; {hint}" if hint else ""),
+            flags_of(cls),
+            text=text,
+            value=text,
+            what=what,
+        ) from None
     return values if is_list else values[0]
 
 
@@ -158,14 +186,16 @@ def check(obj) -> None:
             continue
         kind, is_list = value_type(type(obj), f)
         if not conforms(value, kind, is_list):
-            raise OptionError(f"{{{f.name}}} {{value!r}}: expected {{what}}", flags, value=value,
-                              what=expected_type(kind, is_list))
+            raise OptionError(
+                f"{{{f.name}}} {{value!r}}: expected {{what}}", flags, value=value, what=expected_type(kind, is_list)
+            )
         valid, choices = f.metadata.get("range"), f.metadata.get("choices")
         if valid is not None:
             check_range(f.name, value, valid, f.metadata["help"], flags)
         if choices is not None and value not in choices:
-            raise OptionError(f"{{{f.name}}} {{value}}: choose one of {{choices}}", flags, value=value,
-                              choices=", ".join(choices))
+            raise OptionError(
+                f"{{{f.name}}} {{value}}: choose one of {{choices}}", flags, value=value, choices=", ".join(choices)
+            )
 
 
 def from_sources(cls, config_file: Path | None, flags: dict):
@@ -179,7 +209,7 @@ def from_sources(cls, config_file: Path | None, flags: dict):
         except (OSError, ValueError) as e:
             raise ColmError(f"--config {config_file}: cannot read it ({e}); give a JSON or TOML file") from None
         if not isinstance(read, dict):
-            raise ColmError(f"--config {config_file}: expected a table of options, e.g. {{\"steps\": 100}}")
+            raise ColmError(f'--config {config_file}: expected a table of options, e.g. {{"steps": 100}}')
         for key, value in read.items():
             name = key.replace("-", "_")
             if name not in fields:
@@ -202,10 +232,10 @@ class TrainOptions:
     """`colm train`'s options (colm_core/train.py runs them): each field is a flag and a --config key."""
 
     data: list[str] | None = option(
-        None, "Text file, directory or glob (repeat for more); default: the embedded corpus.")
+        None, "Text file, directory or glob (repeat for more); default: the embedded corpus."
+    )
     steps: int = option(200, "Optimizer steps.", range=AT_LEAST_ONE)
-    batch_size: int = option(8, "Sequences per optimizer step, over all processes and micro-steps.",
-                             range=AT_LEAST_ONE)
+    batch_size: int = option(8, "Sequences per optimizer step, over all processes and micro-steps.", range=AT_LEAST_ONE)
     grad_accum: int = option(1, "Micro-steps per optimizer step.", range=AT_LEAST_ONE)
     seq_len: int = option(256, "Tokens per training sequence.", range=AT_LEAST_ONE)
     lr: float = option(2e-3, "Peak learning rate.", range=POSITIVE)
@@ -216,15 +246,21 @@ class TrainOptions:
     beta1: float = option(0.9, "AdamW beta1.", range=BETA)
     beta2: float = option(0.95, "AdamW beta2.", range=BETA)
     grad_clip: float = option(1.0, "Gradient norm clip, 0 for none.", range=NON_NEGATIVE)
-    chain_loss: str = option("all", "all: train every scale in one forward; full: the last scale only.",
-                             choices=("all", "full"))
-    chain_weights: list[float] | None = option(None, "Loss weight per trained scale, e.g. 1,1,1,2.",
-                                               range=NON_NEGATIVE, example="1,1,2")
-    freeze_chains: int = option(0, "Freeze chains 1..K and train only the later ones (chain tuning).",
-                                range=NON_NEGATIVE)
-    block_diagonal: int = option(0, "Chains after K read nothing from chains 1..K: those weight blocks are set "
-                                 "to zero and kept there (the block-diagonal growth ablation); 0 for off.",
-                                 range=NON_NEGATIVE)
+    chain_loss: str = option(
+        "all", "all: train every scale in one forward; full: the last scale only.", choices=("all", "full")
+    )
+    chain_weights: list[float] | None = option(
+        None, "Loss weight per trained scale, e.g. 1,1,1,2.", range=NON_NEGATIVE, example="1,1,2"
+    )
+    freeze_chains: int = option(
+        0, "Freeze chains 1..K and train only the later ones (chain tuning).", range=NON_NEGATIVE
+    )
+    block_diagonal: int = option(
+        0,
+        "Chains after K read nothing from chains 1..K: those weight blocks are set "
+        "to zero and kept there (the block-diagonal growth ablation); 0 for off.",
+        range=NON_NEGATIVE,
+    )
     seed: int = option(0, "Seed of the batch sampling.", range=NON_NEGATIVE)
     dtype: str = option("auto", "auto (float32 on CPU, bfloat16 autocast on GPU), float32, bfloat16, float16.")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda if available).")
@@ -233,8 +269,9 @@ class TrainOptions:
     eval_every: int = option(50, "Steps between validation runs, 0 for the end only.", range=NON_NEGATIVE)
     eval_windows: int = option(16, "Held-out windows per validation.", range=AT_LEAST_ONE)
     val_fraction: float = option(0.05, "Share of the tokens held out.", range=OPEN_UNIT)
-    save_every: int = option(0, "Steps between step checkpoints, 0 for none (SIGINT/SIGTERM always save).",
-                             range=NON_NEGATIVE)
+    save_every: int = option(
+        0, "Steps between step checkpoints, 0 for none (SIGINT/SIGTERM always save).", range=NON_NEGATIVE
+    )
     keep_checkpoints: int = option(2, "Step checkpoints kept.", range=AT_LEAST_ONE)
     strategy: str = option("ddp", "ddp or fsdp, under torchrun.", choices=STRATEGIES)
 
@@ -244,7 +281,7 @@ class TrainOptions:
             raise OptionError("{block_diagonal} works with {strategy} ddp (or one process), not fsdp")
 
     @classmethod
-    def from_sources(cls, config_file: Path | None, flags: dict) -> "TrainOptions":
+    def from_sources(cls, config_file: Path | None, flags: dict) -> TrainOptions:
         return from_sources(cls, config_file, flags)
 
     def scales(self, n_chains: int) -> list[int]:
@@ -269,13 +306,16 @@ class ExpandOptions:
     """`colm expand`'s options (colm_core/surgery.py runs them)."""
 
     add_chains: int = option(1, "Number of chains to append.", range=AT_LEAST_ONE)
-    heads: int | None = option(None, "Query heads of each new chain (default: the last chain's).",
-                               range=AT_LEAST_ONE)
-    kv_heads: int | None = option(None, "KV heads of each new chain (default: the last chain's; CoLM-Air: none, "
-                                        "chain 1's are shared).", range=NON_NEGATIVE)
+    heads: int | None = option(None, "Query heads of each new chain (default: the last chain's).", range=AT_LEAST_ONE)
+    kv_heads: int | None = option(
+        None,
+        "KV heads of each new chain (default: the last chain's; CoLM-Air: none, chain 1's are shared).",
+        range=NON_NEGATIVE,
+    )
     ffn: int | None = option(None, "FFN units of each new chain (default: the last chain's).", range=AT_LEAST_ONE)
-    air: bool = option(False, "Make a 1-chain model CoLM-Air: new chains read chain 1's keys and values.",
-                       negatable=False)
+    air: bool = option(
+        False, "Make a 1-chain model CoLM-Air: new chains read chain 1's keys and values.", negatable=False
+    )
     init_std: float = option(INIT_STD, "Standard deviation of the new chains' random blocks.", range=POSITIVE)
     seed: int = option(0, "Seed of the new chains' random blocks.", range=NON_NEGATIVE)
 
@@ -303,18 +343,22 @@ class EvalOptions:
     tasks (colm_core/lm_eval_adapter.py); the options of one do not apply to the other."""
 
     data: list[str] | None = option(
-        None, "Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
-              "`colm train` holds out for validation.")
+        None,
+        "Text file, directory or glob (repeat for more); default: the part of the embedded corpus that "
+        "`colm train` holds out for validation.",
+    )
     chains: list[int] | None = option(None, "Chain counts to evaluate, e.g. 1,2,4 (default: all).", example="1,2,4")
     seq_len: int | None = option(None, f"Tokens per evaluation window (default: {EVAL_SEQ_LEN}).", range=AT_LEAST_ONE)
-    batch_size: int = option(8, "Windows per forward pass (with --tasks: requests per forward pass).",
-                             range=AT_LEAST_ONE)
+    batch_size: int = option(
+        8, "Windows per forward pass (with --tasks: requests per forward pass).", range=AT_LEAST_ONE
+    )
     max_tokens: int | None = option(None, "Evaluate at most this many tokens.", range=AT_LEAST_ONE)
     tasks: str | None = option(
-        None, "lm-evaluation-harness tasks, comma-separated, e.g. hellaswag,arc_easy: score every chain count "
-              "on them instead of on text (needs pip install 'colm[eval]').")
-    num_fewshot: int | None = option(None, "Few-shot examples per task (default: each task's own).",
-                                     range=NON_NEGATIVE)
+        None,
+        "lm-evaluation-harness tasks, comma-separated, e.g. hellaswag,arc_easy: score every chain count "
+        "on them instead of on text (needs pip install 'colm[eval]').",
+    )
+    num_fewshot: int | None = option(None, "Few-shot examples per task (default: each task's own).", range=NON_NEGATIVE)
     limit: int | None = option(None, "Evaluate at most this many documents per task.", range=AT_LEAST_ONE)
     include_path: Path | None = option(None, "Directory of your own task YAML files (lm-eval's --include_path).")
 
@@ -323,13 +367,16 @@ class EvalOptions:
         if self.tasks is None:
             given = [name for name in TASK_OPTIONS if getattr(self, name) is not None]
             if given:
-                raise OptionError(f"{{{given[0]}}} applies to lm-eval tasks; give {{tasks}} too, e.g. "
-                                  "{tasks} hellaswag")
+                raise OptionError(
+                    f"{{{given[0]}}} applies to lm-eval tasks; give {{tasks}} too, e.g. {{tasks}} hellaswag"
+                )
         else:
             given = [name for name in ("data", "max_tokens", "seq_len") if getattr(self, name)]
             if given:
-                raise OptionError(f"{{{given[0]}}} applies to text evaluation, not to {{tasks}} (a task's requests "
-                                  "use the model's context); give one of them")
+                raise OptionError(
+                    f"{{{given[0]}}} applies to text evaluation, not to {{tasks}} (a task's requests "
+                    "use the model's context); give one of them"
+                )
 
 
 @dataclass
@@ -340,23 +387,30 @@ class GenerateOptions:
     chains: int | None = option(None, "Chains of the sub-model that generates (default: all).", range=AT_LEAST_ONE)
     max_new_tokens: int = option(128, "Generate at most this many tokens.", range=AT_LEAST_ONE)
     temperature: float = option(0.0, "Sampling temperature; 0 is greedy.", range=NON_NEGATIVE)
-    top_k: int | None = option(None, "Sample among the k most likely tokens (needs --temperature > 0).",
-                               range=AT_LEAST_ONE)
-    top_p: float | None = option(None, "Sample among the most likely tokens of mass p (needs --temperature > 0).",
-                                 range=TOP_P)
+    top_k: int | None = option(
+        None, "Sample among the k most likely tokens (needs --temperature > 0).", range=AT_LEAST_ONE
+    )
+    top_p: float | None = option(
+        None, "Sample among the most likely tokens of mass p (needs --temperature > 0).", range=TOP_P
+    )
     seed: int = option(0, "Seed of the sampler.", range=NON_NEGATIVE)
     stop: list[str] | None = option(None, "Stop when the text contains this (repeatable).")
     switch: str | None = option(None, "Change the chain count at generated positions, e.g. 0:4,32:1,64:2.")
-    prefill_chains: int | None = option(None, "Chains that build the prompt's KV cache (default: 1 for CoLM-Air, "
-                                              "else --chains).", range=AT_LEAST_ONE)
+    prefill_chains: int | None = option(
+        None, "Chains that build the prompt's KV cache (default: 1 for CoLM-Air, else --chains).", range=AT_LEAST_ONE
+    )
 
     def __post_init__(self):
         check(self)
         restricted = [name for name in ("top_k", "top_p") if getattr(self, name) is not None]
         if restricted and self.temperature == 0:
-            raise OptionError(" and ".join(f"{{{name}}} {{{name}_value:g}}" for name in restricted)
-                              + " has no effect at temperature 0 (greedy decoding); give {temperature} above 0 to "
-                                "sample, or leave it out", top_k_value=self.top_k, top_p_value=self.top_p)
+            raise OptionError(
+                " and ".join(f"{{{name}}} {{{name}_value:g}}" for name in restricted)
+                + " has no effect at temperature 0 (greedy decoding); give {temperature} above 0 to "
+                "sample, or leave it out",
+                top_k_value=self.top_k,
+                top_p_value=self.top_p,
+            )
 
 
 @dataclass
@@ -365,21 +419,31 @@ class ServeOptions:
     (colm_cli/serve.py and colm_core/serving.py run them)."""
 
     host: str = option("127.0.0.1", "Address to listen on; 0.0.0.0 exposes the server to the network.")
-    port: int = option(8000, "Port to listen on; 0 picks a free one (the URL is printed on stdout).",
-                       range=NON_NEGATIVE)
-    name: str | None = option(None, "Model name clients ask for (default: the checkpoint directory's name); NAME@k "
-                                    "is the k-chain sub-model.")
-    api_key: str | None = option(None, "Require `Authorization: Bearer KEY`; prefer COLM_API_KEY in the "
-                                       "environment, which ps does not show.", envvar="COLM_API_KEY")
-    elastic: bool = option(False, "Serve NAME@auto: the largest chain count whose expected queue wait stays under "
-                                  "--max-wait-ms.", negatable=False)
+    port: int = option(
+        8000, "Port to listen on; 0 picks a free one (the URL is printed on stdout).", range=NON_NEGATIVE
+    )
+    name: str | None = option(
+        None, "Model name clients ask for (default: the checkpoint directory's name); NAME@k is the k-chain sub-model."
+    )
+    api_key: str | None = option(
+        None,
+        "Require `Authorization: Bearer KEY`; prefer COLM_API_KEY in the environment, which ps does not show.",
+        envvar="COLM_API_KEY",
+    )
+    elastic: bool = option(
+        False,
+        "Serve NAME@auto: the largest chain count whose expected queue wait stays under --max-wait-ms.",
+        negatable=False,
+    )
     max_wait_ms: float = option(500.0, "The queue wait NAME@auto keeps under (with --elastic).", range=POSITIVE)
-    max_prompt_tokens: int | None = option(None, "Longest prompt accepted (default: the model's context).",
-                                           range=AT_LEAST_ONE)
+    max_prompt_tokens: int | None = option(
+        None, "Longest prompt accepted (default: the model's context).", range=AT_LEAST_ONE
+    )
     max_tokens: int = option(512, "Largest max_tokens a request may ask for.", range=AT_LEAST_ONE)
     max_body_bytes: int = option(1 << 20, "Largest request body.", range=AT_LEAST_ONE)
-    max_concurrent: int = option(64, "Prompts queued or running at once; more are refused with 429.",
-                                 range=AT_LEAST_ONE)
+    max_concurrent: int = option(
+        64, "Prompts queued or running at once; more are refused with 429.", range=AT_LEAST_ONE
+    )
     max_batch: int = option(16, "Prompts per decode step; more wait in the queue.", range=AT_LEAST_ONE)
 
     def __post_init__(self):
@@ -391,17 +455,22 @@ class InspectOptions:
     """`colm inspect`'s options (colm_core/inspect.py describes the checkpoint)."""
 
     json: bool = option(False, "Print JSON on stdout.", negatable=False)
-    verify: bool = option(False, "Re-hash the files and compare them with the sha256 digests recorded when the "
-                                 "checkpoint was written; exit 1 naming the first that differs or that has none.",
-                          negatable=False)
+    verify: bool = option(
+        False,
+        "Re-hash the files and compare them with the sha256 digests recorded when the "
+        "checkpoint was written; exit 1 naming the first that differs or that has none.",
+        negatable=False,
+    )
 
 
 @dataclass
 class ExportOptions:
     """`colm export`'s options (colm_core/export.py writes the directory)."""
 
-    format: str = option(REQUIRED, "hf-llama: a standard LlamaForCausalLM (1-chain models); hf: any CoLM, loaded "
-                                   "with trust_remote_code=True.")
+    format: str = option(
+        REQUIRED,
+        "hf-llama: a standard LlamaForCausalLM (1-chain models); hf: any CoLM, loaded with trust_remote_code=True.",
+    )
 
 
 @dataclass

@@ -18,8 +18,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from colm_core.errors import WORKER_ERRORS_ENV, ColmError
 from colm_core.options import STRATEGIES
@@ -54,8 +58,10 @@ class Runtime:
 
     def full_state(self, module, optimizer) -> tuple[dict, dict]:
         """(model, optimizer) full state dicts on CPU, keyed by parameter name; empty on ranks > 0."""
-        return (get_model_state_dict(module, options=FULL_STATE),
-                get_optimizer_state_dict(module, optimizer, options=FULL_STATE))
+        return (
+            get_model_state_dict(module, options=FULL_STATE),
+            get_optimizer_state_dict(module, optimizer, options=FULL_STATE),
+        )
 
     def load_optimizer_state(self, module, optimizer, state: dict) -> None:
         """Restore a full optimizer state dict (as full_state gave it) into the possibly sharded optimizer."""
@@ -131,8 +137,10 @@ def parse_device(name: str | None) -> torch.device:
     except (RuntimeError, ValueError):
         raise ColmError(f"--device {name!r}: not a device; give cpu, cuda or cuda:N") from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ColmError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
-                        "give another one, or --device cpu")
+        raise ColmError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            "give another one, or --device cpu"
+        )
     if device.type not in ("cpu", "cuda"):
         raise ColmError(f"--device {name}: colm runs on cpu or cuda")
     return device

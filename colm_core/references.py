@@ -25,13 +25,16 @@ def parse_reference(reference: str, revision: str | None = None) -> tuple[str, s
     try:
         parsed = parse_hf_uri(uri)
     except HfUriError as e:
-        raise ColmError(f"{reference}: not a valid Hub model id ({e.msg.strip()}); "
-                        "expected ORG/NAME or hf://ORG/NAME[@REVISION]") from None
+        raise ColmError(
+            f"{reference}: not a valid Hub model id ({e.msg.strip()}); expected ORG/NAME or hf://ORG/NAME[@REVISION]"
+        ) from None
     if parsed.type != "model":
         raise ColmError(f"{reference} is a {parsed.type} repo; colm reads model repos: hf://ORG/NAME[@REVISION]")
     if parsed.path_in_repo:
-        raise ColmError(f"{reference} points at {parsed.path_in_repo!r} inside a repo; give the repo itself: "
-                        "hf://ORG/NAME[@REVISION]")
+        raise ColmError(
+            f"{reference} points at {parsed.path_in_repo!r} inside a repo; give the repo itself: "
+            "hf://ORG/NAME[@REVISION]"
+        )
     if revision is not None and parsed.revision not in (None, revision):
         raise ColmError(f"{reference} names revision {parsed.revision!r} but --revision says {revision!r}; give one")
     return parsed.id, revision or parsed.revision

@@ -22,8 +22,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from colm_core.checkpoint import (atomic_directory, publish_directory, rename_unless_taken, sweep_stale_siblings,
-                                  temporary_sibling)
+from colm_core.checkpoint import (
+    atomic_directory,
+    publish_directory,
+    rename_unless_taken,
+    sweep_stale_siblings,
+    temporary_sibling,
+)
 from colm_core.errors import ColmError
 from colm_core.options import TrainOptions
 from colm_core.strict_json import finite_json
@@ -61,8 +66,10 @@ def find_resume(resume: str, partial: Path) -> Path | None:
         return path
     found = complete_steps(path)
     if not found:
-        raise ColmError(f"--resume {resume}: no complete step checkpoint there; give a steps/step-N directory "
-                        "or a run directory holding one")
+        raise ColmError(
+            f"--resume {resume}: no complete step checkpoint there; give a steps/step-N directory "
+            "or a run directory holding one"
+        )
     return found[-1]
 
 
@@ -71,8 +78,18 @@ def read_trainer_state(step_dir: Path) -> dict:
 
 
 # Options a resumed run may change: how it runs and reports, not what it computes. --steps may grow.
-CHANGEABLE_ON_RESUME = ("steps", "dtype", "device", "compile", "strategy", "log_every", "eval_every", "eval_windows",
-                        "save_every", "keep_checkpoints")
+CHANGEABLE_ON_RESUME = (
+    "steps",
+    "dtype",
+    "device",
+    "compile",
+    "strategy",
+    "log_every",
+    "eval_every",
+    "eval_windows",
+    "save_every",
+    "keep_checkpoints",
+)
 # --data is compared by what it holds (check_resume_data), not by how the paths were spelled.
 COMPARED_BY_CONTENT = ("data",)
 
@@ -82,15 +99,21 @@ def check_resume(step_dir: Path, opts: TrainOptions) -> None:
     saved = read_trainer_state(step_dir)
     now = json.loads(json.dumps(dataclasses.asdict(opts)))  # lists and None as the saved JSON holds them
     shown = lambda v: "unset" if v is None else ",".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
-    changed = [f"--{name.replace('_', '-')} {shown(saved['options'].get(name))} -> {shown(value)}"
-               for name, value in now.items()
-               if name not in CHANGEABLE_ON_RESUME + COMPARED_BY_CONTENT and saved["options"].get(name) != value]
+    changed = [
+        f"--{name.replace('_', '-')} {shown(saved['options'].get(name))} -> {shown(value)}"
+        for name, value in now.items()
+        if name not in CHANGEABLE_ON_RESUME + COMPARED_BY_CONTENT and saved["options"].get(name) != value
+    ]
     if changed:
-        raise ColmError(f"--resume {step_dir}: that run used other settings ({'; '.join(changed)}); resume with "
-                        "the same ones, or start a new run without --resume")
+        raise ColmError(
+            f"--resume {step_dir}: that run used other settings ({'; '.join(changed)}); resume with "
+            "the same ones, or start a new run without --resume"
+        )
     if saved["step"] > opts.steps:
-        raise ColmError(f"--resume {step_dir}: that checkpoint is at step {saved['step']}, beyond --steps "
-                        f"{opts.steps}; give --steps {saved['step']} or more")
+        raise ColmError(
+            f"--resume {step_dir}: that checkpoint is at step {saved['step']}, beyond --steps "
+            f"{opts.steps}; give --steps {saved['step']} or more"
+        )
 
 
 def check_resume_data(step_dir: Path, opts: TrainOptions, digest: str) -> None:
@@ -99,9 +122,11 @@ def check_resume_data(step_dir: Path, opts: TrainOptions, digest: str) -> None:
     if saved.get("data_sha256") != digest:
         was = " ".join(map(str, saved["options"].get("data") or ["(the embedded corpus)"]))
         now = " ".join(map(str, opts.data or ["(the embedded corpus)"]))
-        raise ColmError(f"--resume {step_dir}: that run trained on other data (--data {was} then, {now} now: the "
-                        "files' contents or the tokenizer differ); resume with the same data, or start a new run "
-                        "without --resume")
+        raise ColmError(
+            f"--resume {step_dir}: that run trained on other data (--data {was} then, {now} now: the "
+            "files' contents or the tokenizer differ); resume with the same data, or start a new run "
+            "without --resume"
+        )
 
 
 def lock_run(partial: Path) -> int:
@@ -112,8 +137,10 @@ def lock_run(partial: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ColmError(f"{partial} is being written by another `colm train` that is still running; wait for it "
-                        "to finish, or choose another -o/--output") from None
+        raise ColmError(
+            f"{partial} is being written by another `colm train` that is still running; wait for it "
+            "to finish, or choose another -o/--output"
+        ) from None
     return fd
 
 
@@ -129,8 +156,10 @@ def create_locked_partial(partial: Path) -> int:
         fd = lock_run(tmp)
         try:
             if not rename_unless_taken(tmp, partial):
-                raise ColmError(f"{partial} is being written by another `colm train` that started at the same "
-                                "time; wait for it to finish, or choose another -o/--output")
+                raise ColmError(
+                    f"{partial} is being written by another `colm train` that started at the same "
+                    "time; wait for it to finish, or choose another -o/--output"
+                )
         except BaseException:
             os.close(fd)
             raise

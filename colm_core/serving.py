@@ -42,8 +42,7 @@ FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_new_tokens": "lengt
 class RequestError(ColmError):
     """A request the server refuses: an OpenAI-style error body with an HTTP status."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(self, message: str, status: int = 400, param: str | None = None, kind: str = "invalid_request_error"):
         super().__init__(message)
         self.status, self.param, self.kind = status, param, kind
 
@@ -63,11 +62,15 @@ class ServeLimits:
     max_logprobs: int = 5  # alternatives per token, as OpenAI's completions allow
 
     @classmethod
-    def of(cls, options: ServeOptions, context: int) -> "ServeLimits":
+    def of(cls, options: ServeOptions, context: int) -> ServeLimits:
         """The limits that `colm serve`'s options set for a model of this context length."""
-        return cls(max_prompt_tokens=min(options.max_prompt_tokens or context, context),
-                   max_tokens=options.max_tokens, max_body_bytes=options.max_body_bytes,
-                   max_concurrent=options.max_concurrent, max_batch=options.max_batch)
+        return cls(
+            max_prompt_tokens=min(options.max_prompt_tokens or context, context),
+            max_tokens=options.max_tokens,
+            max_body_bytes=options.max_body_bytes,
+            max_concurrent=options.max_concurrent,
+            max_batch=options.max_batch,
+        )
 
 
 def check_api_key(expected: str | None, authorization: str | None) -> None:
@@ -76,8 +79,9 @@ def check_api_key(expected: str | None, authorization: str | None) -> None:
         return
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
-        raise RequestError("missing or wrong API key: send the header `Authorization: Bearer KEY`", 401,
-                           kind="authentication_error")
+        raise RequestError(
+            "missing or wrong API key: send the header `Authorization: Bearer KEY`", 401, kind="authentication_error"
+        )
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -102,8 +106,9 @@ def chat_template(checkpoint: Path) -> str | None:
         return path.read_text()
     template = tokenizer_config(checkpoint).get("chat_template")
     if isinstance(template, list):
-        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"),
-                        None)
+        template = next(
+            (t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None
+        )
     return template if isinstance(template, str) else None
 
 
@@ -144,8 +149,7 @@ class ChatTemplate:
 # Requests
 
 
-def field_of(body: dict, name: str, types: type | tuple, default=None, check: Callable | None = None,
-             rule: str = ""):
+def field_of(body: dict, name: str, types: type | tuple, default=None, check: Callable | None = None, rule: str = ""):
     """body[name] if it has one of `types` (and passes `check`), default when absent or null."""
     value = body.get(name)
     if value is None:
@@ -159,8 +163,13 @@ def field_of(body: dict, name: str, types: type | tuple, default=None, check: Ca
 
 
 IGNORED_FIELDS = {"user", "stream_options", "metadata", "store", "service_tier"}  # nothing to do (usage always comes)
-NEUTRAL = {"frequency_penalty": 0, "presence_penalty": 0, "best_of": 1, "logit_bias": {},
-           "response_format": {"type": "text"}}  # what clients send at these values, which change nothing
+NEUTRAL = {
+    "frequency_penalty": 0,
+    "presence_penalty": 0,
+    "best_of": 1,
+    "logit_bias": {},
+    "response_format": {"type": "text"},
+}  # what clients send at these values, which change nothing
 
 
 @dataclass
@@ -188,8 +197,10 @@ class Models:
     def listing(self) -> dict:
         names = [self.name] + [f"{self.name}@{k}" for k in range(1, self.n_chains + 1)]
         names += [f"{self.name}@{AUTO}"] if self.elastic else []
-        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "colm"}
-                                           for n in names]}
+        return {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "created": 0, "owned_by": "colm"} for n in names],
+        }
 
     def chains(self, model: str) -> int | None:
         """The chain count a model name asks for; None for NAME@auto."""
@@ -201,18 +212,31 @@ class Models:
         if name == self.name and k.isdigit() and 1 <= int(k) <= self.n_chains:
             return int(k)
         hint = " (NAME@auto needs `colm serve --elastic`)" if k == AUTO else ""
-        raise RequestError(f"unknown model {model!r}{hint}; GET /v1/models lists the {self.n_chains + 1} names "
-                           f"this server serves, e.g. {self.name}@1", 404, "model", "not_found_error")
+        raise RequestError(
+            f"unknown model {model!r}{hint}; GET /v1/models lists the {self.n_chains + 1} names "
+            f"this server serves, e.g. {self.name}@1",
+            404,
+            "model",
+            "not_found_error",
+        )
 
 
-def parse_request(body: dict, models: Models, tokenizer, vocab_size: int, limits: ServeLimits,
-                  template: ChatTemplate | None, chat: bool) -> GenerationRequest:
+def parse_request(
+    body: dict,
+    models: Models,
+    tokenizer,
+    vocab_size: int,
+    limits: ServeLimits,
+    template: ChatTemplate | None,
+    chat: bool,
+) -> GenerationRequest:
     """Check a request body field by field; any problem is a RequestError naming the field.
     NAME@auto gives chains 0, which the engine fills in when it takes the job."""
     unknown = sorted(set(body) - FIELDS[chat] - IGNORED_FIELDS - set(NEUTRAL))
     if unknown:
-        raise RequestError(f"unknown field `{unknown[0]}`; this server takes {', '.join(sorted(FIELDS[chat]))}",
-                           param=unknown[0])
+        raise RequestError(
+            f"unknown field `{unknown[0]}`; this server takes {', '.join(sorted(FIELDS[chat]))}", param=unknown[0]
+        )
     for name, neutral in NEUTRAL.items():
         if body.get(name) not in (None, neutral):
             raise RequestError(f"`{name}` is not supported; leave it out (or {json.dumps(neutral)})", param=name)
@@ -221,62 +245,107 @@ def parse_request(body: dict, models: Models, tokenizer, vocab_size: int, limits
         raise RequestError("`model` is required; GET /v1/models lists the names", param="model")
     chains = models.chains(model)
     field_of(body, "n", int, 1, lambda v: v == 1, "1 (one choice per prompt)")
-    max_tokens = field_of(body, "max_tokens" if "max_tokens" in body or not chat else "max_completion_tokens",
-                          int, 16 if not chat else limits.max_tokens,
-                          lambda v: 0 <= v <= limits.max_tokens, f"an integer in 0..{limits.max_tokens}")
+    max_tokens = field_of(
+        body,
+        "max_tokens" if "max_tokens" in body or not chat else "max_completion_tokens",
+        int,
+        16 if not chat else limits.max_tokens,
+        lambda v: 0 <= v <= limits.max_tokens,
+        f"an integer in 0..{limits.max_tokens}",
+    )
     temperature = field_of(body, "temperature", (int, float), 1.0, lambda v: 0 <= v <= 2, "a number in 0..2")
     top_p = field_of(body, "top_p", (int, float), None, lambda v: 0 < v <= 1, "a number in (0, 1]")
-    seed = field_of(body, "seed", int, 0, lambda v: 0 <= v < 2 ** 63, "a non-negative integer")
-    stop = field_of(body, "stop", (str, list), [], lambda v: all(
-        isinstance(s, str) and len(s) <= 256 for s in ([v] if isinstance(v, str) else v))
-        and (isinstance(v, str) or len(v) <= 4),
-        "a string or a list of at most 4 strings, each at most 256 characters")
+    seed = field_of(body, "seed", int, 0, lambda v: 0 <= v < 2**63, "a non-negative integer")
+    stop = field_of(
+        body,
+        "stop",
+        (str, list),
+        [],
+        lambda v: (
+            all(isinstance(s, str) and len(s) <= 256 for s in ([v] if isinstance(v, str) else v))
+            and (isinstance(v, str) or len(v) <= 4)
+        ),
+        "a string or a list of at most 4 strings, each at most 256 characters",
+    )
     stop = [stop] if isinstance(stop, str) else stop
     stream = field_of(body, "stream", bool, False)
     if chat:
         if field_of(body, "logprobs", bool, False):
-            raise RequestError("`logprobs` is not supported on chat completions; use /v1/completions with "
-                               "`logprobs`", param="logprobs")
+            raise RequestError(
+                "`logprobs` is not supported on chat completions; use /v1/completions with `logprobs`", param="logprobs"
+            )
         if template is None:
-            raise RequestError("this checkpoint has no chat template (chat_template.jinja or tokenizer_config.json's "
-                               "chat_template); use /v1/completions, or serve a checkpoint imported with one",
-                               param="messages")
-        messages = field_of(body, "messages", list, None, lambda v: len(v) > 0 and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in v), 'a non-empty list of {"role": ..., "content": TEXT} objects')
+            raise RequestError(
+                "this checkpoint has no chat template (chat_template.jinja or tokenizer_config.json's "
+                "chat_template); use /v1/completions, or serve a checkpoint imported with one",
+                param="messages",
+            )
+        messages = field_of(
+            body,
+            "messages",
+            list,
+            None,
+            lambda v: (
+                len(v) > 0
+                and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in v
+                )
+            ),
+            'a non-empty list of {"role": ..., "content": TEXT} objects',
+        )
         if messages is None:
             raise RequestError("`messages` is required", param="messages")
         text = template.render([{"role": m["role"], "content": m["content"]} for m in messages])
         # The template writes the special tokens it wants as text (as transformers' apply_chat_template does).
         texts, prompts, logprobs, echo = [text], [tokenizer.encode(text, add_special_tokens=False)], None, False
     else:
-        logprobs = field_of(body, "logprobs", int, None, lambda v: 0 <= v <= limits.max_logprobs,
-                            f"an integer in 0..{limits.max_logprobs}")
+        logprobs = field_of(
+            body,
+            "logprobs",
+            int,
+            None,
+            lambda v: 0 <= v <= limits.max_logprobs,
+            f"an integer in 0..{limits.max_logprobs}",
+        )
         echo = field_of(body, "echo", bool, False)
         texts, prompts = completion_prompts(body, tokenizer)
     if max_tokens == 0 and not echo:
-        raise RequestError("`max_tokens` 0 generates nothing; give at least 1 (0 is for echo=true scoring)",
-                           param="max_tokens")
+        raise RequestError(
+            "`max_tokens` 0 generates nothing; give at least 1 (0 is for echo=true scoring)", param="max_tokens"
+        )
     if temperature == 0 and top_p is not None and top_p < 1:
         top_p = None  # greedy: OpenAI clients send top_p with temperature 0, where it changes nothing
     for ids in prompts:
         if not ids:
             raise RequestError("the prompt is empty; give some text or token ids", param="prompt")
         if len(ids) > limits.max_prompt_tokens:
-            raise RequestError(f"the prompt is {len(ids)} tokens; this server takes at most "
-                               f"{limits.max_prompt_tokens} (--max-prompt-tokens)", param="prompt")
+            raise RequestError(
+                f"the prompt is {len(ids)} tokens; this server takes at most "
+                f"{limits.max_prompt_tokens} (--max-prompt-tokens)",
+                param="prompt",
+            )
         if not all(0 <= i < vocab_size for i in ids):
             raise RequestError(f"a prompt token id is outside the vocabulary 0..{vocab_size - 1}", param="prompt")
     sampling = Sampling(float(temperature), None, None if top_p is None else float(top_p), seed)
-    return GenerationRequest(chains or 0, prompts, texts, max_tokens, sampling, stop, stream, logprobs,
-                             echo, chat)
+    return GenerationRequest(chains or 0, prompts, texts, max_tokens, sampling, stop, stream, logprobs, echo, chat)
 
 
 FIELDS = {
-    False: {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "logprobs",
-            "echo"},
-    True: {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-           "n", "stream", "logprobs"},
+    False: {"model", "prompt", "max_tokens", "temperature", "top_p", "stop", "seed", "n", "stream", "logprobs", "echo"},
+    True: {
+        "model",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "n",
+        "stream",
+        "logprobs",
+    },
 }
 
 
@@ -291,8 +360,9 @@ def completion_prompts(body: dict, tokenizer) -> tuple[list[str], list[list[int]
     if isinstance(prompt, str) or is_ids(prompt):
         prompt = [prompt]
     if not (isinstance(prompt, list) and prompt and all(isinstance(p, str) or is_ids(p) for p in prompt)):
-        raise RequestError("`prompt` must be a string, a list of token ids, or a non-empty list of either",
-                           param="prompt")
+        raise RequestError(
+            "`prompt` must be a string, a list of token ids, or a non-empty list of either", param="prompt"
+        )
     if "" in prompt:
         raise RequestError("the prompt is empty; give some text to continue", param="prompt")
     ids = [tokenizer.encode(p, add_special_tokens=True) if isinstance(p, str) else list(p) for p in prompt]
@@ -314,7 +384,7 @@ class Job:
     stop: list[str]
     logprobs: int | None
     echo: bool
-    on_event: Callable[["Job", str], None] = lambda job, piece: None  # new final text, "" when done
+    on_event: Callable[[Job, str], None] = lambda job, piece: None  # new final text, "" when done
     continuation: Continuation | None = None
     prompt_logprobs: list = field(default_factory=list)  # (logprob, top) of prompt tokens 1.. (echo + logprobs)
     token_logprobs: list = field(default_factory=list)  # (logprob, top) of each generated token
@@ -365,9 +435,12 @@ class Engine:
             if self.closed:
                 raise RequestError("the server is shutting down", 503, kind="server_error")
             if self.in_flight + len(jobs) > self.limits.max_concurrent:
-                raise RequestError(f"the server is busy: {self.in_flight} prompts in flight, at most "
-                                   f"{self.limits.max_concurrent} (--max-concurrent); retry later", 429,
-                                   kind="rate_limit_error")
+                raise RequestError(
+                    f"the server is busy: {self.in_flight} prompts in flight, at most "
+                    f"{self.limits.max_concurrent} (--max-concurrent); retry later",
+                    429,
+                    kind="rate_limit_error",
+                )
             for job in jobs:
                 job.chains = job.chains or self.elastic_chains(job)
                 job.submitted_at = time.perf_counter()
@@ -457,10 +530,10 @@ class Engine:
     def prefill(self, job: Job, batch_chains: int) -> Row | None:
         """Run the prompt but its last token into a cache of its own (with echo, score every prompt token)."""
         cfg = self.cfg
-        job.continuation = Continuation(self.model.tokenizer, cfg, len(job.prompt), max(job.max_tokens, 1),
-                                        cfg.eos_token_id, job.stop)
-        row = Row(job, job.prompt[:-1], job.prompt[-1],
-                  torch.Generator(self.device).manual_seed(job.sampling.seed))
+        job.continuation = Continuation(
+            self.model.tokenizer, cfg, len(job.prompt), max(job.max_tokens, 1), cfg.eos_token_id, job.stop
+        )
+        row = Row(job, job.prompt[:-1], job.prompt[-1], torch.Generator(self.device).manual_seed(job.sampling.seed))
         # Air: chain 1 builds the cache, as `colm generate` does, unless prompt logprobs need chains 1..k.
         chains = (job.chains if job.echo and job.logprobs is not None else 1) if cfg.kv_share else batch_chains
         hidden = self.fill(row, chains)
@@ -498,7 +571,7 @@ class Engine:
             n, end = len(row.fed), row.cache.length
             if n:
                 for mine, theirs in ((cache.keys, row.cache.keys), (cache.values, row.cache.values)):
-                    mine[:, i, :, width - n:width] = theirs[:, row.index, :heads, end - n:end]
+                    mine[:, i, :, width - n : width] = theirs[:, row.index, :heads, end - n : end]
             row.cache, row.index = cache, i
         self.cache = cache
         self.stats["relayouts"] += 1
@@ -514,8 +587,10 @@ class Engine:
             rows = [i for i, r in enumerate(self.rows) if r.job.chains == k]
             for i, row_logits in zip(rows, self.model.logits(hidden[rows], k)):
                 logits[i] = row_logits
-        picked = [r.job.sampling.pick(l[None], r.job.sampling.noise(1, l.shape[-1], r.generator))
-                  for r, l in zip(self.rows, logits)]
+        picked = [
+            r.job.sampling.pick(row[None], r.job.sampling.noise(1, row.shape[-1], r.generator))
+            for r, row in zip(self.rows, logits)
+        ]
         picked = torch.cat(picked).tolist()  # the step's one wait for the device
         seconds = time.perf_counter() - start
         self.step_seconds[chains] = 0.8 * self.step_seconds[chains] + 0.2 * seconds
@@ -607,26 +682,41 @@ def completion_logprobs(job: Job, tokenizer) -> dict:
     for text in tokens:
         offsets.append(at)
         at += len(text)
-    return {"tokens": tokens, "token_logprobs": [lp for _, (lp, _) in entries],
-            "top_logprobs": [top for _, (_, top) in entries], "text_offset": offsets}
+    return {
+        "tokens": tokens,
+        "token_logprobs": [lp for _, (lp, _) in entries],
+        "top_logprobs": [top for _, (_, top) in entries],
+        "text_offset": offsets,
+    }
 
 
 def completion_choice(job: Job, index: int, request: GenerationRequest, tokenizer) -> dict:
     text = job.continuation.text.text if job.continuation else ""
     if request.chat:
-        return {"index": index, "message": {"role": "assistant", "content": text},
-                "finish_reason": job.finish_reason, "logprobs": None}
-    return {"index": index, "text": request.prompt_texts[index] + text if request.echo else text,
-            "logprobs": None if request.logprobs is None else completion_logprobs(job, tokenizer),
-            "finish_reason": job.finish_reason}
+        return {
+            "index": index,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": job.finish_reason,
+            "logprobs": None,
+        }
+    return {
+        "index": index,
+        "text": request.prompt_texts[index] + text if request.echo else text,
+        "logprobs": None if request.logprobs is None else completion_logprobs(job, tokenizer),
+        "finish_reason": job.finish_reason,
+    }
 
 
 def response_body(request: GenerationRequest, jobs: list[Job], tokenizer, name: str) -> dict:
     chat = request.chat
-    return {"id": new_id("chatcmpl" if chat else "cmpl"), "object": "chat.completion" if chat else "text_completion",
-            "created": int(time.time()), "model": served_name(name, jobs[0].chains),
-            "choices": [completion_choice(j, i, request, tokenizer) for i, j in enumerate(jobs)],
-            "usage": usage(jobs)}
+    return {
+        "id": new_id("chatcmpl" if chat else "cmpl"),
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": served_name(name, jobs[0].chains),
+        "choices": [completion_choice(j, i, request, tokenizer) for i, j in enumerate(jobs)],
+        "usage": usage(jobs),
+    }
 
 
 def served_name(name: str, chains: int) -> str:
@@ -634,12 +724,20 @@ def served_name(name: str, chains: int) -> str:
     return f"{name}@{chains}"
 
 
-def stream_chunk(request: GenerationRequest, response_id: str, model: str, index: int, piece: str | None,
-                 finish_reason: str | None = None, first: bool = False) -> dict:
+def stream_chunk(
+    request: GenerationRequest,
+    response_id: str,
+    model: str,
+    index: int,
+    piece: str | None,
+    finish_reason: str | None = None,
+    first: bool = False,
+) -> dict:
     """A server-sent event's JSON: a piece of one choice's text, or its finish reason."""
     if request.chat:
-        delta = ({"role": "assistant", "content": piece or ""} if first else
-                 {"content": piece} if piece is not None else {})
+        delta = (
+            {"role": "assistant", "content": piece or ""} if first else {"content": piece} if piece is not None else {}
+        )
         choice = {"index": index, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
         kind = "chat.completion.chunk"
     else:
@@ -650,27 +748,44 @@ def stream_chunk(request: GenerationRequest, response_id: str, model: str, index
 
 def usage_chunk(request: GenerationRequest, response_id: str, model: str, jobs: list[Job]) -> dict:
     kind = "chat.completion.chunk" if request.chat else "text_completion"
-    return {"id": response_id, "object": kind, "created": int(time.time()), "model": model, "choices": [],
-            "usage": usage(jobs)}
+    return {
+        "id": response_id,
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage(jobs),
+    }
 
 
 class Service:
     """One checkpoint served: its names, limits, chat template and engine; what each endpoint computes."""
 
-    def __init__(self, model, name: str, limits: ServeLimits, template: str | None = None,
-                 checkpoint: Path | None = None, api_key: str | None = None, max_wait_s: float | None = None):
+    def __init__(
+        self,
+        model,
+        name: str,
+        limits: ServeLimits,
+        template: str | None = None,
+        checkpoint: Path | None = None,
+        api_key: str | None = None,
+        max_wait_s: float | None = None,
+    ):
         self.model, self.name, self.limits, self.api_key = model, name, limits, api_key
         self.models = Models(name, model.config.n_chains, max_wait_s is not None)
         self.template = None if template is None else ChatTemplate(template, checkpoint)
         self.engine = Engine(model, limits, max_wait_s)
 
     def parse(self, body: dict, chat: bool) -> GenerationRequest:
-        return parse_request(body, self.models, self.model.tokenizer, self.model.config.vocab_size, self.limits,
-                             self.template, chat)
+        return parse_request(
+            body, self.models, self.model.tokenizer, self.model.config.vocab_size, self.limits, self.template, chat
+        )
 
     def jobs(self, request: GenerationRequest) -> list[Job]:
-        return [Job(ids, request.chains, request.max_tokens, request.sampling, request.stop, request.logprobs,
-                    request.echo) for ids in request.prompts]
+        return [
+            Job(ids, request.chains, request.max_tokens, request.sampling, request.stop, request.logprobs, request.echo)
+            for ids in request.prompts
+        ]
 
     def response(self, request: GenerationRequest, jobs: list[Job]) -> dict:
         return response_body(request, jobs, self.model.tokenizer, self.name)

@@ -20,8 +20,15 @@ from pathlib import Path
 
 import torch
 
-from colm_core.checkpoint import (Checkpoint, StoredTensor, atomic_directory, expected_shapes, history_entry,
-                                  open_checkpoint, write_checkpoint)
+from colm_core.checkpoint import (
+    Checkpoint,
+    StoredTensor,
+    atomic_directory,
+    expected_shapes,
+    history_entry,
+    open_checkpoint,
+    write_checkpoint,
+)
 from colm_core.config import INIT_STD, ColmConfig
 from colm_core.errors import ColmError
 from colm_core.model import chain_of, initial_value
@@ -29,34 +36,51 @@ from colm_core.model import chain_of, initial_value
 # --- configs -------------------------------------------------------------------------------
 
 
-def expand_config(cfg: ColmConfig, add_chains: int, heads: int | None = None, kv_heads: int | None = None,
-                  ffn: int | None = None, air: bool = False) -> ColmConfig:
+def expand_config(
+    cfg: ColmConfig,
+    add_chains: int,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    ffn: int | None = None,
+    air: bool = False,
+) -> ColmConfig:
     """The config with `add_chains` chains appended; sizes default to the last chain's."""
     if add_chains < 1:
         raise ColmError(f"--add-chains {add_chains}: add at least 1 chain")
     kv_share = cfg.kv_share or air
     if air and not cfg.kv_share and cfg.n_chains > 1:
-        raise ColmError(f"--air: this model has {cfg.n_chains} chains with their own KV heads; only a 1-chain "
-                        "model can become CoLM-Air (slice to 1 chain first: colm slice --chains 1)")
+        raise ColmError(
+            f"--air: this model has {cfg.n_chains} chains with their own KV heads; only a 1-chain "
+            "model can become CoLM-Air (slice to 1 chain first: colm slice --chains 1)"
+        )
     heads = cfg.heads[-1] if heads is None else heads
     if kv_share:
         if kv_heads not in (None, 0):
-            raise ColmError(f"--kv-heads {kv_heads}: CoLM-Air chains after the first share chain 1's KV heads; "
-                            "omit --kv-heads")
+            raise ColmError(
+                f"--kv-heads {kv_heads}: CoLM-Air chains after the first share chain 1's KV heads; omit --kv-heads"
+            )
         if heads % cfg.kv_heads[0]:
-            raise ColmError(f"--heads {heads}: CoLM-Air needs the query heads of every chain to be a multiple of "
-                            f"chain 1's {cfg.kv_heads[0]} shared KV heads")
+            raise ColmError(
+                f"--heads {heads}: CoLM-Air needs the query heads of every chain to be a multiple of "
+                f"chain 1's {cfg.kv_heads[0]} shared KV heads"
+            )
         kv_heads = 0
     else:
         kv_heads = cfg.kv_heads[-1] if kv_heads is None else kv_heads
         if kv_heads < 1 or heads % kv_heads:
-            raise ColmError(f"--heads {heads} --kv-heads {kv_heads}: each new chain's query heads must be a "
-                            "positive multiple of its KV heads (GQA)")
+            raise ColmError(
+                f"--heads {heads} --kv-heads {kv_heads}: each new chain's query heads must be a "
+                "positive multiple of its KV heads (GQA)"
+            )
     ffn = cfg.ffn[-1] if ffn is None else ffn
     if heads < 1 or ffn < 1:
         raise ColmError(f"--heads {heads} --ffn {ffn}: new chains need at least 1 query head and 1 FFN unit")
-    return cfg.replace(heads=cfg.heads + [heads] * add_chains, kv_heads=cfg.kv_heads + [kv_heads] * add_chains,
-                       ffn=cfg.ffn + [ffn] * add_chains, kv_share=kv_share)
+    return cfg.replace(
+        heads=cfg.heads + [heads] * add_chains,
+        kv_heads=cfg.kv_heads + [kv_heads] * add_chains,
+        ffn=cfg.ffn + [ffn] * add_chains,
+        kv_share=kv_share,
+    )
 
 
 def slice_config(cfg: ColmConfig, chains: int) -> ColmConfig:
@@ -70,8 +94,9 @@ def slice_config(cfg: ColmConfig, chains: int) -> ColmConfig:
 # --- tensors -------------------------------------------------------------------------------
 
 
-def new_block(name: str, shape: tuple[int, ...], cfg: ColmConfig, std: float, seed: int,
-              dtype: torch.dtype) -> torch.Tensor:
+def new_block(
+    name: str, shape: tuple[int, ...], cfg: ColmConfig, std: float, seed: int, dtype: torch.dtype
+) -> torch.Tensor:
     """The initial value of a new chain's tensor; seeded by (seed, name) so order does not matter."""
     if name.startswith("lm_head.") or (cfg.tie_embeddings and name.startswith("embed.")):
         return torch.zeros(shape, dtype=dtype)
@@ -79,8 +104,9 @@ def new_block(name: str, shape: tuple[int, ...], cfg: ColmConfig, std: float, se
     return initial_value(name, shape, std, cfg.n_layers, g).to(dtype)
 
 
-def expanded_tensors(ckpt: Checkpoint, cfg: ColmConfig, std: float,
-                     seed: int) -> Iterator[tuple[str, torch.Tensor | StoredTensor]]:
+def expanded_tensors(
+    ckpt: Checkpoint, cfg: ColmConfig, std: float, seed: int
+) -> Iterator[tuple[str, torch.Tensor | StoredTensor]]:
     """Every tensor in the model's order, one at a time: the input's unchanged, the new chains' fresh."""
     shapes = expected_shapes(cfg)
     old = ckpt.stored([name for name in shapes if name in ckpt.weight_map])  # in the same order
@@ -96,9 +122,20 @@ def sliced_tensors(ckpt: Checkpoint, chains: int) -> Iterator[tuple[str, StoredT
 # --- commands ------------------------------------------------------------------------------
 
 
-def expand(path: Path, out: Path, *, add_chains: int, heads: int | None = None, kv_heads: int | None = None,
-           ffn: int | None = None, air: bool = False, init_std: float = INIT_STD, seed: int = 0,
-           verify: bool = True, force: bool = False) -> dict:
+def expand(
+    path: Path,
+    out: Path,
+    *,
+    add_chains: int,
+    heads: int | None = None,
+    kv_heads: int | None = None,
+    ffn: int | None = None,
+    air: bool = False,
+    init_std: float = INIT_STD,
+    seed: int = 0,
+    verify: bool = True,
+    force: bool = False,
+) -> dict:
     """Write `path` with `add_chains` new chains to `out`; returns the verification report (or {})."""
     from colm_core.verify import verify_expand
 
@@ -106,8 +143,7 @@ def expand(path: Path, out: Path, *, add_chains: int, heads: int | None = None, 
         raise ColmError(f"--init-std must be positive, got {init_std}")
     ckpt = open_checkpoint(path)
     cfg = expand_config(ckpt.config, add_chains, heads, kv_heads, ffn, air)
-    args = dict(add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn, air=air, init_std=init_std,
-                seed=seed)
+    args = dict(add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn, air=air, init_std=init_std, seed=seed)
     with atomic_directory(out, force, inputs=[path]) as tmp:
         history = ckpt.history + [history_entry("expand", args, inputs=[ckpt])]
         write_checkpoint(tmp, cfg, expanded_tensors(ckpt, cfg, init_std, seed), ckpt.tokenizer(), history)

@@ -22,10 +22,18 @@ from colm_core.checkpoint import parse_dtype
 from colm_core.errors import ColmError, ColmRuntimeError, Interrupted
 from colm_core.optimizer_state import load_optimizer_state, save_optimizer_state
 from colm_core.options import TrainOptions
-from colm_core.run_directory import (OPTIMIZER_FILE, STATE_FILE, RunDirectory, check_resume, check_resume_data,
-                                     find_resume, read_trainer_state)
+from colm_core.run_directory import (
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    RunDirectory,
+    check_resume,
+    check_resume_data,
+    find_resume,
+    read_trainer_state,
+)
 from colm_core.strict_json import finite_json
 from colm_kernels._dispatch import selected as kernels_backend
+
 
 class TrainingInterrupted(Interrupted):
     pass
@@ -41,18 +49,26 @@ def check_for_model(opts: TrainOptions, cfg) -> None:
     if opts.seq_len > cfg.max_seq_len:
         raise ColmError(f"--seq-len {opts.seq_len} is above the model's maximum of {cfg.max_seq_len} tokens")
     if opts.freeze_chains >= n:
-        raise ColmError(f"--freeze-chains {opts.freeze_chains}: this model has {n} chains, so at most "
-                        f"{n - 1} can be frozen (at least one must train)")
+        raise ColmError(
+            f"--freeze-chains {opts.freeze_chains}: this model has {n} chains, so at most "
+            f"{n - 1} can be frozen (at least one must train)"
+        )
     if opts.block_diagonal >= n:
-        raise ColmError(f"--block-diagonal {opts.block_diagonal}: this model has {n} chains, so the later chains "
-                        f"start after at most chain {n - 1}")
+        raise ColmError(
+            f"--block-diagonal {opts.block_diagonal}: this model has {n} chains, so the later chains "
+            f"start after at most chain {n - 1}"
+        )
     if opts.block_diagonal and cfg.kv_share:
-        raise ColmError("--block-diagonal: in a CoLM-Air model every chain attends over chain 1's keys and values, "
-                        "so no chain can be cut off from chain 1; use a model made without --air")
+        raise ColmError(
+            "--block-diagonal: in a CoLM-Air model every chain attends over chain 1's keys and values, "
+            "so no chain can be cut off from chain 1; use a model made without --air"
+        )
     scales = opts.scales(n)
     if opts.chain_weights is not None and len(opts.chain_weights) != len(scales):
-        raise ColmError(f"--chain-weights has {len(opts.chain_weights)} values for the "
-                        f"{len(scales)} trained scales {scales}; give one per scale")
+        raise ColmError(
+            f"--chain-weights has {len(opts.chain_weights)} values for the "
+            f"{len(scales)} trained scales {scales}; give one per scale"
+        )
     if opts.chain_weights is not None and not any(opts.chain_weights):
         raise ColmError("--chain-weights are all 0: nothing would be trained; give at least one positive weight")
 
@@ -70,6 +86,7 @@ def cut_lateral_input(model, k: int) -> None:
             grad = grad.clone()
             grad[:, :columns] = 0
             return grad
+
         return hook
 
     names = {id(p): name for name, p in model.named_parameters()}
@@ -77,9 +94,11 @@ def cut_lateral_input(model, k: int) -> None:
     for weight, columns in blocks:
         if not weight.requires_grad and weight[:, :columns].any():
             chain = chain_of(names[id(weight)])
-            raise ColmError(f"--block-diagonal {k} would zero how chain {chain} reads chains 1..{k}, but "
-                            f"--freeze-chains keeps chain {chain} unchanged ({names[id(weight)]} reads them); "
-                            f"freeze fewer chains (at most {chain - 1}) or drop --block-diagonal")
+            raise ColmError(
+                f"--block-diagonal {k} would zero how chain {chain} reads chains 1..{k}, but "
+                f"--freeze-chains keeps chain {chain} unchanged ({names[id(weight)]} reads them); "
+                f"freeze fewer chains (at most {chain - 1}) or drop --block-diagonal"
+            )
     with torch.no_grad():
         for weight, columns in blocks:
             if weight.requires_grad:
@@ -106,8 +125,9 @@ def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
     return dtype
 
 
-def train(ckpt_path: Path, out: Path, opts: TrainOptions, *, force: bool = False, resume: str | None = None,
-          on_event=None) -> Path:
+def train(
+    ckpt_path: Path, out: Path, opts: TrainOptions, *, force: bool = False, resume: str | None = None, on_event=None
+) -> Path:
     """Train the checkpoint at ckpt_path into a new checkpoint `out`; the input is never modified.
 
     on_event(kind, record) is called on rank 0 with kind in start, log, val, save, end.
@@ -151,8 +171,10 @@ class Trainer:
             raise ColmError(str(e)) from None
         n_rows = opts.batch_size // (runtime.world_size * opts.grad_accum)
         if n_rows * runtime.world_size * opts.grad_accum != opts.batch_size:
-            raise ColmError(f"--batch-size {opts.batch_size} must be a multiple of processes x --grad-accum "
-                            f"({runtime.world_size} x {opts.grad_accum})")
+            raise ColmError(
+                f"--batch-size {opts.batch_size} must be a multiple of processes x --grad-accum "
+                f"({runtime.world_size} x {opts.grad_accum})"
+            )
         self.micro_rows = n_rows
 
         if runtime.is_main:
@@ -161,8 +183,9 @@ class Trainer:
         if self.resume_from is not None:
             check_resume(self.resume_from, opts)
         if self.resume_from is None and partial.exists() and not force and resume != "auto":
-            raise ColmError(f"{partial} holds an unfinished run; continue it with --resume auto, "
-                            "or pass --force to start over")
+            raise ColmError(
+                f"{partial} holds an unfinished run; continue it with --resume auto, or pass --force to start over"
+            )
         if self.out.exists() and not force:
             raise ColmError(f"{self.out} already exists; pass --force to replace it or choose another -o/--output")
         runtime.barrier()  # every rank has checked the directories before rank 0 creates OUT.partial
@@ -175,21 +198,27 @@ class Trainer:
         tokens = token_cache(files, tokenizer, self.data_sha256)
         top = int(tokens.max()) if len(tokens) else 0
         if top >= cfg.vocab_size:  # the embedding lookup would fail mid-step
-            raise ColmError(f"the tokenizer gives token id {top}, but the model's vocabulary has {cfg.vocab_size} "
-                            "tokens (config.json vocab_size); use a checkpoint whose vocabulary covers its tokenizer")
+            raise ColmError(
+                f"the tokenizer gives token id {top}, but the model's vocabulary has {cfg.vocab_size} "
+                "tokens (config.json vocab_size); use a checkpoint whose vocabulary covers its tokenizer"
+            )
         self.train_tokens, self.val_tokens = split_tokens(tokens, opts.seq_len, opts.val_fraction)
 
         # Master weights stay float32 whatever the stored dtype; the output is written back in it.
         self.store_dtype = ckpt.dtype
         source = self.resume_from / "model" if self.resume_from else ckpt.path
         if self.resume_from and open_checkpoint(source).config != cfg:
-            raise ColmError(f"--resume {self.resume_from}: that run trained a model of another shape than "
-                            f"{ckpt.path}; resume with the input it started from")
+            raise ColmError(
+                f"--resume {self.resume_from}: that run trained a model of another shape than "
+                f"{ckpt.path}; resume with the input it started from"
+            )
         self.model = load(source, device=runtime.device, dtype=torch.float32)
         broken = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
         if broken is not None:  # training cannot repair it, and a lower --lr would not help
-            raise ColmError(f"{source}: tensor {broken!r} holds NaN or infinite values: the input model is broken; "
-                            "restore it from its source or train another checkpoint")
+            raise ColmError(
+                f"{source}: tensor {broken!r} holds NaN or infinite values: the input model is broken; "
+                "restore it from its source or train another checkpoint"
+            )
         self.model.history = ckpt.history
         for name, p in self.model.named_parameters():
             p.requires_grad_(chain_of(name) > opts.freeze_chains)
@@ -203,9 +232,16 @@ class Trainer:
         self.module = runtime.wrap(loss_module)
         self.optimizer = self.make_optimizer()
         self.scaler = torch.amp.GradScaler(runtime.device.type, enabled=self.compute_dtype == torch.float16)
-        self.history_entry = history_entry("train", {"input": str(ckpt.path), **dataclasses.asdict(opts),
-                                                     "processes": runtime.world_size, "kernels": self.kernels},
-                                            inputs=[ckpt])
+        self.history_entry = history_entry(
+            "train",
+            {
+                "input": str(ckpt.path),
+                **dataclasses.asdict(opts),
+                "processes": runtime.world_size,
+                "kernels": self.kernels,
+            },
+            inputs=[ckpt],
+        )
         self.state = RunState()
         self.stop_requested = False
 
@@ -213,12 +249,13 @@ class Trainer:
         """AdamW over the trainable tensors only: frozen chains are not in it, so weight decay cannot touch them.
         Matrices decay; norm gains do not."""
         params = [p for p in self.module.parameters() if p.requires_grad]
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": self.opts.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": self.opts.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
         # Fused on CUDA: one kernel for every tensor, and it can skip a non-finite step without a host sync.
         cuda = self.rt.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=self.opts.lr, betas=(self.opts.beta1, self.opts.beta2),
-                                 fused=cuda or None)
+        return torch.optim.AdamW(groups, lr=self.opts.lr, betas=(self.opts.beta1, self.opts.beta2), fused=cuda or None)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -240,8 +277,15 @@ class Trainer:
 
     def loop(self) -> None:
         opts, st = self.opts, self.state
-        self.emit("start", {"start_step": st.step, "steps": opts.steps, "scales": self.scales,
-                            "resumed_from": str(self.resume_from) if self.resume_from else None})
+        self.emit(
+            "start",
+            {
+                "start_step": st.step,
+                "steps": opts.steps,
+                "scales": self.scales,
+                "resumed_from": str(self.resume_from) if self.resume_from else None,
+            },
+        )
         tokens_per_step = opts.batch_size * opts.seq_len
         run_start, run_start_step, base_seconds = time.perf_counter(), st.step, st.seconds
         last_saved = st.step if self.resume_from else None
@@ -257,10 +301,17 @@ class Trainer:
             elapsed = time.perf_counter() - run_start
             st.seconds = base_seconds + elapsed
             if st.step % opts.log_every == 0 or st.step == opts.steps:
-                self.log({"step": st.step, "lr": self.opts.learning_rate(st.step - 1), "loss": losses,
-                          "tokens": st.tokens, "seconds": round(st.seconds, 3),
-                          "tokens_per_second": (st.step - run_start_step) * tokens_per_step / max(elapsed, 1e-9)},
-                         "log")
+                self.log(
+                    {
+                        "step": st.step,
+                        "lr": self.opts.learning_rate(st.step - 1),
+                        "loss": losses,
+                        "tokens": st.tokens,
+                        "seconds": round(st.seconds, 3),
+                        "tokens_per_second": (st.step - run_start_step) * tokens_per_step / max(elapsed, 1e-9),
+                    },
+                    "log",
+                )
             if (opts.eval_every and st.step % opts.eval_every == 0) or st.step == opts.steps:
                 st.val_loss = self.validate()
                 self.log({"step": st.step, "val_loss": st.val_loss}, "val")
@@ -269,9 +320,11 @@ class Trainer:
                 self.save_step()
                 last_saved = st.step
             if stop:
-                raise TrainingInterrupted(f"interrupted at step {st.step}: saved "
-                                          f"{self.run_dir.step_path(st.step)}; "
-                                          "continue with the same command and --resume auto")
+                raise TrainingInterrupted(
+                    f"interrupted at step {st.step}: saved "
+                    f"{self.run_dir.step_path(st.step)}; "
+                    "continue with the same command and --resume auto"
+                )
 
     def non_finite(self, failure: str, losses) -> NonFiniteLoss:
         """The error that ends a run whose loss, gradients or (after the update) weights are not finite."""
@@ -280,8 +333,10 @@ class Trainer:
             what = f"step {step} made the weights non-finite (losses {losses}); nothing was published. "
             last_good = f"The last good weights are in {saved[-1]}. " if saved else "No good step was saved. "
         else:
-            what = (f"non-finite {failure} at step {step} (losses {losses}); that update was not applied and "
-                    "nothing was published. ")
+            what = (
+                f"non-finite {failure} at step {step} (losses {losses}); that update was not applied and "
+                "nothing was published. "
+            )
             last_good = f"The last good weights are in {saved[-1]}. " if saved and step > 1 else ""
         return NonFiniteLoss(what + last_good + "Lower --lr or raise --warmup-steps")
 
@@ -342,8 +397,9 @@ class Trainer:
         return batch[self.rt.rank * per_rank : (self.rt.rank + 1) * per_rank]
 
     def autocast(self):
-        return torch.autocast(self.rt.device.type, dtype=self.compute_dtype,
-                              enabled=self.compute_dtype != torch.float32)
+        return torch.autocast(
+            self.rt.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32
+        )
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -392,13 +448,25 @@ class Trainer:
 
             def write(directory: Path) -> None:
                 # float32 master weights, whatever the input's dtype: resuming continues from them exactly
-                write_checkpoint(directory / "model", self.model.config, tensors.items(), self.model.tokenizer,
-                                 self.model.history + [self.history_entry])
+                write_checkpoint(
+                    directory / "model",
+                    self.model.config,
+                    tensors.items(),
+                    self.model.tokenizer,
+                    self.model.history + [self.history_entry],
+                )
                 groups = save_optimizer_state(directory / OPTIMIZER_FILE, optim_state, extra=rng)
-                trainer_state = {"step": st.step, "tokens": st.tokens, "seconds": st.seconds,
-                                 "last_loss": st.last_loss, "val_loss": st.val_loss, "param_groups": groups,
-                                 "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
-                                 "options": dataclasses.asdict(self.opts), "data_sha256": self.data_sha256}
+                trainer_state = {
+                    "step": st.step,
+                    "tokens": st.tokens,
+                    "seconds": st.seconds,
+                    "last_loss": st.last_loss,
+                    "val_loss": st.val_loss,
+                    "param_groups": groups,
+                    "grad_scale": self.scaler.get_scale() if self.scaler.is_enabled() else None,
+                    "options": dataclasses.asdict(self.opts),
+                    "data_sha256": self.data_sha256,
+                }
                 (directory / STATE_FILE).write_text(finite_json(trainer_state, indent=2) + "\n")  # NaN losses as null
 
             path = self.run_dir.save_step(st.step, write, self.opts.keep_checkpoints)
@@ -415,9 +483,13 @@ class Trainer:
             torch.cuda.set_rng_state(rng["rng::cuda"])
         if trainer_state["grad_scale"] is not None:
             self.scaler.update(trainer_state["grad_scale"])
-        self.state = RunState(step=trainer_state["step"], tokens=trainer_state["tokens"],
-                              seconds=trainer_state["seconds"], last_loss=trainer_state["last_loss"],
-                              val_loss=trainer_state["val_loss"])
+        self.state = RunState(
+            step=trainer_state["step"],
+            tokens=trainer_state["tokens"],
+            seconds=trainer_state["seconds"],
+            last_loss=trainer_state["last_loss"],
+            val_loss=trainer_state["val_loss"],
+        )
         if self.rt.is_main:  # the metrics of steps after the checkpoint will be logged again
             self.run_dir.keep_metrics_until(self.state.step)
 
@@ -427,14 +499,21 @@ class Trainer:
 
         st = self.state
         tensors, _ = self.full_tensors()
-        summary = {"steps": st.step, "tokens": st.tokens, "seconds": round(st.seconds, 3),
-                   "loss": st.last_loss, "val_loss": st.val_loss, "processes": self.rt.world_size}
+        summary = {
+            "steps": st.step,
+            "tokens": st.tokens,
+            "seconds": round(st.seconds, 3),
+            "loss": st.last_loss,
+            "val_loss": st.val_loss,
+            "processes": self.rt.world_size,
+        }
         if self.rt.is_main:
             entry = {**self.history_entry, "eval": {"val_loss": st.val_loss, "steps": st.step, "tokens": st.tokens}}
             stored = ((name, t.to(self.store_dtype)) for name, t in tensors.items())
             # config.json last: OUT.partial becomes a checkpoint only once it holds every file
-            write_checkpoint(self.run_dir.partial, self.model.config, stored, self.model.tokenizer,
-                             self.model.history + [entry])
+            write_checkpoint(
+                self.run_dir.partial, self.model.config, stored, self.model.tokenizer, self.model.history + [entry]
+            )
             self.run_dir.publish(self.force)
             self.emit("end", summary | {"path": str(self.out)})
         self.rt.barrier()

@@ -51,8 +51,7 @@ def _exact(report: dict, what: str, pairs: list[tuple[torch.Tensor, torch.Tensor
     diff = max(max_abs_diff(a, b) for a, b in pairs)
     report.update(check=what, max_abs_diff=diff, exact=all(torch.equal(a, b) for a, b in pairs))
     if not report["exact"]:
-        raise ColmRuntimeError(f"verification failed: {what} differs (max abs diff {diff:.3g}); "
-                               "nothing was written")
+        raise ColmRuntimeError(f"verification failed: {what} differs (max abs diff {diff:.3g}); nothing was written")
     return report
 
 
@@ -61,8 +60,9 @@ def _close(report: dict, what: str, ours: torch.Tensor, reference: torch.Tensor)
     tolerance = REFERENCE_RTOL * max(1.0, reference.abs().max().item())
     report.update(check=what, max_abs_diff=max(diff, report.get("max_abs_diff", 0.0)), tolerance=tolerance)
     if not diff <= tolerance:
-        raise ColmRuntimeError(f"verification failed: {what} differs by {diff:.3g} (tolerance {tolerance:.3g}); "
-                               "nothing was written")
+        raise ColmRuntimeError(
+            f"verification failed: {what} differs by {diff:.3g} (tolerance {tolerance:.3g}); nothing was written"
+        )
     return report
 
 
@@ -123,9 +123,11 @@ def verify_import(hf_dir: Path, imported: Path) -> dict:
 
 # Text on which an imported tokenizer must give transformers' ids: words, digits, punctuation, runs of
 # spaces, newlines, accents and characters outside most vocabularies (byte fallback).
-TOKENIZER_SAMPLE = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
-                    "must be in want of a wife.\n\n  Mr. Bennet's 3 daughters, 1813 -- caf\u00e9 na\u00efve \u00fcber "
-                    "\u65e5\u672c\u8a9e \U0001f600 e=mc^2; x<y>z {braces} [1,2,3]\ttab   end")
+TOKENIZER_SAMPLE = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife.\n\n  Mr. Bennet's 3 daughters, 1813 -- caf\u00e9 na\u00efve \u00fcber "
+    "\u65e5\u672c\u8a9e \U0001f600 e=mc^2; x<y>z {braces} [1,2,3]\ttab   end"
+)
 
 
 def verify_gguf_import(gguf_file: Path, imported: Path) -> dict:
@@ -143,16 +145,21 @@ def verify_gguf_import(gguf_file: Path, imported: Path) -> dict:
         del model
         with contextlib.redirect_stderr(io.StringIO()):  # transformers' dequantization progress bar (plain tqdm)
             reference = transformers.LlamaForCausalLM.from_pretrained(
-                gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32).eval()
+                gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32
+            ).eval()
         theirs = reference(ids).logits
     report = _close({"probe": list(ids.shape)}, "import vs transformers' GGUF loading", ours, theirs)
     theirs_ids = transformers.AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)(
-        TOKENIZER_SAMPLE)["input_ids"]
+        TOKENIZER_SAMPLE
+    )["input_ids"]
     if ours_ids != theirs_ids:
-        first = next((i for i, (a, b) in enumerate(zip(ours_ids, theirs_ids)) if a != b),
-                     min(len(ours_ids), len(theirs_ids)))
-        raise ColmRuntimeError(f"verification failed: the tokenizer rebuilt from the GGUF metadata differs from "
-                               f"transformers' at token {first} of the sample; nothing was written")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ours_ids, theirs_ids)) if a != b), min(len(ours_ids), len(theirs_ids))
+        )
+        raise ColmRuntimeError(
+            f"verification failed: the tokenizer rebuilt from the GGUF metadata differs from "
+            f"transformers' at token {first} of the sample; nothing was written"
+        )
     report["tokenizer_sample_tokens"] = len(ours_ids)
     report["check"] += " (logits; tokenizer ids on a text sample)"
     return report
@@ -171,11 +178,16 @@ def verify_export(source: Path, exported: Path, fmt: str, dtype: torch.dtype) ->
         if fmt == "hf-llama":
             theirs = transformers.LlamaForCausalLM.from_pretrained(exported, dtype=torch.float32).eval()
             return _close(report, "export vs transformers LlamaForCausalLM", model(ids), theirs(ids).logits)
-        theirs = transformers.AutoModelForCausalLM.from_pretrained(exported, dtype=torch.float32,
-                                                                   trust_remote_code=True).eval()
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(
+            exported, dtype=torch.float32, trust_remote_code=True
+        ).eval()
         for k in range(1, model.config.n_chains + 1):
-            _close(report, f"export vs transformers (trust_remote_code) at 1..{k} chains", model(ids, chains=k),
-                   theirs(ids, chains=k).logits)
+            _close(
+                report,
+                f"export vs transformers (trust_remote_code) at 1..{k} chains",
+                model(ids, chains=k),
+                theirs(ids, chains=k).logits,
+            )
     return report
 
 
@@ -183,9 +195,9 @@ def verify_same_tensors(expected: Iterator[tuple[str, torch.Tensor]], imported: 
     """Every tensor of the imported checkpoint equals the source's bit for bit (a colm export read back:
     its tensors are colm's, so nothing is recomputed and nothing may differ)."""
     ckpt = open_checkpoint(imported)
-    different = [name for name, tensor in expected
-                 if not torch.equal(next(ckpt.tensors([name]))[1], tensor)]
+    different = [name for name, tensor in expected if not torch.equal(next(ckpt.tensors([name]))[1], tensor)]
     if different:
-        raise ColmRuntimeError(f"verification failed: tensor {different[0]!r} differs from the source's; "
-                               "nothing was written")
+        raise ColmRuntimeError(
+            f"verification failed: tensor {different[0]!r} differs from the source's; nothing was written"
+        )
     return {"check": f"import vs the export's {len(ckpt.weight_map)} tensors, bit for bit", "exact": True}

@@ -33,8 +33,10 @@ def selected(device: torch.device) -> str:
         if not TRITON_FOUND:
             raise ValueError("COLM_KERNELS=triton needs the triton package; install it or set COLM_KERNELS=torch")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"COLM_KERNELS=triton runs on CUDA only (on {device.type} only under "
-                             "TRITON_INTERPRET=1); set COLM_KERNELS=torch")
+            raise ValueError(
+                f"COLM_KERNELS=triton runs on CUDA only (on {device.type} only under "
+                "TRITON_INTERPRET=1); set COLM_KERNELS=torch"
+            )
     return name
 
 

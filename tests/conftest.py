@@ -17,11 +17,21 @@ from colm_core.config import ColmConfig
 from colm_core.model import CoLM
 
 REPO = Path(__file__).resolve().parents[1]
+TASKS_DIR = REPO / "tests" / "lm_eval_tasks"  # datasets reads the YAML files' data_files from the working directory
 
 
 def tiny_config(**overrides) -> ColmConfig:
-    base = dict(vocab_size=97, n_layers=2, head_dim=8, heads=[2, 2, 2], kv_heads=[1, 2, 1], ffn=[24, 16, 20],
-                max_seq_len=64, bos_token_id=1, eos_token_id=2)
+    base = dict(
+        vocab_size=97,
+        n_layers=2,
+        head_dim=8,
+        heads=[2, 2, 2],
+        kv_heads=[1, 2, 1],
+        ffn=[24, 16, 20],
+        max_seq_len=64,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     base.update(overrides)
     return ColmConfig(**base).validate()
 
@@ -40,17 +50,26 @@ def child_environment(env: dict | None) -> dict:
     return {**inherited, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": "", **(env or {})}
 
 
-def colm_in_subprocess(*args, input: str | None = None, cwd: Path | None = None, check: bool = False,
-                       env: dict | None = None) -> subprocess.CompletedProcess:
+def colm_in_subprocess(
+    *args, input: str | None = None, cwd: Path | None = None, check: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """The real `colm` command line in a subprocess: for tests whose subject is the process itself (its
     exit status, signals, pipes, what it imports, a fresh Hugging Face cache setting)."""
-    proc = subprocess.run([sys.executable, "-m", "colm_cli", *map(str, args)], input=input, cwd=cwd,
-                          capture_output=True, text=True, env=child_environment(env), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "colm_cli", *map(str, args)],
+        input=input,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=child_environment(env),
+        timeout=600,
+    )
     return checked(proc, check, args)
 
 
-def colm_in_process(*args, input: str | None = None, cwd: Path | None = None, check: bool = False,
-                    env: dict | None = None) -> subprocess.CompletedProcess:
+def colm_in_process(
+    *args, input: str | None = None, cwd: Path | None = None, check: bool = False, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """The real `colm` entry point, `colm_cli.app.main()`, in this process: what `colm_in_subprocess` gives
     (exit code, stdout, stderr), without starting an interpreter and importing torch each time.
 
@@ -145,3 +164,25 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> dict:
+    """The Hub switched off and the datasets cache under tmp_path, for child processes (the environment) and
+    for this one (the values datasets and huggingface_hub read from the environment when imported)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets"),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.chdir(TASKS_DIR)
+    return env

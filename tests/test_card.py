@@ -18,9 +18,12 @@ def table(text: str, heading: str) -> list[dict[str, str]]:
     lines = text.split(heading, 1)[1].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), lines[start:]))
-    split = lambda line: [cell.strip() for cell in line.strip("|").split("|")]
-    header = split(rows[0])
-    return [dict(zip(header, split(row))) for row in rows[2:]]
+
+    def cells(line):
+        return [cell.strip() for cell in line.strip("|").split("|")]
+
+    header = cells(rows[0])
+    return [dict(zip(header, cells(row))) for row in rows[2:]]
 
 
 def test_header_is_hub_metadata_with_tags_by_kind():
@@ -79,5 +82,4 @@ def test_every_saved_checkpoint_carries_the_card(tmp_path):
     assert card.data.library_name == "colm"
     chains = table(card.text, "# A Chain-of-Model language model")
     assert [int(r["parameters"].replace(",", "")) for r in chains] == parameters_per_chain(model.config)
-    assert table(card.text, "## Evaluation") == [
-        {"recorded by": "`colm train`", "chains": "3", "val_loss": "1.5000"}]
+    assert table(card.text, "## Evaluation") == [{"recorded by": "`colm train`", "chains": "3", "val_loss": "1.5000"}]

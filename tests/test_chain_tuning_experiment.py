@@ -26,8 +26,18 @@ def books(root: Path) -> Path:
 
 def test_quick_chain_tuning_compares_three_arms_and_keeps_the_base_inside(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "benchmarks.experiments.chain_tuning", "--quick", "--work", str(tmp_path / "work"),
-           "--results", str(tmp_path), "--data", str(books(tmp_path / "books"))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.experiments.chain_tuning",
+        "--quick",
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(tmp_path),
+        "--data",
+        str(books(tmp_path / "books")),
+    ]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
     payload = json.loads((tmp_path / "chain_tuning-quick.json").read_text())
     assert (tmp_path / "chain_tuning-quick.png").stat().st_size > 0

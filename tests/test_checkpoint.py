@@ -79,7 +79,9 @@ def test_hf_tokenizer_is_stored_and_used(tmp_path):
 
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(["the cat sat on the mat"] * 50, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"]))
+    tok.train_from_iterator(
+        ["the cat sat on the mat"] * 50, trainers.BpeTrainer(vocab_size=60, special_tokens=["[UNK]"])
+    )
     tok.save(str(tmp_path / "tokenizer.json"))
     out = colm_in_process("init", "-o", tmp_path / "m", "--tokenizer", tmp_path / "tokenizer.json", check=True)
     assert out.stdout.strip() == str(tmp_path / "m")
@@ -119,14 +121,17 @@ def damaged(tmp_path, how):
     return path
 
 
-@pytest.mark.parametrize("how,message", [
-    ("truncated", "truncated"),
-    ("wrong-shape", "'layers.0.attn.q.weights.1' has shape [3, 3]"),
-    ("missing-tensor", "'layers.1.ffn.up.weights.2' is missing"),
-    ("missing-shard", "is missing (listed in model.safetensors.index.json)"),
-    ("unknown-field", "unknown field 'n_experts'"),
-    ("pickle", "pickle file"),
-])
+@pytest.mark.parametrize(
+    "how,message",
+    [
+        ("truncated", "truncated"),
+        ("wrong-shape", "'layers.0.attn.q.weights.1' has shape [3, 3]"),
+        ("missing-tensor", "'layers.1.ffn.up.weights.2' is missing"),
+        ("missing-shard", "is missing (listed in model.safetensors.index.json)"),
+        ("unknown-field", "unknown field 'n_experts'"),
+        ("pickle", "pickle file"),
+    ],
+)
 def test_damaged_checkpoint_gives_one_line_error(tmp_path, how, message):
     path = damaged(tmp_path, how)
     with pytest.raises(ColmError, match="."):
@@ -158,8 +163,7 @@ def flip_last_byte(path) -> None:
 def test_recorded_digests_are_the_files_sha256(tmp_path):
     save(tiny_model(), tmp_path / "m", max_shard_bytes=20_000)
     recorded = json.loads((tmp_path / "m" / "digests.json").read_text())["sha256"]
-    on_disk = {f.name: sha256_of(f) for f in (tmp_path / "m").iterdir()
-               if f.name not in ("README.md", "digests.json")}
+    on_disk = {f.name: sha256_of(f) for f in (tmp_path / "m").iterdir() if f.name not in ("README.md", "digests.json")}
     assert recorded == on_disk
     assert {"config.json", "colm_history.json", INDEX_FILE} < recorded.keys()
     assert sum(name.endswith(".safetensors") for name in recorded) > 3
@@ -190,7 +194,9 @@ def test_inspect_verify_rehashes_every_file(tmp_path):
 
     shard = sorted((tmp_path / "m").glob("*.safetensors"))[2]
     flip_last_byte(shard)
-    assert_one_line_error(colm_in_process("inspect", "--verify", tmp_path / "m"), 1, f"{shard} does not match its sha256")
+    assert_one_line_error(
+        colm_in_process("inspect", "--verify", tmp_path / "m"), 1, f"{shard} does not match its sha256"
+    )
     assert colm_in_process("inspect", tmp_path / "m").returncode == 0  # still a valid checkpoint; only --verify checks
 
     (tmp_path / "m" / "digests.json").unlink()
@@ -240,6 +246,7 @@ def test_surgery_copies_stored_bytes_exactly_and_records_their_sha256(tmp_path, 
             if len(calls) % 2 == 0:
                 raise OSError(18, "Invalid cross-device link")
             return real(src, dst, min(count, 5), offset_src, offset_dst)  # a short copy, then a failure
+
         monkeypatch.setattr(os, "copy_file_range", flaky)
     model = tiny_model()
     save(model, tmp_path / "a", max_shard_bytes=20_000)
@@ -259,13 +266,22 @@ def test_hash_range_of_unaligned_spans_over_many_chunks(tmp_path):
         for offset, nbytes in [(0, len(data)), (4095, 9000), (5000, 1), (4096, 0), (17, len(data) - 17)]:
             digest = hashlib.sha256()
             hash_range(digest, f.fileno(), offset, nbytes, chunk=4096)
-            assert digest.hexdigest() == hashlib.sha256(data[offset:offset + nbytes]).hexdigest()
+            assert digest.hexdigest() == hashlib.sha256(data[offset : offset + nbytes]).hexdigest()
 
 
-
-@pytest.mark.parametrize("field, value", [("vocab_size", "258"), ("kv_share", 1), ("rope_theta", "1e4"),
-                                          ("heads", [2, 2.5]), ("bos_token_id", True), ("rope_scaling", [8]),
-                                          ("tokenizer", 3), ("norm_eps", None)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("vocab_size", "258"),
+        ("kv_share", 1),
+        ("rope_theta", "1e4"),
+        ("heads", [2, 2.5]),
+        ("bos_token_id", True),
+        ("rope_scaling", [8]),
+        ("tokenizer", 3),
+        ("norm_eps", None),
+    ],
+)
 def test_a_config_field_of_the_wrong_type_is_one_line_naming_it(tmp_path, field, value):
     colm_in_process("init", "-o", tmp_path / "m", "--layers", "1", check=True)
     config = json.loads((tmp_path / "m" / "config.json").read_text())

@@ -26,16 +26,18 @@ def test_commands_do_not_import_triton_unless_flops_are_counted():
     import subprocess
     import sys
 
-    code = ("import sys\n"
-            "import colm_core.train, colm_core.generation, colm_core.evaluate, colm_core.surgery\n"
-            "print('triton' in sys.modules)\n"
-            "import torch\n"
-            "from torch.utils.flop_counter import FlopCounterMode\n"
-            "from colm_kernels.chain_linear import op\n"
-            "x, w = torch.randn(3, 4, requires_grad=True), [torch.randn(2, 4)]\n"
-            "with FlopCounterMode(display=False) as counter:\n"
-            "    op.chain_linear(x, w, 'torch')\n"
-            "print(counter.get_total_flops())\n")
+    code = (
+        "import sys\n"
+        "import colm_core.train, colm_core.generation, colm_core.evaluate, colm_core.surgery\n"
+        "print('triton' in sys.modules)\n"
+        "import torch\n"
+        "from torch.utils.flop_counter import FlopCounterMode\n"
+        "from colm_kernels.chain_linear import op\n"
+        "x, w = torch.randn(3, 4, requires_grad=True), [torch.randn(2, 4)]\n"
+        "with FlopCounterMode(display=False) as counter:\n"
+        "    op.chain_linear(x, w, 'torch')\n"
+        "print(counter.get_total_flops())\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.split() == ["False", str(2 * 3 * 2 * 4)]
 
@@ -50,15 +52,36 @@ def test_in_process_runs_leave_no_state_behind(tmp_path):
     from colm_cli import app
 
     def state():
-        return (os.getcwd(), dict(os.environ), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
-                torch.get_num_threads(), torch.is_grad_enabled(), app.debug, app.stopped_by)
+        return (
+            os.getcwd(),
+            dict(os.environ),
+            {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)},
+            torch.get_num_threads(),
+            torch.is_grad_enabled(),
+            app.debug,
+            app.stopped_by,
+        )
 
     before, rng = state(), torch.get_rng_state()
     data = tmp_path / "text.txt"
     data.write_text("It is a truth universally acknowledged. " * 40)
     colm_in_process("init", "-o", "m", "--layers", "1", cwd=tmp_path, env={"COLM_DEBUG": "1"}, check=True)
-    colm_in_process("train", "m", "--data", data, "--steps", "1", "--seq-len", "16", "--batch-size", "2", "-o", "t",
-                    cwd=tmp_path, check=True)  # installs its own SIGINT/SIGTERM handlers while it runs
+    colm_in_process(
+        "train",
+        "m",
+        "--data",
+        data,
+        "--steps",
+        "1",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "-o",
+        "t",
+        cwd=tmp_path,
+        check=True,
+    )  # installs its own SIGINT/SIGTERM handlers while it runs
     assert colm_in_process("--debug", "eval", tmp_path / "t", "--chains", "9").returncode != 0
     assert state() == before and torch.equal(torch.get_rng_state(), rng)
 
@@ -69,8 +92,9 @@ def test_init_eval_pipeline(tmp_path):
     init = colm_in_process("init", "--heads", "2,2", "--layers", "2", cwd=tmp_path, check=True)
     path = init.stdout.strip()
     assert init.stdout.count("\n") == 1 and (tmp_path / path / "config.json").is_file()
-    ev = colm_in_process("eval", "--data", data, "--chains", "1,2", "--seq-len", "64", input=init.stdout, cwd=tmp_path,
-                 check=True)
+    ev = colm_in_process(
+        "eval", "--data", data, "--chains", "1,2", "--seq-len", "64", input=init.stdout, cwd=tmp_path, check=True
+    )
     report = json.loads(ev.stdout)
     assert [r["chains"] for r in report["results"]] == [1, 2]
     assert report["tokens"] == len(data.read_text()) + 1  # every byte and the EOS, the BOS is context
@@ -89,8 +113,26 @@ def test_init_names_outputs_without_clashing_and_inspect_reads_stdin(tmp_path):
 
 
 def test_init_air_and_flags(tmp_path):
-    proc = colm_in_process("init", "-o", tmp_path / "m", "--air", "--heads", "4,4", "--kv-heads", "2", "--ffn", "32",
-                   "--layers", "1", "--head-dim", "8", "--rope-scaling", "8,1,4,64", "--tie-embeddings", check=True)
+    proc = colm_in_process(
+        "init",
+        "-o",
+        tmp_path / "m",
+        "--air",
+        "--heads",
+        "4,4",
+        "--kv-heads",
+        "2",
+        "--ffn",
+        "32",
+        "--layers",
+        "1",
+        "--head-dim",
+        "8",
+        "--rope-scaling",
+        "8,1,4,64",
+        "--tie-embeddings",
+        check=True,
+    )
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     assert cfg["kv_share"] and cfg["kv_heads"] == [2, 0] and cfg["ffn"] == [32, 32]
     assert cfg["rope_scaling"]["factor"] == 8 and cfg["tie_embeddings"]
@@ -102,13 +144,19 @@ def test_bad_usage_is_one_line_and_exit_2(tmp_path):
     before = sorted(p.name for p in (tmp_path / "m").iterdir())
     assert_one_line_error(colm_in_process("init", "-o", tmp_path / "m"), 2, "--force")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == before
-    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "x", "--heads", "3,3", "--kv-heads", "2"), 2,
-                          "chain 1: 3 query heads is not a multiple of 2 KV heads")
-    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "x", "--preset", "huge"), 2,
-                          "--preset huge: choose one of tiny")
+    assert_one_line_error(
+        colm_in_process("init", "-o", tmp_path / "x", "--heads", "3,3", "--kv-heads", "2"),
+        2,
+        "chain 1: 3 query heads is not a multiple of 2 KV heads",
+    )
+    assert_one_line_error(
+        colm_in_process("init", "-o", tmp_path / "x", "--preset", "huge"), 2, "--preset huge: choose one of tiny"
+    )
     assert_one_line_error(colm_in_process("eval", tmp_path / "m", "--chains", "9"), 2, "outside 1..4")
     assert_one_line_error(colm_in_process("eval", tmp_path / "nope"), 2, "no such checkpoint")
-    assert_one_line_error(colm_in_process("eval", tmp_path / "m", "--data", tmp_path / "missing.txt"), 2, "no such file")
+    assert_one_line_error(
+        colm_in_process("eval", tmp_path / "m", "--data", tmp_path / "missing.txt"), 2, "no such file"
+    )
     assert_one_line_error(colm_in_process("eval", tmp_path / "m", "--bogus"), 2, "No such option")
     assert_one_line_error(colm_in_process("inspect", input=""), 2, "stdin was empty")
     assert not (tmp_path / "x").exists()
@@ -141,16 +189,23 @@ def test_eval_without_data_scores_the_held_out_part_of_the_default_corpus(tmp_pa
     from colm_core.evaluate import evaluate_tokens, token_stream
 
     colm_in_process("init", "-o", tmp_path / "m", "--layers", "1", "--heads", "2", check=True)
-    proc = colm_in_process("eval", tmp_path / "m", "--max-tokens", "64", "--seq-len", "64",
-                   env={"COLM_CACHE_DIR": str(tmp_path / "cache")}, check=True)
+    proc = colm_in_process(
+        "eval",
+        tmp_path / "m",
+        "--max-tokens",
+        "64",
+        "--seq-len",
+        "64",
+        env={"COLM_CACHE_DIR": str(tmp_path / "cache")},
+        check=True,
+    )
     assert "held-out part of the embedded corpus" in proc.stderr
     model = load(tmp_path / "m")
     stream = token_stream(model.tokenizer, [p.read_text() for p in default_corpus_files()])
-    held_out = stream[len(stream) - int(len(stream) * 0.05):]
+    held_out = stream[len(stream) - int(len(stream) * 0.05) :]
     loss = json.loads(proc.stdout)["results"][0]["loss"]
     assert loss == evaluate_tokens(model, held_out[:65], [1], seq_len=64)["results"][0]["loss"]
     assert loss != evaluate_tokens(model, stream[:65], [1], seq_len=64)["results"][0]["loss"]
-
 
 
 def tree(root) -> dict:

@@ -17,6 +17,7 @@ from tests.conftest import REPO, assert_one_line_error, colm_in_process, colm_in
 
 def strict_json(text: str):
     """json.loads that refuses NaN and Infinity, as strict parsers (jq, JavaScript) do."""
+
     def refuse(constant):
         raise ValueError(f"{constant} is not JSON")
 
@@ -24,8 +25,9 @@ def strict_json(text: str):
 
 
 def small_checkpoint(tmp_path, name="m"):
-    colm_in_process("init", "-o", tmp_path / name, "--layers", "1", "--heads", "2,2", "--head-dim", "8", "--ffn", "32",
-            check=True)
+    colm_in_process(
+        "init", "-o", tmp_path / name, "--layers", "1", "--heads", "2,2", "--head-dim", "8", "--ffn", "32", check=True
+    )
     return tmp_path / name
 
 
@@ -45,8 +47,15 @@ def hidden_entries(*directories) -> list[str]:
 
 def start_cli(*args, cwd) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "colm_cli", *map(str, args)], cwd=cwd, env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "colm_cli", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_until(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -116,8 +125,20 @@ def test_replacing_the_working_directory_leaves_nothing_behind(tmp_path):
 
 def test_nproc_failure_is_one_line_with_the_workers_exit_code(tmp_path):
     model = small_checkpoint(tmp_path)
-    proc = colm_in_subprocess("train", model, "--data", tmp_path / "nope.txt", "--steps", "2", "--batch-size", "2",
-                      "--nproc", "2", "-o", tmp_path / "x")
+    proc = colm_in_subprocess(
+        "train",
+        model,
+        "--data",
+        tmp_path / "nope.txt",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--nproc",
+        "2",
+        "-o",
+        tmp_path / "x",
+    )
     assert_one_line_error(proc, 2, "nope.txt")
     assert not (tmp_path / "x").exists()
 
@@ -128,8 +149,24 @@ def test_divergence_stops_before_a_non_finite_update_is_saved(tmp_path):
     out = tmp_path / "x"
     # The first update (lr 5e7 in warmup) leaves finite but huge weights and a finite loss; the second
     # step's gradients overflow. Without a check, that update made every weight NaN and was published.
-    proc = colm_in_process("train", model, "--data", data, "--seq-len", "32", "--batch-size", "2", "--steps", "2",
-                   "--lr", "1e9", "--log-every", "1", "-o", out)
+    proc = colm_in_process(
+        "train",
+        model,
+        "--data",
+        data,
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--lr",
+        "1e9",
+        "--log-every",
+        "1",
+        "-o",
+        out,
+    )
     assert proc.returncode == 1 and proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("colm:")]
     assert len(errors) == 1 and errors[0].startswith("colm: error: non-finite"), proc.stderr
@@ -176,8 +213,10 @@ def test_debug_is_a_top_level_option_and_not_taken_from_values(tmp_path):
     assert json.loads(proc.stdout)["prompt"] == "--debug"
     # after a command, it is an unknown option of that command
     assert_one_line_error(colm_in_process("generate", model, "--debug", "--prompt", "x"), 2, "No such option")
-    for proc in (colm_in_process("--debug", "generate", model, "--prompt", "x", "--chains", "9"),
-                 colm_in_process("generate", model, "--prompt", "x", "--chains", "9", env={"COLM_DEBUG": "1"})):
+    for proc in (
+        colm_in_process("--debug", "generate", model, "--prompt", "x", "--chains", "9"),
+        colm_in_process("generate", model, "--prompt", "x", "--chains", "9", env={"COLM_DEBUG": "1"}),
+    ):
         assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
@@ -185,10 +224,19 @@ def test_usage_errors_read_well(tmp_path):
     proc = colm_in_process("slice", tmp_path)
     assert_one_line_error(proc, 2, "Missing option '--chains'; see `colm slice --help`")
     # One spelling of arguments in usage lines: upper case, {REQUIRED} and [OPTIONAL] as Typer marks them
-    usage = {cmd: next(line.split(cmd, 1)[1].split() for line in colm_in_process(cmd, "--help", check=True).stdout.splitlines()
-                       if "Usage:" in line) for cmd in ("import", "eval", "pull")}
-    assert usage == {"import": ["[OPTIONS]", "{SOURCE}"], "eval": ["[OPTIONS]", "[CKPT]"],
-                     "pull": ["[OPTIONS]", "{REPO_ID}"]}
+    usage = {
+        cmd: next(
+            line.split(cmd, 1)[1].split()
+            for line in colm_in_process(cmd, "--help", check=True).stdout.splitlines()
+            if "Usage:" in line
+        )
+        for cmd in ("import", "eval", "pull")
+    }
+    assert usage == {
+        "import": ["[OPTIONS]", "{SOURCE}"],
+        "eval": ["[OPTIONS]", "[CKPT]"],
+        "pull": ["[OPTIONS]", "{REPO_ID}"],
+    }
 
 
 @pytest.mark.parametrize("first_line", ["a" * 10_000_000, "\x00\x01\x89PNG\x1a binary"], ids=["10MB", "binary"])
@@ -201,12 +249,32 @@ def test_a_first_line_of_stdin_that_is_no_path_is_shown_short(first_line):
 def test_piped_training_output_has_a_line_per_logged_step_and_unbroken_lines(tmp_path):
     model = small_checkpoint(tmp_path)
     out = tmp_path / ("a-run-with-a-long-name-" + "x" * 40)
-    proc = colm_in_process("train", model, "--data", text_file(tmp_path, 20_000), "--seq-len", "32", "--batch-size", "2",
-                   "--steps", "4", "--log-every", "2", "--eval-every", "0", "--eval-windows", "2", "-o", out,
-                   check=True)
+    proc = colm_in_process(
+        "train",
+        model,
+        "--data",
+        text_file(tmp_path, 20_000),
+        "--seq-len",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "4",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "0",
+        "--eval-windows",
+        "2",
+        "-o",
+        out,
+        check=True,
+    )
     lines = proc.stderr.splitlines()
-    assert [line.split(":")[0] for line in lines if line.startswith("step ") and "/4:" in line] == ["step 2/4",
-                                                                                                   "step 4/4"]
+    assert [line.split(":")[0] for line in lines if line.startswith("step ") and "/4:" in line] == [
+        "step 2/4",
+        "step 4/4",
+    ]
     title = next(line for line in lines if str(out) in line)
     assert title.strip().endswith("on 1 process(es)") and len(title) > 100
     assert "\x1b[" not in proc.stderr  # no colour codes in a pipe

@@ -14,8 +14,24 @@ from colm_core.checkpoint import history_entry, load, open_checkpoint, save
 from colm_core.init import InitOptions, init_model
 from tests.conftest import REPO, assert_one_line_error, colm_in_process, colm_in_subprocess
 
-ARGS = ["--steps", "4", "--batch-size", "4", "--seq-len", "32", "--lr", "1e-2", "--warmup-steps", "1",
-        "--log-every", "1", "--eval-windows", "4", "--save-every", "2"]
+ARGS = [
+    "--steps",
+    "4",
+    "--batch-size",
+    "4",
+    "--seq-len",
+    "32",
+    "--lr",
+    "1e-2",
+    "--warmup-steps",
+    "1",
+    "--log-every",
+    "1",
+    "--eval-windows",
+    "4",
+    "--save-every",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +41,9 @@ def setup(tmp_path_factory):
     save(model, root / "base", history=[history_entry("init", {})])
     (root / "text.txt").write_text(open(os.__file__).read())  # real text: os.py
     env = {"COLM_CACHE_DIR": str(root / "cache")}
-    single = colm_in_process("train", root / "base", "--data", root / "text.txt", *ARGS, "-o", root / "single",
-                     env=env, check=True)
+    single = colm_in_process(
+        "train", root / "base", "--data", root / "text.txt", *ARGS, "-o", root / "single", env=env, check=True
+    )
     assert single.stdout.strip() == str(root / "single")
     return root, env
 
@@ -42,10 +59,20 @@ def test_two_processes_match_one(setup, strategy):
     out = root / strategy
     train_args = ["train", root / "base", "--data", root / "text.txt", *ARGS, "--strategy", strategy, "-o", out]
     if strategy == "ddp":  # torchrun itself, as a cluster job would start it
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "colm_cli", *map(str, train_args)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                              env={**os.environ, "PYTHONPATH": str(REPO), **env})
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "colm_cli",
+            *map(str, train_args),
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), **env}
+        )
     else:  # the --nproc convenience, which launches torchrun
         proc = colm_in_subprocess(*train_args, "--nproc", "2", env=env)
     assert proc.returncode == 0, proc.stderr

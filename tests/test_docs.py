@@ -9,10 +9,12 @@ from tests.conftest import REPO
 
 def test_cli_reference_is_generated_from_the_current_cli():
     """docs/cli.md is Typer's own rendering of the app: a new command or flag must land there too."""
-    out = subprocess.run([sys.executable, "-m", "colm_cli.docs"], capture_output=True, text=True, cwd=REPO,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "colm_cli.docs"], capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout
     assert (REPO / "docs" / "cli.md").read_text() == out, (
-        "docs/cli.md is stale: regenerate it with `python -m colm_cli.docs > docs/cli.md`")
+        "docs/cli.md is stale: regenerate it with `python -m colm_cli.docs > docs/cli.md`"
+    )
 
 
 def test_cli_reference_is_plain_text():
@@ -47,8 +49,11 @@ def test_training_guide_shows_the_options_real_defaults():
 
     defaults = {"--" + f.name.replace("_", "-"): f.default for f in dataclasses.fields(TrainOptions)}
     rows = re.findall(r"(?m)^\| (`--[^|]+) \| ([^|]+) \|", (REPO / "docs" / "training.md").read_text())
-    shown = {name: value.strip() for flags, values in rows
-             for name, value in zip(re.findall(r"`(--[a-z0-9-]+)`", flags), values.split(","))}
+    shown = {
+        name: value.strip()
+        for flags, values in rows
+        for name, value in zip(re.findall(r"`(--[a-z0-9-]+)`", flags), values.split(","))
+    }
     assert len(shown) >= 15, shown
     for name, value in shown.items():
         default = defaults[name]
@@ -62,15 +67,22 @@ def test_training_guide_shows_the_options_real_defaults():
 
 def tracked_text_files() -> list:
     names = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=REPO, check=True).stdout.split()
-    return [REPO / n for n in names if n.endswith((".md", ".py", ".sh", ".toml", ".yaml", ".txt")) or n.startswith(".ci/")]
+    return [
+        REPO / n for n in names if n.endswith((".md", ".py", ".sh", ".toml", ".yaml", ".txt")) or n.startswith(".ci/")
+    ]
 
 
 def test_the_repository_stands_alone():
     """A user's clone is all there is: no path into the project's shared folder or this machine's /work,
     and every relative link of the Markdown resolves to a file of the repository."""
     leaving = re.compile(r"\.\./shared|/work/|(?<!docs/)\bSPEC\.md")  # the spec is docs/spec.md
-    outside = [f"{p.relative_to(REPO)}:{n}" for p in tracked_text_files() if p.name != "test_docs.py"
-               for n, line in enumerate(p.read_text().splitlines(), 1) if leaving.search(line)]
+    outside = [
+        f"{p.relative_to(REPO)}:{n}"
+        for p in tracked_text_files()
+        if p.name != "test_docs.py"
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if leaving.search(line)
+    ]
     assert not outside, outside
     broken = []
     for doc in (p for p in tracked_text_files() if p.suffix == ".md"):

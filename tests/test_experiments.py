@@ -17,9 +17,24 @@ PNG_MAGIC = b"\x89PNG"
 
 def run_experiment(name: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = child_environment({"COLM_CACHE_DIR": str(tmp_path / "cache"), "MPLBACKEND": "Agg"})
-    return subprocess.run([sys.executable, "-m", f"benchmarks.experiments.{name}", "--quick", *args,
-                           "--out", str(tmp_path / f"{name}.json"), "--plot", str(tmp_path / f"{name}.png")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"benchmarks.experiments.{name}",
+            "--quick",
+            *args,
+            "--out",
+            str(tmp_path / f"{name}.json"),
+            "--plot",
+            str(tmp_path / f"{name}.png"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +49,17 @@ def corpus(tmp_path_factory):
 
 
 def trained(name: str, tmp_path, corpus, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = run_experiment(name, tmp_path, "--train", str(corpus / "train.txt"), "--val", str(corpus / "val.txt"),
-                          "--workdir", str(tmp_path / "work"), *extra)
+    proc = run_experiment(
+        name,
+        tmp_path,
+        "--train",
+        str(corpus / "train.txt"),
+        "--val",
+        str(corpus / "val.txt"),
+        "--workdir",
+        str(tmp_path / "work"),
+        *extra,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / f"{name}.png").read_bytes()[:4] == PNG_MAGIC
     return proc, json.loads((tmp_path / f"{name}.json").read_text())
@@ -55,8 +79,18 @@ def test_quality_matches_parameters_and_resumes(tmp_path, corpus):
     assert again.stderr.count("done before") == 4
     assert rerun["summary"] == result["summary"]
 
-    changed = run_experiment("quality", tmp_path, "--train", str(corpus / "train.txt"), "--val",
-                             str(corpus / "val.txt"), "--workdir", str(tmp_path / "work"), "--steps", "7")
+    changed = run_experiment(
+        "quality",
+        tmp_path,
+        "--train",
+        str(corpus / "train.txt"),
+        "--val",
+        str(corpus / "val.txt"),
+        "--workdir",
+        str(tmp_path / "work"),
+        "--steps",
+        "7",
+    )
     assert changed.returncode == 2 and "holds a run with other settings" in changed.stderr
     assert "--steps 6 -> 7" in changed.stderr
 
@@ -67,8 +101,9 @@ def test_quality_matches_parameters_and_resumes(tmp_path, corpus):
     for name, runs in result["runs"].items():
         assert [r["seed"] for r in runs] == [0, 1] and runs[0] == rerun["runs"][name][0]
         values = [r["bits_per_byte"] for r in runs]
-        assert result["summary"][name]["bits_per_byte_max"] - result["summary"][name]["bits_per_byte_min"] == \
-            pytest.approx(max(values) - min(values))
+        assert result["summary"][name]["bits_per_byte_max"] - result["summary"][name][
+            "bits_per_byte_min"
+        ] == pytest.approx(max(values) - min(values))
     repeated = run_experiment("quality", tmp_path, "--seeds", "0,0")
     assert repeated.returncode == 2 and "distinct" in repeated.stderr
 
@@ -95,8 +130,9 @@ def test_progressive_counts_compute_and_preserves_function(tmp_path, corpus):
     # a frozen chain 1 is not trained: its sub-model keeps the base model's held-out bits/byte exactly
     for name in ("grown-frozen", "block-diagonal-frozen"):
         for grown, base in zip(arms[name], arms["base"]):
-            assert grown["curve"][-1]["bits_per_byte"]["1"] == pytest.approx(base["curve"][-1]["top_bits_per_byte"],
-                                                                             abs=1e-6)
+            assert grown["curve"][-1]["bits_per_byte"]["1"] == pytest.approx(
+                base["curve"][-1]["top_bits_per_byte"], abs=1e-6
+            )
     trainable = {name: runs[0]["trainable_parameters"] for name, runs in arms.items()}
     assert trainable["block-diagonal-frozen"] < trainable["grown-frozen"] < trainable["grown-unfrozen"]
     assert trainable["block-diagonal-unfrozen"] < trainable["grown-unfrozen"]

@@ -6,14 +6,21 @@ import os
 
 import pytest
 import torch
-
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from colm_core import generation
 from colm_core.checkpoint import save
 from colm_core.errors import ColmError
-from colm_core.generation import (Sampling, TextStream, chains_at, generate, generate_batch, make_schedule,
-                                  stream_batch, stream_tokens)
+from colm_core.generation import (
+    Sampling,
+    TextStream,
+    chains_at,
+    generate,
+    generate_batch,
+    make_schedule,
+    stream_batch,
+    stream_tokens,
+)
 from colm_core.model import CoLM
 from colm_core.options import GenerateOptions
 from colm_core.tokenizer import ByteTokenizer
@@ -145,8 +152,9 @@ def test_steps_at_device_columns_equal_the_eager_ones(variant, monkeypatch):
     for prompts in (PROMPTS, [PROMPT]):
         for sampling in (Sampling(), Sampling(temperature=2.0, top_k=5, seed=3)):
             report = {}
-            static = list(stream_batch(model, prompts, SWITCHING, 10, sampling=sampling, compile_step=True,
-                                       report=report))
+            static = list(
+                stream_batch(model, prompts, SWITCHING, 10, sampling=sampling, compile_step=True, report=report)
+            )
             eager = list(stream_batch(model, prompts, SWITCHING, 10, sampling=sampling))
             assert [t for t, _ in static] == [t for t, _ in eager]
             for (_, a), (_, b) in zip(static, eager):
@@ -196,8 +204,9 @@ def test_compiled_runs_keep_their_cache_and_head_unless_in_use_or_changed(monkey
     assert changed == [t for t, _ in stream_batch(model, PROMPTS, [(0, 2)], 6)]
 
 
-def test_a_first_run_says_on_stderr_that_it_compiles_and_keeps_the_kernels_in_colms_cache(tmp_path, monkeypatch,
-                                                                                           capsys):
+def test_a_first_run_says_on_stderr_that_it_compiles_and_keeps_the_kernels_in_colms_cache(
+    tmp_path, monkeypatch, capsys
+):
     monkeypatch.setenv("COLM_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "restored after the test")
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
@@ -248,8 +257,14 @@ def test_generate_batch_records_equal_single_calls_with_rows_ending_at_different
     for record in batch + singles:
         del record["timings"], record["kv_cache"]  # the batch's: its time and its cache of every row
     assert batch == singles
-    assert [r["stop_reason"] for r in batch] == ["eos", "stop_string", "eos", "stop_string", "max_new_tokens",
-                                                 "context"]
+    assert [r["stop_reason"] for r in batch] == [
+        "eos",
+        "stop_string",
+        "eos",
+        "stop_string",
+        "max_new_tokens",
+        "context",
+    ]
     assert [len(r["token_ids"]) for r in batch] == [5, 5, 3, 1, 12, 5]
     assert ["".join(streamed[row]) for row in range(len(prompts))] == [r["text"] for r in batch]
 
@@ -257,8 +272,13 @@ def test_generate_batch_records_equal_single_calls_with_rows_ending_at_different
 def test_kv_cache_holds_only_what_the_chosen_chains_need():
     colm, air = tiny_model(kv_heads=[1, 2, 1]), tiny_model(**VARIANTS["air"])
     hd, layers = colm.config.head_dim, colm.config.n_layers
-    for model, chains, switch, heads in [(colm, 1, None, 1), (colm, 2, None, 3), (colm, 1, "4:3", 4),
-                                         (air, 1, None, 2), (air, 3, None, 2)]:
+    for model, chains, switch, heads in [
+        (colm, 1, None, 1),
+        (colm, 2, None, 3),
+        (colm, 1, "4:3", 4),
+        (air, 1, None, 2),
+        (air, 3, None, 2),
+    ]:
         cache = generate(model, PROMPT, GenerateOptions(max_new_tokens=6, chains=chains, switch=switch))["kv_cache"]
         positions = len(PROMPT) + 6 - 1  # the last token is never fed back
         assert cache == {"heads": heads, "positions": positions, "bytes": 2 * layers * heads * positions * hd * 4}
@@ -269,7 +289,9 @@ def test_sampling_seeds_top_k_and_top_p():
     greedy = generate(model, PROMPT, GenerateOptions(max_new_tokens=12), eos_id=-1)["token_ids"]
 
     def sampled(**kw):
-        return generate(model, PROMPT, GenerateOptions(max_new_tokens=12, temperature=2.0, **kw), eos_id=-1)["token_ids"]
+        return generate(model, PROMPT, GenerateOptions(max_new_tokens=12, temperature=2.0, **kw), eos_id=-1)[
+            "token_ids"
+        ]
 
     assert sampled(seed=1) == sampled(seed=1)
     assert sampled(seed=1) != sampled(seed=2) != greedy
@@ -314,8 +336,13 @@ def test_generate_stops_at_eos_stop_strings_and_the_context():
     text = free["text"]
     stop = text[6:9]
     streamed = []
-    out = generate(model, PROMPT, GenerateOptions(max_new_tokens=20, stop=["never there", stop]), eos_id=-1,
-                   on_text=streamed.append)
+    out = generate(
+        model,
+        PROMPT,
+        GenerateOptions(max_new_tokens=20, stop=["never there", stop]),
+        eos_id=-1,
+        on_text=streamed.append,
+    )
     assert out["stop_reason"] == "stop_string" and out["text"] == text[: text.index(stop)]
     assert "".join(streamed) == out["text"]
 
@@ -346,8 +373,11 @@ def test_bad_generation_input_is_a_clear_error():
         GenerateOptions(temperature=float("nan"))
     with pytest.raises(ColmError, match="^top_k 5 has no effect at temperature 0"):  # it was silently ignored
         GenerateOptions(top_k=5)
-    with pytest.raises(ColmError, match=r"^top_p 0.9 has no effect at temperature 0 \(greedy decoding\); give "
-                                        "temperature above 0"):
+    with pytest.raises(
+        ColmError,
+        match=r"^top_p 0.9 has no effect at temperature 0 \(greedy decoding\); give "
+        "temperature above 0",
+    ):
         GenerateOptions(top_p=0.9)
     with pytest.raises(ColmError, match="^top_k 5 has no effect at temperature 0"):  # as a request to `colm serve`
         Sampling(top_k=5).validate()
@@ -375,24 +405,37 @@ def test_cli_streams_text_and_json_matches_the_python_api(byte_checkpoint):
     assert report["prompt_ids"] == [256] + list(b"Hello")
     assert report["token_ids"] == api["token_ids"] and report["text"] == api["text"]
     assert streamed.stdout == api["text"] + "\n"
-    assert [(s["start"], s["chains"], s["recomputed"]) for s in report["schedule"]] == \
-        [(0, 3, False), (4, 1, False), (8, 2, False)]
+    assert [(s["start"], s["chains"], s["recomputed"]) for s in report["schedule"]] == [
+        (0, 3, False),
+        (4, 1, False),
+        (8, 2, False),
+    ]
     assert "time to first token" in streamed.stderr and "decode" in streamed.stderr
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
     """The Python API tests above cover every bad input; here one checked by the CLI, one by colm_core."""
     (tmp_path / "empty.txt").write_text("")
-    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt-file", tmp_path / "empty.txt"), 2,
-                          "prompt is empty")
-    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2,
-                          "not increasing")
-    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0")
-    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"), 2,
-                          "--prefill-chains 0: must be >= 1")
+    assert_one_line_error(
+        colm_in_process("generate", byte_checkpoint, "--prompt-file", tmp_path / "empty.txt"), 2, "prompt is empty"
+    )
+    assert_one_line_error(
+        colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--switch", "0:3,8:1,4:2"), 2, "not increasing"
+    )
+    assert_one_line_error(
+        colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--chains", "0"), 2, "chains 0"
+    )
+    assert_one_line_error(
+        colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--prefill-chains", "0"),
+        2,
+        "--prefill-chains 0: must be >= 1",
+    )
     # colm_core names the parameter (tests above); the command line names the flag.
-    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--switch", "4-1"), 2,
-                          "colm: error: --switch '4-1': expected POSITION:CHAINS pairs")
+    assert_one_line_error(
+        colm_in_process("generate", byte_checkpoint, "--prompt", "hi", "--switch", "4-1"),
+        2,
+        "colm: error: --switch '4-1': expected POSITION:CHAINS pairs",
+    )
 
 
 def test_cli_prompts_file_prints_one_json_line_per_prompt_equal_to_single_calls(byte_checkpoint, tmp_path):
@@ -417,12 +460,17 @@ def test_cli_prompts_file_prints_one_json_line_per_prompt_equal_to_single_calls(
 
 def test_cli_bad_prompts_file_is_one_line_and_exit_2(byte_checkpoint, tmp_path):
     path = tmp_path / "prompts.jsonl"
-    for content, message in [('{"prompt": "hi"}\n\nhi there\n', "line 3: expected a JSON object"),
-                             ('{"prompt": "hi"}\n{"prompt": ""}\n', "line 2: the prompt is empty")]:
+    for content, message in [
+        ('{"prompt": "hi"}\n\nhi there\n', "line 3: expected a JSON object"),
+        ('{"prompt": "hi"}\n{"prompt": ""}\n', "line 2: the prompt is empty"),
+    ]:
         path.write_text(content)
         assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path), 2, message)
-    assert_one_line_error(colm_in_process("generate", byte_checkpoint, "--prompts", path, "--prompt", "hi"), 2,
-                          "exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE")
+    assert_one_line_error(
+        colm_in_process("generate", byte_checkpoint, "--prompts", path, "--prompt", "hi"),
+        2,
+        "exactly one of --prompt TEXT, --prompt-file FILE or --prompts FILE",
+    )
 
 
 def test_a_closed_stdout_pipe_is_a_normal_end(byte_checkpoint):
@@ -435,9 +483,25 @@ def test_a_closed_stdout_pipe_is_a_normal_end(byte_checkpoint):
 
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before the first token: the first write fails, whatever the timing
-    proc = subprocess.run([sys.executable, "-m", "colm_cli", "generate", str(byte_checkpoint), "--prompt", "Hello",
-                           "--max-new-tokens", "8"], stdout=write_end, stderr=subprocess.PIPE, text=True,
-                          cwd=REPO, env=child_environment(None), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "colm_cli",
+            "generate",
+            str(byte_checkpoint),
+            "--prompt",
+            "Hello",
+            "--max-new-tokens",
+            "8",
+        ],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=child_environment(None),
+        timeout=300,
+    )
     os.close(write_end)
     assert (proc.returncode, proc.stderr) == (0, "")
 
@@ -453,8 +517,11 @@ def test_cli_prompt_text_must_be_utf8_and_each_batch_line_is_named(byte_checkpoi
     bom_lines.write_bytes(b'\xef\xbb\xbf{"prompt": "Hello"}\n')
     for source in (["--prompt-file", bom, "--json"], ["--prompts", bom_lines]):
         record = json.loads(colm_in_process(*gen, *source, check=True).stdout)
-        assert (record["prompt"], record["prompt_ids"], record["token_ids"]) == \
-            ("Hello", plain["prompt_ids"], plain["token_ids"])
+        assert (record["prompt"], record["prompt_ids"], record["token_ids"]) == (
+            "Hello",
+            plain["prompt_ids"],
+            plain["token_ids"],
+        )
 
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\u00e9".encode("latin-1"))

@@ -19,9 +19,11 @@ from colm_core.gguf import import_gguf
 from colm_core.inspect import describe
 from tests.conftest import assert_one_line_error, colm_in_process
 
-TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
-        "want of a wife. However little known the feelings or views of such a man may be on his first entering "
-        "a neighbourhood, this truth is so well fixed in the minds of the surrounding families 1811, 1812.\n")
+TEXT = (
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in "
+    "want of a wife. However little known the feelings or views of such a man may be on his first entering "
+    "a neighbourhood, this truth is so well fixed in the minds of the surrounding families 1811, 1812.\n"
+)
 SAMPLE = "My dear Mr. Bennet,  have you heard that Netherfield Park is let at last?\n\tcaf\u00e9 \u65e5\u672c 42!"
 HIDDEN, HEADS, KV_HEADS, FFN = 256, 4, 2, 512  # rows of 256: the K-quant block
 # A K-quant block's float16 scale fields (byte offsets), set to small values: the rest of a block is
@@ -33,13 +35,25 @@ def byte_level_vocab() -> dict:
     """tokenizer.ggml.* of a byte-level BPE trained on TEXT, with control tokens, as SmolLM2's GGUF has."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator([TEXT] * 10, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        [TEXT] * 10,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
     model = json.loads(tok.to_str())["model"]
     tokens = sorted(model["vocab"], key=model["vocab"].get)
-    return {"model": "gpt2", "tokens": tokens, "types": [3 if t.startswith("<|") else 1 for t in tokens],
-            "merges": [" ".join(m) for m in model["merges"]], "bos": 1, "eos": 2, "add_bos": False}
+    return {
+        "model": "gpt2",
+        "tokens": tokens,
+        "types": [3 if t.startswith("<|") else 1 for t in tokens],
+        "merges": [" ".join(m) for m in model["merges"]],
+        "bos": 1,
+        "eos": 2,
+        "add_bos": False,
+    }
 
 
 def sentencepiece_vocab() -> dict:
@@ -52,14 +66,30 @@ def sentencepiece_vocab() -> dict:
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
     tokens = ["<unk>", "<s>", "</s>"] + byte_tokens + pieces
     scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
-    return {"model": "llama", "tokens": tokens, "types": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
-            "scores": scores, "bos": 1, "eos": 2, "unk": 0}
+    return {
+        "model": "llama",
+        "tokens": tokens,
+        "types": [2, 3, 3] + [6] * 256 + [1] * len(pieces),
+        "scores": scores,
+        "bos": 1,
+        "eos": 2,
+        "unk": 0,
+    }
 
 
 def reference_llama(vocab_size: int, tie: bool) -> LlamaForCausalLM:
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=2,
-                      num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=128,
-                      rope_theta=50000.0, rms_norm_eps=1e-5, tie_word_embeddings=tie)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        max_position_embeddings=128,
+        rope_theta=50000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=tie,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random norm gains, so a mixed-up norm cannot hide behind all-ones
@@ -84,13 +114,21 @@ def gguf_tensor(w: np.ndarray, kind: T, rng: np.random.Generator):
         blocks = rng.integers(0, 256, (w.shape[0], w.shape[1] // block_elems, block_bytes), dtype=np.uint8)
         for offset in K_SCALES[kind]:
             scale = rng.uniform(1e-3, 4e-3, blocks.shape[:2]).astype(np.float16)
-            blocks[..., offset:offset + 2] = scale[..., None].view(np.uint8).reshape(*blocks.shape[:2], 2)
+            blocks[..., offset : offset + 2] = scale[..., None].view(np.uint8).reshape(*blocks.shape[:2], 2)
         return blocks.reshape(w.shape[0], -1), kind
     return quants.quantize(w, kind), kind
 
 
-def write_gguf(path, vocab: dict, kind: T = T.F32, tie: bool = False, architecture: str = "llama",
-               extra_tensor: tuple[str, np.ndarray] | None = None, meta: dict | None = None, store=None):
+def write_gguf(
+    path,
+    vocab: dict,
+    kind: T = T.F32,
+    tie: bool = False,
+    architecture: str = "llama",
+    extra_tensor: tuple[str, np.ndarray] | None = None,
+    meta: dict | None = None,
+    store=None,
+):
     """A tiny Llama GGUF file as llama.cpp's converter writes one; returns the transformers model it holds.
 
     meta: metadata key -> (value, GGUFValueType) written over the converter's; store(name, array): the
@@ -120,12 +158,22 @@ def write_gguf(path, vocab: dict, kind: T = T.F32, tie: bool = False, architectu
         w.add_unk_token_id(vocab["unk"])
     if "add_bos" in vocab:
         w.add_add_bos_token(vocab["add_bos"])
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-             "lm_head.weight": "output.weight"}
-    for hf, g in [("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
-                  ("self_attn.o_proj", "attn_output"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
-                  ("mlp.down_proj", "ffn_down"), ("input_layernorm", "attn_norm"),
-                  ("post_attention_layernorm", "ffn_norm")]:
+    names = {
+        "model.embed_tokens.weight": "token_embd.weight",
+        "model.norm.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
+    for hf, g in [
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+        ("input_layernorm", "attn_norm"),
+        ("post_attention_layernorm", "ffn_norm"),
+    ]:
         for i in range(2):
             names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{g}.weight"
     rng = np.random.default_rng(0)
@@ -160,8 +208,9 @@ def transformers_gguf(path):
     return model, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
-@pytest.mark.parametrize("kind", [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1,
-                                  T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda k: k.name)
+@pytest.mark.parametrize(
+    "kind", [T.F32, T.F16, T.BF16, T.Q8_0, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q4_K, T.Q5_K, T.Q6_K], ids=lambda k: k.name
+)
 def test_every_tensor_type_imports_with_transformers_logits(tmp_path, kind):
     src = tmp_path / "m.gguf"
     write_gguf(src, byte_level_vocab(), kind, tie=kind == T.Q4_K)
@@ -181,7 +230,9 @@ def test_query_key_permutation_is_undone_exactly(tmp_path):
     src = tmp_path / "m.gguf"
     ref = write_gguf(src, byte_level_vocab(), T.F32)
     import_gguf(src, tmp_path / "colm", verify=False)
-    tensors = dict(open_checkpoint(tmp_path / "colm").tensors(["layers.1.attn.q.weights.0", "layers.1.attn.k.weights.0"]))
+    tensors = dict(
+        open_checkpoint(tmp_path / "colm").tensors(["layers.1.attn.q.weights.0", "layers.1.attn.k.weights.0"])
+    )
     assert torch.equal(tensors["layers.1.attn.q.weights.0"], ref.model.layers[1].self_attn.q_proj.weight)
     assert torch.equal(tensors["layers.1.attn.k.weights.0"], ref.model.layers[1].self_attn.k_proj.weight)
 
@@ -219,7 +270,9 @@ def test_cli_reads_a_gguf_file_wherever_it_takes_a_model(tmp_path):
 def test_what_cannot_be_imported_is_one_line_error(tmp_path):
     falcon = tmp_path / "falcon.gguf"
     write_gguf(falcon, byte_level_vocab(), architecture="falcon")
-    assert_one_line_error(colm_in_process("import", falcon, "-o", tmp_path / "a"), 2, "architecture 'falcon' is not supported")
+    assert_one_line_error(
+        colm_in_process("import", falcon, "-o", tmp_path / "a"), 2, "architecture 'falcon' is not supported"
+    )
     f64 = tmp_path / "f64.gguf"
     write_gguf(f64, byte_level_vocab(), extra_tensor=("extra.weight", np.zeros((4, 4))))
     with pytest.raises(ColmError, match="tensor type F64 cannot be dequantized"):
@@ -234,17 +287,29 @@ def test_what_cannot_be_imported_is_one_line_error(tmp_path):
     assert not any((tmp_path / x).exists() for x in "abcd")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("transposed", "tensor 'blk.0.ffn_gate.weight' has shape [256, 512], but the metadata describes a model whose "
-                   "blk.0.ffn_gate.weight is [512, 256]"),
-    ("wider", "its metadata describes no model colm can build: hidden_size 258 != heads 4 x head_dim 64"),
-    ("wider heads", "tensor 'token_embd.weight' has shape [400, 256], but the metadata describes a model whose "
-                    "token_embd.weight is [400, 512]"),
-    ("no heads", "metadata 'llama.attention.head_count' is 0, not a positive whole number"),
-    ("text heads", "metadata 'llama.attention.head_count' is 'four', not a positive whole number"),
-    ("fewer kv heads", "tensor 'blk.0.attn_k.weight' has shape [128, 256], but the metadata describes a model whose "
-                       "blk.0.attn_k.weight is [64, 256]"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            "transposed",
+            "tensor 'blk.0.ffn_gate.weight' has shape [256, 512], but the metadata describes a model whose "
+            "blk.0.ffn_gate.weight is [512, 256]",
+        ),
+        ("wider", "its metadata describes no model colm can build: hidden_size 258 != heads 4 x head_dim 64"),
+        (
+            "wider heads",
+            "tensor 'token_embd.weight' has shape [400, 256], but the metadata describes a model whose "
+            "token_embd.weight is [400, 512]",
+        ),
+        ("no heads", "metadata 'llama.attention.head_count' is 0, not a positive whole number"),
+        ("text heads", "metadata 'llama.attention.head_count' is 'four', not a positive whole number"),
+        (
+            "fewer kv heads",
+            "tensor 'blk.0.attn_k.weight' has shape [128, 256], but the metadata describes a model whose "
+            "blk.0.attn_k.weight is [64, 256]",
+        ),
+    ],
+)
 def test_a_gguf_whose_tensors_disagree_with_its_metadata_is_refused_on_every_path(tmp_path, case, message):
     """Every command that takes a .gguf (import, inspect, and the implicit import of the others) checks each
     tensor's shape against the configuration the metadata describes: one line naming file and tensor, exit 2."""
@@ -260,8 +325,13 @@ def test_a_gguf_whose_tensors_disagree_with_its_metadata_is_refused_on_every_pat
     src = tmp_path / "bad.gguf"
     write_gguf(src, byte_level_vocab(), meta=meta, store=store)
     env = {"COLM_CACHE_DIR": str(tmp_path / "cache")}
-    for args in (["import", src, "-o", tmp_path / "out"], ["inspect", src], ["expand", src, "-o", tmp_path / "out"],
-                 ["generate", src, "--prompt", "Hi", "--max-new-tokens", "2"], ["eval", src, "--max-tokens", "8"]):
+    for args in (
+        ["import", src, "-o", tmp_path / "out"],
+        ["inspect", src],
+        ["expand", src, "-o", tmp_path / "out"],
+        ["generate", src, "--prompt", "Hi", "--max-new-tokens", "2"],
+        ["eval", src, "--max-tokens", "8"],
+    ):
         proc = colm_in_process(*args, cwd=tmp_path, env=env)
         assert_one_line_error(proc, 2, f"{src}: ")
         assert message in proc.stderr

@@ -15,7 +15,9 @@ def test_gpu_decode_quick_writes_every_row_with_finite_numbers(tmp_path, monkeyp
     gpu_decode.main()
     payload = json.loads(out.read_text())
     decode = {(r["case"], r["batch"]) for r in payload["rows"] if r["table"] == "decode"}
-    cases = ["transformers generate"] + [f"colm {k}, {how}" for k in ("4 chains", "1 chain") for how in ("eager", "graphed")]
+    cases = ["transformers generate"] + [
+        f"colm {k}, {how}" for k in ("4 chains", "1 chain") for how in ("eager", "graphed")
+    ]
     assert decode == {(case, batch) for case in cases for batch in gpu_decode.QUICK["batches"]}
     prefill = {(r["prompt_tokens"], r["chains"]) for r in payload["rows"] if r["table"] == "air prefill"}
     assert prefill == {(n, k) for n in gpu_decode.QUICK["prefill"] for k in (1, 4)}

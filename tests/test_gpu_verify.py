@@ -12,8 +12,14 @@ def test_quick_run_writes_every_table_with_finite_numbers(tmp_path):
     from benchmarks.gpu_verify import TABLES
 
     out = tmp_path / "gpu_verify.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_verify", "--quick", "--threads", "1", "--out", out],
-                          cwd=REPO, capture_output=True, text=True, env=child_environment(None), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_verify", "--quick", "--threads", "1", "--out", out],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=child_environment(None),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["quick"] and report["device"] == "cpu"

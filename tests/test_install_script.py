@@ -28,9 +28,18 @@ def run_install(tmp_path: Path, in_venv: bool, **env) -> list[str]:
     (bin_dir / "python3").chmod(0o755)
     calls = tmp_path / "calls"
     base = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
-    proc = subprocess.run(["bash", str(repo / "scripts" / "install.sh")], capture_output=True, text=True,
-                          env={**base, "PATH": f"{bin_dir}:/usr/bin:/bin", "CALLS": str(calls),
-                               "FAKE_IN_VENV": "1" if in_venv else "0", **env})
+    proc = subprocess.run(
+        ["bash", str(repo / "scripts" / "install.sh")],
+        capture_output=True,
+        text=True,
+        env={
+            **base,
+            "PATH": f"{bin_dir}:/usr/bin:/bin",
+            "CALLS": str(calls),
+            "FAKE_IN_VENV": "1" if in_venv else "0",
+            **env,
+        },
+    )
     assert proc.returncode == 0, proc.stderr
     return calls.read_text().splitlines(), proc.stderr
 

@@ -36,8 +36,11 @@ def test_chain_linear_under_autocast_casts_as_nn_linear(monkeypatch, backend, dt
     gemm_dtypes = []
     for module in (pytorch, triton_linear):  # record what the GEMMs are handed
         forward = module.forward
-        monkeypatch.setattr(module, "forward", lambda x2, ws, forward=forward: (
-            gemm_dtypes.append({x2.dtype, *(w.dtype for w in ws)}) or forward(x2, ws)))
+        monkeypatch.setattr(
+            module,
+            "forward",
+            lambda x2, ws, forward=forward: gemm_dtypes.append({x2.dtype, *(w.dtype for w in ws)}) or forward(x2, ws),
+        )
     x, weights = make_case(*chains, lead=(3, 7))
     dense = reference.dense_chain_weight(weights).detach().requires_grad_()
     x_dense = x.detach().clone().requires_grad_()
@@ -59,8 +62,9 @@ def test_chain_linear_under_autocast_casts_as_nn_linear(monkeypatch, backend, dt
         torch.testing.assert_close(got.float(), want, **LOW_PRECISION)
 
 
-@pytest.mark.parametrize(("backend", "dtype"), [*CASES, ("triton", torch.float32)],
-                         ids=lambda v: str(v).removeprefix("torch."))
+@pytest.mark.parametrize(
+    ("backend", "dtype"), [*CASES, ("triton", torch.float32)], ids=lambda v: str(v).removeprefix("torch.")
+)
 def test_chain_rms_norm_under_autocast_is_llama_rmsnorm_per_chain(monkeypatch, backend, dtype):
     """Each chain's slice comes out as Llama's RMSNorm of that slice, dtype and values, forward and backward."""
     monkeypatch.setenv("COLM_KERNELS", backend)
@@ -92,8 +96,9 @@ def forward_and_grads(module, *inputs):
     return [out, *torch.autograd.grad(out, tensors, grad_out)]
 
 
-@pytest.mark.parametrize(("backend", "autocast"), [("torch", None), ("torch", torch.bfloat16), ("triton", torch.float16)],
-                         ids=str)
+@pytest.mark.parametrize(
+    ("backend", "autocast"), [("torch", None), ("torch", torch.bfloat16), ("triton", torch.float16)], ids=str
+)
 def test_compiled_model_matches_eager_without_graph_breaks(monkeypatch, backend, autocast):
     """A whole (tiny) CoLM compiles as one graph (fullgraph=True) around the custom ops; aot_eager runs
     the traced forward and backward graphs as they are, so compiled and eager give the same numbers."""

@@ -50,8 +50,13 @@ def eager(name):
     return lambda x, weights: op.ChainLinear.apply(x, name, *weights)
 
 
-IMPLS = {"triton": backend("triton"), "torch": backend("torch"), "masked": backend("masked"),
-         "torch-eager": eager("torch"), "masked-eager": eager("masked")}
+IMPLS = {
+    "triton": backend("triton"),
+    "torch": backend("torch"),
+    "masked": backend("masked"),
+    "torch-eager": eager("torch"),
+    "masked-eager": eager("masked"),
+}
 
 
 def forward_and_grads(fn, x, weights, grad_y):

@@ -72,7 +72,8 @@ def test_torch_matches_reference(widths):
 
 
 @pytest.mark.parametrize(
-    "impl", [triton_impl.chain_rms_norm, pytorch.chain_rms_norm, reference.chain_rms_norm],
+    "impl",
+    [triton_impl.chain_rms_norm, pytorch.chain_rms_norm, reference.chain_rms_norm],
     ids=["triton", "torch", "reference"],
 )
 def test_chains_are_independent(impl):

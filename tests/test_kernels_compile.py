@@ -25,7 +25,8 @@ def compile_all(dtype: str) -> None:
         # Pointers as given, the chain-boundary tables int64, every other runtime argument i32/fp32.
         tables = {"out_bounds", "in_bounds", "w_offsets", "bounds_ptr"}
         sig = {
-            a: "constexpr" if a in constexprs
+            a: "constexpr"
+            if a in constexprs
             else pointers.get(a) or ("*i64" if a in tables else "fp32" if a == "eps" else "i32")
             for a in fn.arg_names
         }

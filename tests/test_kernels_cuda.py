@@ -18,7 +18,12 @@ import torch.nn.functional as F
 # Largest error relative to the largest reference value, against the fp32 reference: measured on an
 # H100 at most 2.4e-6 (fp32), 6.4e-4 (fp16), 5.1e-3 (bf16) for the Triton kernels (docs/kernels.md).
 MAX_ERROR = {torch.float32: 2e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-CHAINS = [([512], [384]), ([256, 256], [256, 256]), ([200, 300, 140], [170, 400, 90]), ([330, 70, 500, 380], [100, 250, 30, 700])]
+CHAINS = [
+    ([512], [384]),
+    ([256, 256], [256, 256]),
+    ([200, 300, 140], [170, 400, 90]),
+    ([330, 70, 500, 380], [100, 250, 30, 700]),
+]
 
 
 def chain_case(ins, outs, dtype, rows=1000):
@@ -53,7 +58,10 @@ def check_chain_linear(backend: str, dtype: str) -> None:
         x, *weights = chain_case(ins, outs, dtype)
         grad_y = torch.randn(x.shape[0], sum(outs), device="cuda")
         expected = forward_and_grads(lambda x, *w: reference.chain_linear(x, list(w)), fp32([x, *weights]), grad_y)
-        for path in (lambda x, *w: op.chain_linear(x, list(w), backend), lambda x, *w: op.ChainLinear.apply(x, backend, *w)):
+        for path in (
+            lambda x, *w: op.chain_linear(x, list(w), backend),
+            lambda x, *w: op.ChainLinear.apply(x, backend, *w),
+        ):
             assert_matches(forward_and_grads(path, [x, *weights], grad_y.to(dtype)), expected, dtype)
 
 
@@ -69,8 +77,10 @@ def check_fused_loss(dtype: str) -> None:
     y = torch.randint(0, vocab, (tokens,), generator=gen).cuda()
     weights = torch.tensor([0.5, 1.0, 2.0], device="cuda")
     starts = [0, 64, 96, 192]
-    direct = sum(w * F.cross_entropy(h[:, : starts[k]] @ torch.cat(blocks[:k], 1).t(), y, reduction="sum")
-                 for w, k in zip(weights, (1, 2, 3)))
+    direct = sum(
+        w * F.cross_entropy(h[:, : starts[k]] @ torch.cat(blocks[:k], 1).t(), y, reduction="sum")
+        for w, k in zip(weights, (1, 2, 3))
+    )
     expected = [direct, *torch.autograd.grad(direct, [h, *blocks])]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
         total, _ = FusedChainCrossEntropy.apply(h, y, weights, (1, 2, 3), *blocks)
@@ -88,7 +98,9 @@ def check_chain_rms_norm(backend: str, dtype: str) -> None:
         weights = [(1 + 0.1 * torch.randn(d, device="cuda")).to(dtype).requires_grad_() for d in widths]
         grad_y = torch.randn_like(x, dtype=torch.float32)
         got = forward_and_grads(lambda x, *w: impl(x, list(w), 1e-6), [x, *weights], grad_y.to(dtype))
-        expected = forward_and_grads(lambda x, *w: reference.chain_rms_norm(x, list(w), 1e-6), fp32([x, *weights]), grad_y)
+        expected = forward_and_grads(
+            lambda x, *w: reference.chain_rms_norm(x, list(w), 1e-6), fp32([x, *weights]), grad_y
+        )
         assert_matches(got, expected, dtype)
 
 
@@ -118,8 +130,15 @@ def check_compile(backend: str) -> None:
     from colm_core.config import ColmConfig
     from colm_core.model import CoLM
 
-    cfg = ColmConfig(vocab_size=512, n_layers=2, head_dim=32, heads=[4, 4, 4], kv_heads=[2, 2, 2],
-                     ffn=[256, 256, 256], max_seq_len=128).validate()
+    cfg = ColmConfig(
+        vocab_size=512,
+        n_layers=2,
+        head_dim=32,
+        heads=[4, 4, 4],
+        kv_heads=[2, 2, 2],
+        ffn=[256, 256, 256],
+        max_seq_len=128,
+    ).validate()
     model = CoLM(cfg).init_weights(std=0.02).cuda().train()
     ids = torch.randint(0, cfg.vocab_size, (2, 128), device="cuda")
     compiled = torch.compile(model, fullgraph=True)

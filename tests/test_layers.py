@@ -28,8 +28,9 @@ LAYER = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 def module_names(package: str) -> list[str]:
     root = REPO / package
-    return sorted(".".join(p.relative_to(root).with_suffix("").parts) for p in root.rglob("*.py")
-                  if p.name != "__init__.py")
+    return sorted(
+        ".".join(p.relative_to(root).with_suffix("").parts) for p in root.rglob("*.py") if p.name != "__init__.py"
+    )
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -68,8 +69,7 @@ def test_core_imports_only_downward():
             if target is None or target not in LAYER:  # kernels, the package itself (__version__), attributes
                 continue
             if LAYER[target] >= LAYER[name]:
-                upward.add(f"colm_core.{name} (layer {LAYER[name]}) imports colm_core.{target} "
-                           f"(layer {LAYER[target]})")
+                upward.add(f"colm_core.{name} (layer {LAYER[name]}) imports colm_core.{target} (layer {LAYER[target]})")
     assert not upward, "\n".join(sorted(upward))
 
 

@@ -17,15 +17,24 @@ from colm_core.tokenizer import ByteTokenizer
 from tests.conftest import assert_one_line_error, colm_in_process, tiny_model
 
 TEXT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
-LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 16}
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 HF_VARIANTS = {
     # GQA, untied, config.json rewritten in the transformers 4.x layout (rope_theta at the top level)
     "gqa-untied-4x": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False),
     "tied": dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True),
     # Llama-3 RoPE scaling in the 5.x rope_parameters layout, weights in several shards
-    "rope-scaling-sharded": dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=False,
-                                 rope_parameters={"rope_theta": 500000.0, **LLAMA3_SCALING}),
+    "rope-scaling-sharded": dict(
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_theta": 500000.0, **LLAMA3_SCALING},
+    ),
 }
 
 
@@ -38,8 +47,16 @@ def bpe_tokenizer(vocab_size=120) -> Tokenizer:
 
 
 def hf_llama_dir(path, variant):
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=80, num_hidden_layers=2, bos_token_id=1,
-                      eos_token_id=2, max_position_embeddings=64, **HF_VARIANTS[variant])
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=80,
+        num_hidden_layers=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        max_position_embeddings=64,
+        **HF_VARIANTS[variant],
+    )
     torch.manual_seed(1)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # random norm gains, so a mixed-up norm cannot hide behind all-ones
@@ -100,8 +117,11 @@ def test_import_and_export_verify_and_record_provenance(tmp_path):
 
 @pytest.mark.parametrize("variant", ["colm", "air", "tied"])
 def test_export_hf_loads_with_trust_remote_code_at_every_chain_count(tmp_path, variant):
-    overrides = {"colm": {}, "air": dict(kv_share=True, heads=[2, 4, 2], kv_heads=[2, 0, 0]),
-                 "tied": dict(tie_embeddings=True)}[variant]
+    overrides = {
+        "colm": {},
+        "air": dict(kv_share=True, heads=[2, 4, 2], kv_heads=[2, 0, 0]),
+        "tied": dict(tie_embeddings=True),
+    }[variant]
     model = tiny_model(**overrides)
     save(model, tmp_path / "m")
     export(tmp_path / "m", tmp_path / "hf", fmt="hf", verify=False)
@@ -140,14 +160,19 @@ def test_cli_import_inspect_expand_an_hf_directory(tmp_path):
     proc = colm_in_process("import", src, "-o", tmp_path / "colm", check=True)
     assert proc.stdout.strip() == str(tmp_path / "colm")
     assert "verified import vs transformers" in " ".join(proc.stderr.split())
-    report = json.loads(colm_in_process("inspect", src, "--json", env=env, check=True).stdout)  # the HF directory itself
+    report = json.loads(
+        colm_in_process("inspect", src, "--json", env=env, check=True).stdout
+    )  # the HF directory itself
     assert report["config"]["heads"] == [4] and report["config"]["kv_heads"] == [2]
     proc = colm_in_process("expand", src, "--add-chains", "1", "--air", env=env, cwd=tmp_path, check=True)
     out = proc.stdout.strip()
     assert out.startswith(str(tmp_path / "hf-")) and out.endswith("-expand")  # beside the input, not in the cache
     assert open_checkpoint(out).config.kv_heads == [2, 0]
-    assert_one_line_error(colm_in_process("export", out, "--format", "hf-llama", "-o", tmp_path / "x"), 2,
-                          "slice to 1 chain first: colm slice --chains 1")
+    assert_one_line_error(
+        colm_in_process("export", out, "--format", "hf-llama", "-o", tmp_path / "x"),
+        2,
+        "slice to 1 chain first: colm slice --chains 1",
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -172,8 +197,10 @@ def test_import_refuses_what_it_cannot_convert(tmp_path):
 
 # --- tokenizers and Hugging Face round trips --------------------------------------------------
 
-CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
-                 "{% if add_generation_prompt %}<s>assistant:{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<s>assistant:{% endif %}"
+)
 
 
 def save_hf_tokenizer(path, adds_bos: bool, chat_template: str | None = None):
@@ -182,10 +209,14 @@ def save_hf_tokenizer(path, adds_bos: bool, chat_template: str | None = None):
     from transformers import PreTrainedTokenizerFast
 
     tok = bpe_tokenizer()
-    tok.post_processor = (processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)]) if adds_bos
-                          else processors.ByteLevel(trim_offsets=False))  # SmolLM2's: no BOS
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            chat_template=chat_template).save_pretrained(path)
+    tok.post_processor = (
+        processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+        if adds_bos
+        else processors.ByteLevel(trim_offsets=False)
+    )  # SmolLM2's: no BOS
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", chat_template=chat_template
+    ).save_pretrained(path)
     return AutoTokenizer.from_pretrained(path)
 
 
@@ -200,7 +231,7 @@ def test_bos_follows_the_tokenizer_and_greedy_generation_matches_transformers(tm
     inputs = reference_tok(prompt, return_tensors="pt")
     assert (inputs.input_ids[0, 0].item() == 1) == adds_bos  # the tokenizer itself decides
     reference = LlamaForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    expected = reference.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs.input_ids.shape[1]:]
+    expected = reference.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs.input_ids.shape[1] :]
 
     model = colm_core.load(str(src))  # a Hugging Face directory, as every command reads it
     out = colm_core.generate(model, prompt, GenerateOptions(max_new_tokens=12))
@@ -209,8 +240,17 @@ def test_bos_follows_the_tokenizer_and_greedy_generation_matches_transformers(tm
     assert token_stream(model.tokenizer, [prompt]) == inputs.input_ids[0].tolist() + [2]  # evaluation, training
 
     if not adds_bos:  # the CLI used to prepend config.bos_token_id whatever the tokenizer said
-        proc = colm_in_process("generate", src, "--prompt", prompt, "--max-new-tokens", "12", "--json",
-                       env={"COLM_CACHE_DIR": str(tmp_path / "cache")}, check=True)
+        proc = colm_in_process(
+            "generate",
+            src,
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "12",
+            "--json",
+            env={"COLM_CACHE_DIR": str(tmp_path / "cache")},
+            check=True,
+        )
         report = json.loads(proc.stdout)
         assert report["prompt_ids"] == out["prompt_ids"] and report["token_ids"] == out["token_ids"]
 
@@ -242,8 +282,11 @@ def test_the_import_cache_follows_the_tokenizer_and_a_missing_one_is_refused(tmp
     (src / "tokenizer.json").unlink()  # vocabulary 128: the byte tokenizer would be gibberish
     with pytest.raises(ColmError, match="has no tokenizer.json, and its vocabulary of 128 tokens"):
         resolve_checkpoint(src)
-    assert_one_line_error(colm_in_process("eval", src, "--data", __file__, env={"COLM_CACHE_DIR": str(tmp_path / "c2")}), 2,
-                          f"copy the model's tokenizer.json into the directory")
+    assert_one_line_error(
+        colm_in_process("eval", src, "--data", __file__, env={"COLM_CACHE_DIR": str(tmp_path / "c2")}),
+        2,
+        "copy the model's tokenizer.json into the directory",
+    )
 
 
 def test_colm_reads_its_own_hf_export_back_exactly(tmp_path):
@@ -298,15 +341,30 @@ def test_sequence_start_is_what_transformers_encodes_whatever_tokenizer_config_s
     tok = bpe_tokenizer()
     tok.post_processor = None
     tok.save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "bos_token": "<s>", "eos_token": "</s>"}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "add_bos_token": True,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+            }
+        )
+    )
     theirs = AutoTokenizer.from_pretrained(tmp_path)(TEXT).input_ids
     assert HFTokenizer(tmp_path / "tokenizer.json", bos_id=1, eos_id=2).encode(TEXT, add_special_tokens=True) == theirs
 
 
 def test_a_byte_vocabulary_imports_without_tokenizer_json(tmp_path):
-    cfg = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=40, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    cfg = LlamaConfig(
+        vocab_size=258,
+        hidden_size=32,
+        intermediate_size=40,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     LlamaForCausalLM(cfg).save_pretrained(tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "colm", verify=False)
     assert open_checkpoint(tmp_path / "colm").config.tokenizer == "byte"

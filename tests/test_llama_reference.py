@@ -9,8 +9,12 @@ from colm_core.model import CoLM
 from tests.conftest import tiny_config, tiny_model
 from tests.test_model import first_chains_model
 
-LLAMA3_SCALING = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                  "original_max_position_embeddings": 16}
+LLAMA3_SCALING = {
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 16,
+}
 
 
 def as_transformers(model: CoLM) -> LlamaForCausalLM:
@@ -24,13 +28,16 @@ def as_transformers(model: CoLM) -> LlamaForCausalLM:
     return hf
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(heads=[4], kv_heads=[2], ffn=[40]),                                   # GQA, untied
-    dict(heads=[4], kv_heads=[4], ffn=[40], tie_embeddings=True),             # MHA, tied
-    dict(heads=[6], kv_heads=[2], ffn=[24], rope_scaling=LLAMA3_SCALING),    # GQA + Llama-3 RoPE scaling
-    dict(heads=[2], kv_heads=[1], ffn=[24], rope_theta=500000.0, tie_embeddings=True,
-         rope_scaling=LLAMA3_SCALING),
-], ids=["gqa", "tied", "rope-scaling", "tied-rope-scaling"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(heads=[4], kv_heads=[2], ffn=[40]),  # GQA, untied
+        dict(heads=[4], kv_heads=[4], ffn=[40], tie_embeddings=True),  # MHA, tied
+        dict(heads=[6], kv_heads=[2], ffn=[24], rope_scaling=LLAMA3_SCALING),  # GQA + Llama-3 RoPE scaling
+        dict(heads=[2], kv_heads=[1], ffn=[24], rope_theta=500000.0, tie_embeddings=True, rope_scaling=LLAMA3_SCALING),
+    ],
+    ids=["gqa", "tied", "rope-scaling", "tied-rope-scaling"],
+)
 def test_one_chain_colm_matches_transformers_llama(overrides):
     model = CoLM(tiny_config(**overrides)).init_weights(std=0.2, seed=3).eval()
     ids = torch.randint(0, 97, (2, 40))  # longer than the scaling's original context

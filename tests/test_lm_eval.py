@@ -13,29 +13,10 @@ import pytest
 from colm_core.checkpoint import save
 from colm_core.export import export
 from colm_core.surgery import slice_
-from tests.conftest import REPO, assert_one_line_error, colm_in_process, colm_in_subprocess, tiny_model
+from tests.conftest import REPO, TASKS_DIR, assert_one_line_error, colm_in_process, colm_in_subprocess, tiny_model
 
-TASKS_DIR = REPO / "tests" / "lm_eval_tasks"  # datasets reads the YAML files' data_files from the working directory
 TASKS = ["colm_tiny_prose", "colm_tiny_choice", "colm_tiny_answer"]  # rolling, multiple choice, generation
 BYTE_VOCAB = dict(vocab_size=258, bos_token_id=256, eos_token_id=257)  # the byte tokenizer's ids
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch) -> dict:
-    """The Hub switched off and the datasets cache under tmp_path, for child processes (the environment) and
-    for this one (the values datasets and huggingface_hub read from the environment when imported)."""
-    import datasets.config
-    import huggingface_hub.constants
-
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
-           "HF_DATASETS_CACHE": str(tmp_path / "datasets")}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets")
-    monkeypatch.chdir(TASKS_DIR)
-    return env
 
 
 def responses(out: dict, task: str) -> list:
@@ -58,10 +39,12 @@ def test_colm_model_scores_every_request_as_lm_evals_hf_model(tmp_path, offline)
     export(tmp_path / "colm", tmp_path / "hf", fmt="hf-llama", verify=False)
     manager = task_manager(TASKS, TASKS_DIR)
     common = dict(tasks=TASKS, num_fewshot=1, task_manager=manager, log_samples=True, bootstrap_iters=0)
-    ours = lm_eval.simple_evaluate(model="colm", model_args=f"pretrained={tmp_path / 'colm'},chains=1,batch_size=3",
-                                   **common)
-    reference = lm_eval.simple_evaluate(model=HFLM(pretrained=str(tmp_path / "hf"), device="cpu", dtype="float32",
-                                                   batch_size=3), **common)
+    ours = lm_eval.simple_evaluate(
+        model="colm", model_args=f"pretrained={tmp_path / 'colm'},chains=1,batch_size=3", **common
+    )
+    reference = lm_eval.simple_evaluate(
+        model=HFLM(pretrained=str(tmp_path / "hf"), device="cpu", dtype="float32", batch_size=3), **common
+    )
 
     prose, reference_prose = responses(ours, "colm_tiny_prose"), responses(reference, "colm_tiny_prose")
     assert len(prose) == 4 and any(len(json.loads(line)["text"]) > 64 for line in open("colm_tiny_prose.jsonl"))
@@ -86,8 +69,18 @@ def test_every_chain_count_is_a_row_equal_to_the_sliced_model(tmp_path, offline)
 
     save(tiny_model(heads=[2, 2], kv_heads=[1, 1], ffn=[24, 16], **BYTE_VOCAB), tmp_path / "colm")
     flags = ["--tasks", ",".join(TASKS), "--include-path", TASKS_DIR, "--num-fewshot", "1", "--limit", "3"]
-    proc = colm_in_process("eval", tmp_path / "colm", *flags, "--chains", "2,1", "--batch-size", "2", cwd=TASKS_DIR,
-                   env=offline, check=True)
+    proc = colm_in_process(
+        "eval",
+        tmp_path / "colm",
+        *flags,
+        "--chains",
+        "2,1",
+        "--batch-size",
+        "2",
+        cwd=TASKS_DIR,
+        env=offline,
+        check=True,
+    )
     report = json.loads(proc.stdout)
     assert report["chains"] == [1, 2] and set(report["results"]) == {"1", "2"}
     assert "1 chains" in proc.stderr and "2 chains" in proc.stderr and "bits_per_byte" in proc.stderr
@@ -97,8 +90,7 @@ def test_every_chain_count_is_a_row_equal_to_the_sliced_model(tmp_path, offline)
     assert rows["1"]["colm_tiny_prose"] != rows["2"]["colm_tiny_prose"]  # two different models
 
     slice_(tmp_path / "colm", tmp_path / "slice1", chains=1, verify=False)
-    sliced = evaluate_tasks(tmp_path / "slice1", TASKS, num_fewshot=1, limit=3, include_path=TASKS_DIR,
-                            batch_size=2)
+    sliced = evaluate_tasks(tmp_path / "slice1", TASKS, num_fewshot=1, limit=3, include_path=TASKS_DIR, batch_size=2)
     assert sliced["chains"] == [1]
     for task in TASKS:
         for metric, value in sliced["results"]["1"]["results"][task].items():
@@ -114,17 +106,25 @@ def test_tasks_without_lm_eval_installed_is_one_line_naming_the_extra(tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] == 'lm_eval':\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n\n\n"
-        "sys.meta_path.insert(0, HideLmEval())\n")
-    proc = colm_in_subprocess("eval", tmp_path / "colm", "--tasks", "hellaswag",
-                              env={"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])})
+        "sys.meta_path.insert(0, HideLmEval())\n"
+    )
+    proc = colm_in_subprocess(
+        "eval",
+        tmp_path / "colm",
+        "--tasks",
+        "hellaswag",
+        env={"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])},
+    )
     assert_one_line_error(proc, 2, "pip install 'colm[eval]'")
 
 
 def test_task_flags_are_checked_before_anything_loads(tmp_path):
-    for args, message in [(["--limit", "3"], "--limit applies to lm-eval tasks; give --tasks too"),
-                          (["--tasks", "x", "--data", "a.txt"], "--data applies to text evaluation, not to --tasks"),
-                          (["--tasks", " , "], "--tasks ' , ': give lm-eval task names"),
-                          (["--tasks", "x", "--limit", "0"], "--limit 0: must be >= 1")]:
+    for args, message in [
+        (["--limit", "3"], "--limit applies to lm-eval tasks; give --tasks too"),
+        (["--tasks", "x", "--data", "a.txt"], "--data applies to text evaluation, not to --tasks"),
+        (["--tasks", " , "], "--tasks ' , ': give lm-eval task names"),
+        (["--tasks", "x", "--limit", "0"], "--limit 0: must be >= 1"),
+    ]:
         assert_one_line_error(colm_in_process("eval", tmp_path / "colm", *args), 2, message)
 
 
@@ -137,17 +137,37 @@ def test_bad_task_directories_and_flags_are_one_line_exit_2(tmp_path, offline):
     save(tiny_model(heads=[2, 2], kv_heads=[1, 1], ffn=[24, 16], **BYTE_VOCAB), tmp_path / "colm")
     choice = (TASKS_DIR / "colm_tiny_choice.yaml").read_text()
     cases = {
-        "unparsable": ({"broken.yaml": "task: broken\n  x: [\n"}, "broken", [],
-                       "broken.yaml is not a valid task file (ScannerError"),
-        "group": ({"g.yaml": "group: mine\ntask:\n  - colm_tiny_choice\n  - hellaswag\n"}, "mine", [],
-                  "lm-eval task 'mine' cannot be loaded (ConnectionError"),
-        "fewshot": ({}, "colm_tiny_choice", ["--num-fewshot", "4"],
-                    "4 few-shot examples: task 'colm_tiny_choice' has 4 to draw from (the document evaluated is left "
-                    "out); give --num-fewshot 3 or less"),
-        "output_type": ({"t.yaml": choice.replace("task: colm_tiny_choice", "task: t")
-                         .replace("multiple_choice", "choose")}, "t", [], "invalid output_type 'choose'"),
-        "template": ({"t.yaml": choice.replace("task: colm_tiny_choice", "task: t")
-                      .replace("{{question}}", "{{ question")}, "t", [], "(TemplateSyntaxError"),
+        "unparsable": (
+            {"broken.yaml": "task: broken\n  x: [\n"},
+            "broken",
+            [],
+            "broken.yaml is not a valid task file (ScannerError",
+        ),
+        "group": (
+            {"g.yaml": "group: mine\ntask:\n  - colm_tiny_choice\n  - hellaswag\n"},
+            "mine",
+            [],
+            "lm-eval task 'mine' cannot be loaded (ConnectionError",
+        ),
+        "fewshot": (
+            {},
+            "colm_tiny_choice",
+            ["--num-fewshot", "4"],
+            "4 few-shot examples: task 'colm_tiny_choice' has 4 to draw from (the document evaluated is left "
+            "out); give --num-fewshot 3 or less",
+        ),
+        "output_type": (
+            {"t.yaml": choice.replace("task: colm_tiny_choice", "task: t").replace("multiple_choice", "choose")},
+            "t",
+            [],
+            "invalid output_type 'choose'",
+        ),
+        "template": (
+            {"t.yaml": choice.replace("task: colm_tiny_choice", "task: t").replace("{{question}}", "{{ question")},
+            "t",
+            [],
+            "(TemplateSyntaxError",
+        ),
         "seq_len": ({}, "colm_tiny_choice", ["--seq-len", "64"], "--seq-len applies to text evaluation"),
     }
     # First a good run, which also builds the datasets cache: later runs print no progress bar before their error.
@@ -155,14 +175,38 @@ def test_bad_task_directories_and_flags_are_one_line_exit_2(tmp_path, offline):
     good.mkdir()
     for source in ("colm_tiny_choice.yaml", "colm_tiny_choice.jsonl"):
         shutil.copy(TASKS_DIR / source, good)
-    colm_in_process("eval", tmp_path / "colm", "--tasks", "colm_tiny_choice", "--include-path", good, "--num-fewshot",
-                    "3", "--limit", "2", cwd=good, env=offline, check=True)
+    colm_in_process(
+        "eval",
+        tmp_path / "colm",
+        "--tasks",
+        "colm_tiny_choice",
+        "--include-path",
+        good,
+        "--num-fewshot",
+        "3",
+        "--limit",
+        "2",
+        cwd=good,
+        env=offline,
+        check=True,
+    )
     for name, (files, task, flags, message) in cases.items():
         directory = tmp_path / name
         directory.mkdir()
         shutil.copy(TASKS_DIR / "colm_tiny_choice.yaml", directory)
         for file, text in files.items():
             (directory / file).write_text(text)
-        proc = colm_in_process("eval", tmp_path / "colm", "--tasks", task, "--include-path", directory, "--limit", "2",
-                               *flags, cwd=good, env=offline)  # data_files are read from the working directory
+        proc = colm_in_process(
+            "eval",
+            tmp_path / "colm",
+            "--tasks",
+            task,
+            "--include-path",
+            directory,
+            "--limit",
+            "2",
+            *flags,
+            cwd=good,
+            env=offline,
+        )  # data_files are read from the working directory
         assert_one_line_error(proc, 2, message)

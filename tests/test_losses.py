@@ -11,8 +11,9 @@ from tests.conftest import tiny_model
 
 def direct(model, x, y, scales, weights):
     """sum_k w_k CE_k from each sub-model's whole logits tensor, differentiated by autograd."""
-    per_scale = torch.stack([F.cross_entropy(model(x, chains=k).flatten(0, 1), y.flatten(), reduction="sum")
-                             for k in scales])
+    per_scale = torch.stack(
+        [F.cross_entropy(model(x, chains=k).flatten(0, 1), y.flatten(), reduction="sum") for k in scales]
+    )
     return (weights * per_scale).sum(), per_scale
 
 
@@ -22,14 +23,17 @@ def gradients(model, total, grad=1.0):
     return {name: p.grad for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, dict(rtol=1e-4, atol=1e-5)),
-                                        (torch.float64, dict(rtol=1e-10, atol=1e-12))])
+@pytest.mark.parametrize(
+    "dtype, tol", [(torch.float32, dict(rtol=1e-4, atol=1e-5)), (torch.float64, dict(rtol=1e-10, atol=1e-12))]
+)
 @pytest.mark.parametrize("tied", [False, True])
-@pytest.mark.parametrize("scales, weights", [([3], [1.0]), ([1, 2, 3], [1.0, 1.0, 1.0]), ([1, 3], [0.5, 2.0]),
-                                             ([2, 3], [0.0, 1.5])])
+@pytest.mark.parametrize(
+    "scales, weights", [([3], [1.0]), ([1, 2, 3], [1.0, 1.0, 1.0]), ([1, 3], [0.5, 2.0]), ([2, 3], [0.0, 1.5])]
+)
 @pytest.mark.parametrize("rows_per_chunk", [None, 7])  # one chunk (what fits); chunks of 7 rows, the last of 4
-def test_fused_loss_and_every_gradient_are_the_direct_ones(monkeypatch, dtype, tol, tied, scales, weights,
-                                                           rows_per_chunk):
+def test_fused_loss_and_every_gradient_are_the_direct_ones(
+    monkeypatch, dtype, tol, tied, scales, weights, rows_per_chunk
+):
     if rows_per_chunk:
         monkeypatch.setattr(losses, "chunk_rows", lambda *args: rows_per_chunk)
     model = tiny_model(seed=5, tie_embeddings=tied).to(dtype).train()

@@ -12,9 +12,21 @@ import typer.main
 from colm_cli.app import app
 from colm_core.errors import ColmError, OptionError
 from colm_core.init import InitOptions
-from colm_core.options import (EvalOptions, ExpandOptions, ExportOptions, GenerateOptions, InspectOptions, PullOptions,
-                               PushOptions, ServeOptions, SliceOptions, TrainOptions, flags_of, from_sources,
-                               value_type)
+from colm_core.options import (
+    EvalOptions,
+    ExpandOptions,
+    ExportOptions,
+    GenerateOptions,
+    InspectOptions,
+    PullOptions,
+    PushOptions,
+    ServeOptions,
+    SliceOptions,
+    TrainOptions,
+    flags_of,
+    from_sources,
+    value_type,
+)
 from tests.conftest import assert_one_line_error, colm_in_process
 
 
@@ -22,9 +34,19 @@ def click_command(name: str):
     return typer.main.get_command(app).commands[name]
 
 
-COMMAND_OPTIONS = [(TrainOptions, "train"), (InitOptions, "init"), (ExpandOptions, "expand"), (SliceOptions, "slice"),
-                   (EvalOptions, "eval"), (GenerateOptions, "generate"), (ServeOptions, "serve"),
-                   (InspectOptions, "inspect"), (ExportOptions, "export"), (PullOptions, "pull"), (PushOptions, "push")]
+COMMAND_OPTIONS = [
+    (TrainOptions, "train"),
+    (InitOptions, "init"),
+    (ExpandOptions, "expand"),
+    (SliceOptions, "slice"),
+    (EvalOptions, "eval"),
+    (GenerateOptions, "generate"),
+    (ServeOptions, "serve"),
+    (InspectOptions, "inspect"),
+    (ExportOptions, "export"),
+    (PullOptions, "pull"),
+    (PushOptions, "push"),
+]
 
 
 @pytest.mark.parametrize("cls, command", COMMAND_OPTIONS, ids=[command for _, command in COMMAND_OPTIONS])
@@ -50,8 +72,11 @@ def test_flags_are_built_from_the_options_dataclass(cls, command):
 def test_every_command_option_comes_from_a_dataclass():
     """The options a command declares itself are only the ones every command shares (input, output, device)."""
     shared = {"ckpt", "hf_dir", "repo_id", "output", "force", "verify", "device", "dtype"}
-    own = {"init": set(), "train": {"config", "resume", "nproc"},
-           "generate": {"prompt", "prompt_file", "prompts", "json_out"}}
+    own = {
+        "init": set(),
+        "train": {"config", "resume", "nproc"},
+        "generate": {"prompt", "prompt_file", "prompts", "json_out"},
+    }
     commands = typer.main.get_command(app).commands
     for cls, command in COMMAND_OPTIONS:
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -70,8 +95,9 @@ def out_of_range(valid) -> list[float]:
     return bad
 
 
-RANGED = [(cls, f) for cls, _ in COMMAND_OPTIONS for f in dataclasses.fields(cls)
-          if f.metadata.get("range") is not None]
+RANGED = [
+    (cls, f) for cls, _ in COMMAND_OPTIONS for f in dataclasses.fields(cls) if f.metadata.get("range") is not None
+]
 
 
 @pytest.mark.parametrize("cls, f", RANGED, ids=[f"{c.__name__}.{f.name}" for c, f in RANGED])
@@ -91,8 +117,9 @@ def test_every_numeric_option_refuses_values_outside_its_range(cls, f):
 
 
 def test_option_errors_name_the_parameter_in_python_and_the_flag_on_the_command_line():
-    error = OptionError("{n_layers} {text!r}: expected {what}; see {heads}", flags_of(InitOptions), text="{heads}",
-                        what="an integer")
+    error = OptionError(
+        "{n_layers} {text!r}: expected {what}; see {heads}", flags_of(InitOptions), text="{heads}", what="an integer"
+    )
     assert str(error) == "n_layers '{heads}': expected an integer; see heads"  # braces in a value are kept
     assert error.in_flags() == "--layers '{heads}': expected an integer; see --heads"
 
@@ -108,12 +135,14 @@ def test_config_values_are_type_checked(tmp_path):
     assert read('data = "/abs/file.txt"\nlr = 1').data == ["/abs/file.txt"] and read("lr = 1").lr == 1.0
     assert read('chain_weights = "1,2"').chain_weights == [1.0, 2.0]
     assert read("chain_weights = [1, 2.5]").chain_weights == [1.0, 2.5]
-    for text, message in [("steps = 2.7", "steps = 2.7 is not an integer"),
-                          ('steps = "abc"', "steps = 'abc' is not an integer"),
-                          ("steps = true", "steps = True is not an integer"),
-                          ("data = [1]", "data = [1] is not a list of str values"),
-                          ('compile = "yes"', "compile = 'yes' is not true or false"),
-                          ("min_lr_ratio = 5", "min_lr_ratio 5: must be in [0, 1]")]:
+    for text, message in [
+        ("steps = 2.7", "steps = 2.7 is not an integer"),
+        ('steps = "abc"', "steps = 'abc' is not an integer"),
+        ("steps = true", "steps = True is not an integer"),
+        ("data = [1]", "data = [1] is not a list of str values"),
+        ('compile = "yes"', "compile = 'yes' is not true or false"),
+        ("min_lr_ratio = 5", "min_lr_ratio 5: must be in [0, 1]"),
+    ]:
         with pytest.raises(ColmError, match=re.escape(message)):
             read(text)
     with pytest.raises(ColmError, match="unknown key 'stepz'; valid keys: data, steps, batch_size, "):
@@ -134,23 +163,29 @@ def test_init_chains_is_a_chain_count_and_heads_lists_heads_per_chain():
 
 def test_cli_refuses_bad_numbers_and_old_style_init_chains(tmp_path):
     """The real CLI: one error line naming the flag and its range, exit 2, nothing written."""
-    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "m", "--chains", "2,2"), 2,
-                          "--chains '2,2': expected an integer; query heads per chain are given with --heads 2,2")
-    assert_one_line_error(colm_in_process("init", "-o", tmp_path / "m", "--init-std", "nan"), 2,
-                          "--init-std nan: must be > 0")
+    assert_one_line_error(
+        colm_in_process("init", "-o", tmp_path / "m", "--chains", "2,2"),
+        2,
+        "--chains '2,2': expected an integer; query heads per chain are given with --heads 2,2",
+    )
+    assert_one_line_error(
+        colm_in_process("init", "-o", tmp_path / "m", "--init-std", "nan"), 2, "--init-std nan: must be > 0"
+    )
     (tmp_path / "run.toml").write_text("steps = 2.7\n")
-    for args, message in [(["--min-lr-ratio", "-1", "--warmup-steps", "0"], "--min-lr-ratio -1: must be in [0, 1]"),
-                          (["--weight-decay", "-1"], "--weight-decay -1: must be >= 0"),
-                          (["--chain-weights", "1,-1"], "--chain-weights 1,-1: each value must be >= 0"),
-                          (["--beta1", "2"], "--beta1 2: must be in [0, 1)"),
-                          (["--lr", "nan"], "--lr nan: must be > 0"),
-                          (["--config", tmp_path / "run.toml"], "steps = 2.7 is not an integer")]:
+    for args, message in [
+        (["--min-lr-ratio", "-1", "--warmup-steps", "0"], "--min-lr-ratio -1: must be in [0, 1]"),
+        (["--weight-decay", "-1"], "--weight-decay -1: must be >= 0"),
+        (["--chain-weights", "1,-1"], "--chain-weights 1,-1: each value must be >= 0"),
+        (["--beta1", "2"], "--beta1 2: must be in [0, 1)"),
+        (["--lr", "nan"], "--lr nan: must be > 0"),
+        (["--config", tmp_path / "run.toml"], "steps = 2.7 is not an integer"),
+    ]:
         assert_one_line_error(colm_in_process("train", tmp_path / "m", *args, "-o", tmp_path / "t"), 2, message)
-    for args, message in [(["eval", tmp_path / "m", "--max-tokens", "-5"], "--max-tokens -5: must be >= 1"),
-                          (["generate", tmp_path / "m", "--prompt", "a", "--temperature", "nan"],
-                           "--temperature nan: must be >= 0"),
-                          (["generate", tmp_path / "m", "--prompt", "a", "--top-k", "3"],
-                           "--top-k 3 has no effect at temperature 0"),
-                          (["expand", tmp_path / "m", "--init-std", "inf"], "--init-std inf: must be > 0")]:
+    for args, message in [
+        (["eval", tmp_path / "m", "--max-tokens", "-5"], "--max-tokens -5: must be >= 1"),
+        (["generate", tmp_path / "m", "--prompt", "a", "--temperature", "nan"], "--temperature nan: must be >= 0"),
+        (["generate", tmp_path / "m", "--prompt", "a", "--top-k", "3"], "--top-k 3 has no effect at temperature 0"),
+        (["expand", tmp_path / "m", "--init-std", "inf"], "--init-std inf: must be > 0"),
+    ]:
         assert_one_line_error(colm_in_process(*args), 2, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]

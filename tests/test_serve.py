@@ -22,22 +22,32 @@ from colm_core.checkpoint import save
 from colm_core.generation import generate
 from colm_core.options import GenerateOptions
 from colm_core.serving import Job, ServeLimits, Service, chat_template
-from tests.conftest import REPO, assert_one_line_error, child_environment, colm_in_process, colm_in_subprocess, \
-    tiny_model
-from tests.test_lm_eval import TASKS, TASKS_DIR, offline  # noqa: F401 - offline is a fixture
+from tests.conftest import (
+    REPO,
+    TASKS_DIR,
+    assert_one_line_error,
+    child_environment,
+    colm_in_process,
+    colm_in_subprocess,
+    tiny_model,
+)
+from tests.test_lm_eval import TASKS
 
 pytest.importorskip("starlette", reason="colm[serve] is not installed")
 from colm_cli.serve import bind, make_server, url_of  # noqa: E402
 
 BYTE_VOCAB = dict(vocab_size=258, bos_token_id=256, eos_token_id=257, max_seq_len=256)
-TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
-            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 PROMPTS = ["Once upon a time", "It was a dark and stormy night", "Hi", "The quick brown fox jumps"]
 
 
 def model_of(air: bool):
-    return tiny_model(heads=[2, 2, 2], kv_heads=[1, 0, 0] if air else [1, 1, 2], ffn=[24, 16, 20], kv_share=air,
-                      **BYTE_VOCAB)
+    return tiny_model(
+        heads=[2, 2, 2], kv_heads=[1, 0, 0] if air else [1, 1, 2], ffn=[24, 16, 20], kv_share=air, **BYTE_VOCAB
+    )
 
 
 @contextmanager
@@ -65,8 +75,9 @@ def served(model, checkpoint=None, api_key=None, max_wait_s=None, **limits):
 def post(url: str, body, headers: dict | None = None, raw: bytes | None = None, method: str = "POST"):
     """(status, JSON body) of a request; errors are answers too."""
     data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())
@@ -86,8 +97,20 @@ def test_openai_client_completions_chat_and_streams_equal_colm_generate(tmp_path
     model = model_of(air=False)
     save(model, tmp_path / "tiny")
     (tmp_path / "tiny" / "chat_template.jinja").write_text(TEMPLATE)
-    cli = json.loads(colm_in_process("generate", tmp_path / "tiny", "--prompt", PROMPTS[0], "--chains", "2",
-                                     "--max-new-tokens", "12", "--json", check=True).stdout)
+    cli = json.loads(
+        colm_in_process(
+            "generate",
+            tmp_path / "tiny",
+            "--prompt",
+            PROMPTS[0],
+            "--chains",
+            "2",
+            "--max-new-tokens",
+            "12",
+            "--json",
+            check=True,
+        ).stdout
+    )
     with served(model, tmp_path / "tiny") as (url, _):
         client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=30)
         assert [m.id for m in client.models.list().data] == ["tiny", "tiny@1", "tiny@2", "tiny@3"]
@@ -99,8 +122,9 @@ def test_openai_client_completions_chat_and_streams_equal_colm_generate(tmp_path
             expected = greedy(model, PROMPTS[1], k, 10)
             out = client.completions.create(model=f"tiny@{k}", prompt=PROMPTS[1], max_tokens=10, temperature=0)
             assert out.choices[0].text == expected["text"]
-            pieces = client.completions.create(model=f"tiny@{k}", prompt=PROMPTS[1], max_tokens=10, temperature=0,
-                                               stream=True)
+            pieces = client.completions.create(
+                model=f"tiny@{k}", prompt=PROMPTS[1], max_tokens=10, temperature=0, stream=True
+            )
             chunks = list(pieces)
             assert "".join(c.choices[0].text for c in chunks if c.choices) == expected["text"]
             assert chunks[-1].usage.completion_tokens == len(expected["token_ids"])
@@ -115,14 +139,22 @@ def test_openai_client_completions_chat_and_streams_equal_colm_generate(tmp_path
         expected = greedy(model, ids, 1, 8)
         chat = client.chat.completions.create(model="tiny@1", messages=messages, max_tokens=8, temperature=0)
         assert chat.choices[0].message.content == expected["text"] and chat.usage.prompt_tokens == len(ids)
-        streamed = client.chat.completions.create(model="tiny@1", messages=messages, max_tokens=8, temperature=0,
-                                                  stream=True)
+        streamed = client.chat.completions.create(
+            model="tiny@1", messages=messages, max_tokens=8, temperature=0, stream=True
+        )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == expected["text"]
 
-        sampled = [client.completions.create(model="tiny@2", prompt=PROMPTS[0], max_tokens=8, temperature=0.9,
-                                             top_p=0.9, seed=seed).choices[0].text for seed in (1, 1, 2)]
-        reference = generate(model, PROMPTS[0], GenerateOptions(chains=2, max_new_tokens=8, temperature=0.9, top_p=0.9,
-                                                                 seed=1))
+        sampled = [
+            client.completions.create(
+                model="tiny@2", prompt=PROMPTS[0], max_tokens=8, temperature=0.9, top_p=0.9, seed=seed
+            )
+            .choices[0]
+            .text
+            for seed in (1, 1, 2)
+        ]
+        reference = generate(
+            model, PROMPTS[0], GenerateOptions(chains=2, max_new_tokens=8, temperature=0.9, top_p=0.9, seed=1)
+        )
         assert sampled[0] == sampled[1] == reference["text"]  # the seed makes sampling repeatable
 
 
@@ -130,8 +162,16 @@ def run_job(service: Service, prompt, chains, max_tokens, echo=False, logprobs=N
     from colm_core.generation import Sampling
 
     done = threading.Event()
-    job = Job(prompt, chains, max_tokens, Sampling(), [], logprobs, echo,
-              on_event=lambda job, piece: piece or not job.finished_at or done.set())
+    job = Job(
+        prompt,
+        chains,
+        max_tokens,
+        Sampling(),
+        [],
+        logprobs,
+        echo,
+        on_event=lambda job, piece: piece or not job.finished_at or done.set(),
+    )
     service.engine.submit([job])
     assert done.wait(60)
     return job
@@ -143,14 +183,17 @@ def test_concurrent_clients_of_mixed_chain_counts_each_get_colm_generate(air):
     every greedy answer equal to its prompt alone through `colm generate`, fewer decode steps than tokens
     (steps were shared), and nothing left in the engine afterwards."""
     model = model_of(air)
-    cases = [(PROMPTS[i % 4], ["tiny", "tiny@1", "tiny@2", "tiny@3"][i // 4 % 4], 4 + 3 * (i % 4))
-             for i in range(48)]  # 16 different requests, each 3 times
+    cases = [
+        (PROMPTS[i % 4], ["tiny", "tiny@1", "tiny@2", "tiny@3"][i // 4 % 4], 4 + 3 * (i % 4)) for i in range(48)
+    ]  # 16 different requests, each 3 times
     expected = {case: greedy(model, case[0], int(case[1].partition("@")[2] or 3), case[2]) for case in set(cases)}
     with served(model, max_batch=6, max_concurrent=64) as (url, service):
+
         def ask(case):
             prompt, name, max_tokens = case
-            return post(f"{url}/completions", {"model": name, "prompt": prompt, "max_tokens": max_tokens,
-                                               "temperature": 0})
+            return post(
+                f"{url}/completions", {"model": name, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+            )
 
         with ThreadPoolExecutor(16) as pool:
             answers = list(pool.map(ask, cases))
@@ -171,8 +214,16 @@ def test_a_larger_chain_count_joining_recomputes_the_running_rows():
         from colm_core.generation import Sampling
 
         first = threading.Event()
-        long = Job(model.tokenizer.encode(PROMPTS[1], True), 1, 120, Sampling(), [], None, False,
-                   on_event=lambda job, piece: first.set())
+        long = Job(
+            model.tokenizer.encode(PROMPTS[1], True),
+            1,
+            120,
+            Sampling(),
+            [],
+            None,
+            False,
+            on_event=lambda job, piece: first.set(),
+        )
         service.engine.submit([long])
         assert first.wait(30)
         joined = run_job(service, model.tokenizer.encode(PROMPTS[0], True), 3, 20)
@@ -187,8 +238,9 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on():
     model = model_of(air=False)
     key = {"Authorization": "Bearer s3cret"}
     ok = {"model": "tiny@1", "prompt": "Hi", "max_tokens": 2}
-    with served(model, api_key="s3cret", max_tokens=32, max_body_bytes=2000, max_concurrent=2,
-                max_prompt_tokens=100) as (url, _):
+    with served(
+        model, api_key="s3cret", max_tokens=32, max_body_bytes=2000, max_concurrent=2, max_prompt_tokens=100
+    ) as (url, _):
         cases = [
             ("/completions", ok, {}, None, 401, "API key"),
             ("/completions", ok, {"Authorization": "Bearer wrong"}, None, 401, "API key"),
@@ -214,8 +266,14 @@ def test_bad_requests_get_openai_errors_and_the_server_lives_on():
             ("/completions", {**ok, "best_of": 3}, key, None, 400, "`best_of` is not supported"),
             ("/completions", {**ok, "file": "/etc/passwd"}, key, None, 400, "unknown field `file`"),
             ("/completions", {"prompt": "Hi"}, key, None, 400, "`model` is required"),
-            ("/chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]}, key, None,
-             400, "no chat template"),
+            (
+                "/chat/completions",
+                {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}]},
+                key,
+                None,
+                400,
+                "no chat template",
+            ),
             ("/nowhere", ok, key, None, 404, "/v1/nowhere"),
         ]
         for path, body, headers, raw, status, message in cases:
@@ -236,9 +294,12 @@ def test_a_client_that_leaves_a_stream_frees_its_place():
     with served(model) as (url, service):
         host, port = url.removeprefix("http://").removesuffix("/v1").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        connection.request("POST", "/v1/completions", json.dumps(
-            {"model": "tiny", "prompt": "Hi", "max_tokens": 200, "stream": True, "temperature": 0}),
-            {"Content-Type": "application/json"})
+        connection.request(
+            "POST",
+            "/v1/completions",
+            json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 200, "stream": True, "temperature": 0}),
+            {"Content-Type": "application/json"},
+        )
         response = connection.getresponse()
         assert response.status == 200 and response.readline().startswith(b"data: ")
         connection.close()
@@ -279,8 +340,10 @@ def test_echo_logprobs_score_the_prompt_as_colm_scores_it():
     ids = model.tokenizer.encode(PROMPTS[3], True)
     with served(model) as (url, _):
         for k in (1, 3):
-            status, body = post(f"{url}/completions", {"model": f"tiny@{k}", "prompt": ids, "max_tokens": 0,
-                                                       "echo": True, "logprobs": 1, "temperature": 0})
+            status, body = post(
+                f"{url}/completions",
+                {"model": f"tiny@{k}", "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 1, "temperature": 0},
+            )
             assert status == 200, body
             lp = body["choices"][0]["logprobs"]
             with torch.no_grad():
@@ -301,8 +364,16 @@ def test_elastic_auto_takes_the_largest_chain_count_the_wait_bound_allows():
         from colm_core.generation import Sampling
 
         first = threading.Event()
-        long = Job(model.tokenizer.encode(PROMPTS[1], True), 3, 200, Sampling(), [], None, False,
-                   on_event=lambda job, piece: first.set())
+        long = Job(
+            model.tokenizer.encode(PROMPTS[1], True),
+            3,
+            200,
+            Sampling(),
+            [],
+            None,
+            False,
+            on_event=lambda job, piece: first.set(),
+        )
         service.engine.submit([long])
         assert first.wait(30)
         status, body = post(f"{url}/completions", {"model": "tiny@auto", "prompt": "Hi", "max_tokens": 3})
@@ -322,24 +393,48 @@ def test_lm_eval_local_completions_against_colm_serve_equals_colm_eval_tasks(tmp
     model = tiny_model(heads=[2, 2], kv_heads=[1, 1], ffn=[24, 16], **BYTE_VOCAB)
     save(model, tmp_path / "tiny")
     export(tmp_path / "tiny", tmp_path / "hf", fmt="hf", verify=False)
-    proc = colm_in_process("eval", tmp_path / "tiny", "--tasks", ",".join(TASKS), "--include-path", TASKS_DIR,
-                           "--limit", "3", "--batch-size", "2", cwd=TASKS_DIR, env=offline, check=True)
+    proc = colm_in_process(
+        "eval",
+        tmp_path / "tiny",
+        "--tasks",
+        ",".join(TASKS),
+        "--include-path",
+        TASKS_DIR,
+        "--limit",
+        "3",
+        "--batch-size",
+        "2",
+        cwd=TASKS_DIR,
+        env=offline,
+        check=True,
+    )
     reference = json.loads(proc.stdout)["results"]
     compared = []
     with served(model) as (url, service):
         for k in ("1", "2"):
-            args = (f"model=tiny@{k},base_url={url}/completions,tokenizer_backend=huggingface,"
-                    f"tokenizer={tmp_path / 'hf'},add_bos_token=True,max_length={model.config.max_seq_len + 1},"
-                    "batch_size=2,num_concurrent=1,max_retries=1")
-            out = lm_eval.simple_evaluate(model="local-completions", model_args=args, tasks=TASKS, limit=3,
-                                          task_manager=task_manager(TASKS, TASKS_DIR), bootstrap_iters=0)
+            args = (
+                f"model=tiny@{k},base_url={url}/completions,tokenizer_backend=huggingface,"
+                f"tokenizer={tmp_path / 'hf'},add_bos_token=True,max_length={model.config.max_seq_len + 1},"
+                "batch_size=2,num_concurrent=1,max_retries=1"
+            )
+            out = lm_eval.simple_evaluate(
+                model="local-completions",
+                model_args=args,
+                tasks=TASKS,
+                limit=3,
+                task_manager=task_manager(TASKS, TASKS_DIR),
+                bootstrap_iters=0,
+            )
             for task in TASKS:
                 for metric, value in reference[k]["results"][task].items():
                     if "_stderr," in metric or metric == "alias":
                         continue
                     got = out["results"][task][metric]
-                    assert got == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), \
-                        (k, task, metric)
+                    assert got == (pytest.approx(value, rel=1e-4) if isinstance(value, float) else value), (
+                        k,
+                        task,
+                        metric,
+                    )
                     compared.append(metric)
     assert {"bits_per_byte,none", "acc,none", "exact_match,none"} <= set(compared)
     assert reference["1"]["results"] != reference["2"]["results"]  # two different sub-models, both matched
@@ -352,9 +447,13 @@ def test_colm_serve_prints_its_url_answers_and_stops_on_sigterm_with_130(tmp_pat
     import http.client
 
     save(model_of(air=False), tmp_path / "tiny")
-    proc = subprocess.Popen([sys.executable, "-m", "colm_cli", "serve", str(tmp_path / "tiny"), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=child_environment({"COLM_API_KEY": "k"}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "colm_cli", "serve", str(tmp_path / "tiny"), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_environment({"COLM_API_KEY": "k"}),
+    )
     try:
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
@@ -364,9 +463,12 @@ def test_colm_serve_prints_its_url_answers_and_stops_on_sigterm_with_130(tmp_pat
         assert post(f"{url}/models", None, method="GET")[0] == 401  # COLM_API_KEY applies
         host, port = url.removeprefix("http://").removesuffix("/v1").split(":")
         connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        connection.request("POST", "/v1/completions", json.dumps(
-            {"model": "tiny", "prompt": "Hi", "max_tokens": 200, "stream": True, "temperature": 0}),
-            {"Content-Type": "application/json", **key})
+        connection.request(
+            "POST",
+            "/v1/completions",
+            json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 200, "stream": True, "temperature": 0}),
+            {"Content-Type": "application/json", **key},
+        )
         response = connection.getresponse()
         assert response.readline().startswith(b"data: ")
         proc.send_signal(signal.SIGTERM)
@@ -396,7 +498,9 @@ def test_serve_without_the_extra_installed_is_one_line_naming_it(tmp_path):
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in ('starlette', 'uvicorn'):\n"
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n\n\n"
-        "sys.meta_path.insert(0, Hide())\n")
-    proc = colm_in_subprocess("serve", tmp_path / "nothing", env={"PYTHONPATH": os.pathsep.join([str(REPO),
-                                                                                                  str(tmp_path)])})
+        "sys.meta_path.insert(0, Hide())\n"
+    )
+    proc = colm_in_subprocess(
+        "serve", tmp_path / "nothing", env={"PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
+    )
     assert_one_line_error(proc, 2, "pip install 'colm[serve]'")

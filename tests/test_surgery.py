@@ -9,8 +9,8 @@ from colm_core import surgery
 from colm_core.checkpoint import load, open_checkpoint, save
 from colm_core.errors import ColmError, ColmRuntimeError
 from colm_core.model import chain_of
-from tests.conftest import assert_one_line_error, colm_in_process, tiny_model
 from colm_core.verify import activations
+from tests.conftest import assert_one_line_error, colm_in_process, tiny_model
 from tests.test_model import first_chains_model
 
 VARIANTS = {
@@ -150,10 +150,23 @@ def test_sizes_that_break_gqa_or_air_rules_are_refused():
 
 
 def test_cli_pipeline_records_provenance(tmp_path):
-    init = colm_in_process("init", "-o", tmp_path / "m", "--heads", "2,2", "--layers", "1", "--head-dim", "8", "--ffn", "16",
-                   check=True)
-    expand = colm_in_process("expand", "--add-chains", "2", "--heads", "4", "--kv-heads", "2", "--seed", "7",
-                     input=init.stdout, cwd=tmp_path, check=True)
+    init = colm_in_process(
+        "init", "-o", tmp_path / "m", "--heads", "2,2", "--layers", "1", "--head-dim", "8", "--ffn", "16", check=True
+    )
+    expand = colm_in_process(
+        "expand",
+        "--add-chains",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--seed",
+        "7",
+        input=init.stdout,
+        cwd=tmp_path,
+        check=True,
+    )
     out = expand.stdout.strip()
     assert out == str(tmp_path / "m-expand") and "max abs logit difference 0" in " ".join(expand.stderr.split())
     sliced = colm_in_process("slice", "--chains", "2", input=expand.stdout, check=True)
@@ -179,15 +192,25 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path):
     (tmp_path / "junk" / "notes.txt").write_text("hello")
     before = sorted(p.name for p in tmp_path.iterdir())
     out = tmp_path / "out"
-    assert_one_line_error(colm_in_process("slice", tmp_path / "junk", "--chains", "1", "-o", out), 2, "not a colm checkpoint")
+    assert_one_line_error(
+        colm_in_process("slice", tmp_path / "junk", "--chains", "1", "-o", out), 2, "not a colm checkpoint"
+    )
     assert_one_line_error(colm_in_process("slice", src, "--chains", "0", "-o", out), 2, "--chains 0: must be >= 1")
-    assert_one_line_error(colm_in_process("expand", src, "--add-chains", "0", "-o", out), 2, "--add-chains 0: must be >= 1")
-    assert_one_line_error(colm_in_process("expand", src, "--heads", "3", "--kv-heads", "2", "-o", out), 2,
-                          "multiple of its KV heads")
+    assert_one_line_error(
+        colm_in_process("expand", src, "--add-chains", "0", "-o", out), 2, "--add-chains 0: must be >= 1"
+    )
+    assert_one_line_error(
+        colm_in_process("expand", src, "--heads", "3", "--kv-heads", "2", "-o", out), 2, "multiple of its KV heads"
+    )
     assert_one_line_error(colm_in_process("expand", src, "-o", src / "inner"), 2, "inside the input")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
-    assert sorted(p.name for p in src.iterdir()) == ["README.md", "colm_history.json", "config.json",
-                                                     "digests.json", "model.safetensors"]
+    assert sorted(p.name for p in src.iterdir()) == [
+        "README.md",
+        "colm_history.json",
+        "config.json",
+        "digests.json",
+        "model.safetensors",
+    ]
 
 
 def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):

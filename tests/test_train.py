@@ -65,9 +65,28 @@ def eval_losses(path, data, env) -> dict[int, float]:
 def test_loss_falls_on_a_small_real_corpus(tmp_path, env, corpus, base):
     train_dir, held_out = corpus
     before = eval_losses(base, held_out, env)
-    proc = colm_in_process("train", base, "--data", train_dir, "--steps", "30", "--batch-size", "8", "--seq-len", "64",
-                   "--lr", "1e-2", "--warmup-steps", "5", "--eval-every", "15", "-o", tmp_path / "trained",
-                   env=env, check=True)
+    proc = colm_in_process(
+        "train",
+        base,
+        "--data",
+        train_dir,
+        "--steps",
+        "30",
+        "--batch-size",
+        "8",
+        "--seq-len",
+        "64",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "5",
+        "--eval-every",
+        "15",
+        "-o",
+        tmp_path / "trained",
+        env=env,
+        check=True,
+    )
     out = proc.stdout.strip()
     assert proc.stdout.count("\n") == 1 and out == str(tmp_path / "trained")
     after = eval_losses(out, held_out, env)
@@ -101,8 +120,7 @@ def test_bad_kernel_backend_is_refused(tmp_path, env, base, monkeypatch):
 def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     """N steps straight vs N/2, a kill, and --resume auto: the same weights, bit for bit."""
     train_dir, _ = corpus
-    args = ["train", base, "--data", train_dir, "--steps", "8", *FAST, "--save-every", "2",
-            "--keep-checkpoints", "10"]
+    args = ["train", base, "--data", train_dir, "--steps", "8", *FAST, "--save-every", "2", "--keep-checkpoints", "10"]
     straight = tmp_path / "straight"
     colm_in_process(*args, "-o", straight, env=env, check=True)
     steps = sorted(p.name for p in (straight / "steps").iterdir())
@@ -126,14 +144,15 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
     logged = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert logged[:4] == [5, 6, 7, 8]
 
-
     # Resuming with other data, sequence length or batch size is another run: refused, naming the change.
     step4 = straight / "steps" / "step-0000004"
     other_data = tmp_path / "other.txt"
     other_data.write_text("other text " * 2000)
-    changes = [({"--data": other_data}, f"other data (--data {train_dir} then, {other_data} now"),
-               ({"--seq-len": "16", "--batch-size": "2"}, "--batch-size 4 -> 2; --seq-len 32 -> 16"),
-               ({"--steps": "3"}, "at step 4, beyond --steps 3")]
+    changes = [
+        ({"--data": other_data}, f"other data (--data {train_dir} then, {other_data} now"),
+        ({"--seq-len": "16", "--batch-size": "2"}, "--batch-size 4 -> 2; --seq-len 32 -> 16"),
+        ({"--steps": "3"}, "at step 4, beyond --steps 3"),
+    ]
     for changed, message in changes:  # each flag's value replaced in args
         changed_args = [str(changed[prev]) if prev in changed else a for prev, a in zip([""] + args, args)]
         proc = colm_in_process(*changed_args, "-o", tmp_path / "other", "--resume", step4, env=env)
@@ -150,10 +169,14 @@ def test_resume_auto_continues_bitwise(tmp_path, env, corpus, base):
 def test_sigterm_saves_a_complete_checkpoint_and_exits(tmp_path, env, corpus, base):
     train_dir, _ = corpus
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "colm_cli", "train", base, "--data", train_dir, "--steps", "100000", *FAST,
-           "-o", out]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    cmd = [sys.executable, "-m", "colm_cli", "train", base, "--data", train_dir, "--steps", "100000", *FAST, "-o", out]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
     metrics = tmp_path / "run.partial" / "metrics.jsonl"
     deadline = time.time() + 120
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 2) and time.time() < deadline:
@@ -175,8 +198,7 @@ def grown_model(air: bool) -> tuple[CoLM, CoLM]:
     """A 1-chain model and its growth by one chain: chain-1 tensors copied, the new LM-head block zero."""
     shape = dict(vocab_size=258, bos_token_id=256, eos_token_id=257, kv_share=air)
     small = CoLM(tiny_config(heads=[2], kv_heads=[1], ffn=[24], **shape), ByteTokenizer()).init_weights(std=0.1, seed=1)
-    grown = CoLM(tiny_config(heads=[2, 2], kv_heads=[1, 0] if air else [1, 1], ffn=[24, 16], **shape),
-                 ByteTokenizer())
+    grown = CoLM(tiny_config(heads=[2, 2], kv_heads=[1, 0] if air else [1, 1], ffn=[24, 16], **shape), ByteTokenizer())
     grown.init_weights(std=0.1, seed=2)
     with torch.no_grad():
         grown_params = dict(grown.named_parameters())
@@ -192,8 +214,25 @@ def test_freeze_chains_keeps_chain_one_bitwise(tmp_path, env, corpus, air):
     small, grown = grown_model(air)
     save(grown, tmp_path / "grown", history=[])
     out = tmp_path / "tuned"
-    colm_in_process("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
-            "--weight-decay", "0.5", "--freeze-chains", "1", "-o", out, env=env, check=True)
+    colm_in_process(
+        "train",
+        tmp_path / "grown",
+        "--data",
+        train_dir,
+        "--steps",
+        "4",
+        *FAST,
+        "--lr",
+        "1e-2",
+        "--weight-decay",
+        "0.5",
+        "--freeze-chains",
+        "1",
+        "-o",
+        out,
+        env=env,
+        check=True,
+    )
     before, after = weights(tmp_path / "grown"), weights(out)
     for name in before:
         if chain_of(name) == 1:
@@ -213,8 +252,25 @@ def test_block_diagonal_growth_keeps_the_new_chain_apart(tmp_path, env, corpus):
     _, grown = grown_model(air=False)
     save(grown, tmp_path / "grown", history=[])
     out = tmp_path / "apart"
-    colm_in_process("train", tmp_path / "grown", "--data", train_dir, "--steps", "4", *FAST, "--lr", "1e-2",
-            "--weight-decay", "0.5", "--block-diagonal", "1", "-o", out, env=env, check=True)
+    colm_in_process(
+        "train",
+        tmp_path / "grown",
+        "--data",
+        train_dir,
+        "--steps",
+        "4",
+        *FAST,
+        "--lr",
+        "1e-2",
+        "--weight-decay",
+        "0.5",
+        "--block-diagonal",
+        "1",
+        "-o",
+        out,
+        env=env,
+        check=True,
+    )
     before, after = weights(tmp_path / "grown"), weights(out)
     lateral = [n for n in after if chain_of(n) == 2 and after[n].ndim == 2 and not n.startswith(("embed", "lm_head"))]
     assert lateral and all(not after[n][:, : before[n.rsplit(".", 1)[0] + ".0"].shape[1]].any() for n in lateral)
@@ -275,16 +331,16 @@ def test_eval_loss_is_the_cross_entropy_of_each_submodel(monkeypatch, chunk_byte
     # is cut in two chunks of 32 rows; the last window goes alone
     monkeypatch.setattr(losses, "LOSS_CHUNK_BYTES", chunk_bytes)
     calls = []
-    monkeypatch.setattr(losses, "chunk_rows",
-                        lambda n, *a, _f=losses.chunk_rows: calls.append(-(-n // _f(n, *a))) or _f(n, *a))
+    monkeypatch.setattr(
+        losses, "chunk_rows", lambda n, *a, _f=losses.chunk_rows: calls.append(-(-n // _f(n, *a))) or _f(n, *a)
+    )
     model = tiny_model(seed=2)
     ids = torch.randint(0, 97, (3 * 32 + 1,), generator=torch.Generator().manual_seed(0)).tolist()
     report = evaluate_tokens(model, ids, [3, 1], seq_len=32, batch_size=2)
     windows = torch.tensor([ids[i : i + 33] for i in range(0, 96, 32)])
     with torch.no_grad():
         for r in report["results"]:
-            direct = F.cross_entropy(model(windows[:, :-1], chains=r["chains"]).flatten(0, 1),
-                                     windows[:, 1:].flatten())
+            direct = F.cross_entropy(model(windows[:, :-1], chains=r["chains"]).flatten(0, 1), windows[:, 1:].flatten())
             assert r["loss"] == pytest.approx(direct.item(), rel=1e-6)
     assert [r["chains"] for r in report["results"]] == [1, 3] and report["tokens"] == 96
     assert calls == chunks
@@ -306,7 +362,7 @@ def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            MultiScaleLoss(model, scales)(x, x).total
+            MultiScaleLoss(model, scales)(x, x)
         return total
 
     one_logits = x.numel() * vocab * 4
@@ -314,14 +370,17 @@ def test_all_scales_loss_holds_about_one_logits_chunk(monkeypatch):
     assert saved_bytes([1, 2, 3]) < one_logits
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--data", "missing.txt"], "no such file"),
-    (["--data", "empty.txt"], "empty"),
-    (["--seq-len", "65"], "above the model's maximum of 64"),
-    (["--strategy", "zero3"], "--strategy zero3: choose one of ddp, fsdp"),
-    (["--freeze-chains", "2"], "--freeze-chains 2"),
-    (["--block-diagonal", "2"], "--block-diagonal 2"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--data", "missing.txt"], "no such file"),
+        (["--data", "empty.txt"], "empty"),
+        (["--seq-len", "65"], "above the model's maximum of 64"),
+        (["--strategy", "zero3"], "--strategy zero3: choose one of ddp, fsdp"),
+        (["--freeze-chains", "2"], "--freeze-chains 2"),
+        (["--block-diagonal", "2"], "--block-diagonal 2"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, env, base, flags, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "text.txt").write_text("some text " * 500)
@@ -338,14 +397,36 @@ def test_large_vocabulary_tokenizer_json_and_token_cache(tmp_path, env, corpus, 
     train_dir, _ = corpus
     tok = Tokenizer(models.BPE(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel()
-    tok.train([str(f) for f in sorted(train_dir.iterdir())], trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"]))
+    tok.train(
+        [str(f) for f in sorted(train_dir.iterdir())], trainers.BpeTrainer(vocab_size=600, special_tokens=["[UNK]"])
+    )
     tok.save(str(tmp_path / "tokenizer.json"))
-    model = init_model(InitOptions(heads=[2, 2], n_layers=1, head_dim=8, ffn=[16], max_seq_len=64,
-                                   tokenizer=tmp_path / "tokenizer.json", vocab_size=128 * 1024))
+    model = init_model(
+        InitOptions(
+            heads=[2, 2],
+            n_layers=1,
+            head_dim=8,
+            ffn=[16],
+            max_seq_len=64,
+            tokenizer=tmp_path / "tokenizer.json",
+            vocab_size=128 * 1024,
+        )
+    )
     save(model, tmp_path / "big", history=[])
     files_before = sorted(p.name for p in train_dir.iterdir())
-    colm_in_process("train", tmp_path / "big", "--data", train_dir, "--steps", "2", *FAST, "-o", tmp_path / "trained",
-            env=env, check=True)
+    colm_in_process(
+        "train",
+        tmp_path / "big",
+        "--data",
+        train_dir,
+        "--steps",
+        "2",
+        *FAST,
+        "-o",
+        tmp_path / "trained",
+        env=env,
+        check=True,
+    )
     cached = list((tmp_path / "cache" / "tokens").iterdir())
     assert len(cached) == 1 and sorted(p.name for p in train_dir.iterdir()) == files_before
     expected = sum(len(tok.encode(f.read_text(), add_special_tokens=False).ids) for f in sorted(train_dir.iterdir()))
@@ -370,8 +451,18 @@ def test_non_finite_input_weights_are_a_broken_input_not_a_divergence(tmp_path, 
         model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
     save(model, tmp_path / "broken", history=[])
     (tmp_path / "text.txt").write_text("some text " * 500)
-    proc = colm_in_process("train", tmp_path / "broken", "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
-                           "-o", tmp_path / "out", env=env)
+    proc = colm_in_process(
+        "train",
+        tmp_path / "broken",
+        "--data",
+        tmp_path / "text.txt",
+        "--steps",
+        "3",
+        *FAST,
+        "-o",
+        tmp_path / "out",
+        env=env,
+    )
     assert_one_line_error(proc, 2, "tensor 'lm_head.1' holds NaN or infinite values: the input model is broken")
     assert "--lr" not in proc.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
@@ -384,17 +475,40 @@ def test_frozen_chains_stay_bitwise_with_block_diagonal_and_outputs_follow_the_u
     save(model, tmp_path / "three", history=[])
     (tmp_path / "text.txt").write_text("some text and more text " * 300)
     train = ["train", "--data", tmp_path / "text.txt", "--steps", "2", *FAST, "--lr", "1e-2", "--weight-decay", "0.5"]
-    proc = colm_in_process(*train, tmp_path / "three", "--freeze-chains", "2", "--block-diagonal", "1",
-                           "-o", tmp_path / "refused", env=env)
+    proc = colm_in_process(
+        *train, tmp_path / "three", "--freeze-chains", "2", "--block-diagonal", "1", "-o", tmp_path / "refused", env=env
+    )
     assert_one_line_error(proc, 2, "--freeze-chains keeps chain 2 unchanged")
     assert not (tmp_path / "refused").exists() and not (tmp_path / "refused.partial").exists()
 
-    colm_in_process(*train, tmp_path / "three", "--freeze-chains", "1", "--block-diagonal", "1",
-                    "-o", tmp_path / "apart", env=env, check=True)
+    colm_in_process(
+        *train,
+        tmp_path / "three",
+        "--freeze-chains",
+        "1",
+        "--block-diagonal",
+        "1",
+        "-o",
+        tmp_path / "apart",
+        env=env,
+        check=True,
+    )
     umask = os.umask(0o002)
     try:  # chain 2 reads nothing of chain 1 now, so freezing it with --block-diagonal 1 changes nothing
-        colm_in_process(*train, tmp_path / "apart", "--freeze-chains", "2", "--block-diagonal", "1",
-                        "--save-every", "1", "-o", tmp_path / "again", env=env, check=True)
+        colm_in_process(
+            *train,
+            tmp_path / "apart",
+            "--freeze-chains",
+            "2",
+            "--block-diagonal",
+            "1",
+            "--save-every",
+            "1",
+            "-o",
+            tmp_path / "again",
+            env=env,
+            check=True,
+        )
     finally:
         os.umask(umask)
     original, apart, again = weights(tmp_path / "three"), weights(tmp_path / "apart"), weights(tmp_path / "again")
@@ -429,12 +543,17 @@ def count_device_reads(monkeypatch) -> list[int]:
 
     reads: list[int] = []
     inside = [False]
-    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
-        def counting(t, *args, _real=getattr(torch.Tensor, name)):
+
+    def counting(real):
+        def read(t, *args):
             if inside[0]:
                 reads[-1] += 1
-            return _real(t, *args)
-        monkeypatch.setattr(torch.Tensor, name, counting)
+            return real(t, *args)
+
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
     step = Trainer.train_step
 
     def counted(self):
@@ -477,13 +596,19 @@ def test_a_non_finite_loss_skips_the_update_with_either_optimizer(monkeypatch, t
                 self.model.lm_head[1][5, 3] = float("inf")  # the 2-chain logits of token 5 become inf - inf = nan
         before = {name: p.detach().clone() for name, p in self.model.named_parameters()}
         result = step(self)
-        seen.update(failure=result[1], unchanged=all(torch.equal(before[name].nan_to_num(), p.detach().nan_to_num())
-                                                     for name, p in self.model.named_parameters()))
+        seen.update(
+            failure=result[1],
+            unchanged=all(
+                torch.equal(before[name].nan_to_num(), p.detach().nan_to_num())
+                for name, p in self.model.named_parameters()
+            ),
+        )
         return result
 
     monkeypatch.setattr(Trainer, "train_step", watched)
-    proc = colm_in_process("train", base, "--data", tmp_path / "text.txt", "--steps", "3", *FAST,
-                           "-o", tmp_path / "out", env=env)
+    proc = colm_in_process(
+        "train", base, "--data", tmp_path / "text.txt", "--steps", "3", *FAST, "-o", tmp_path / "out", env=env
+    )
     assert_one_line_error(proc, 1, "non-finite loss at step 1")
     assert seen == {"failure": "loss", "unchanged": True}
     assert not (tmp_path / "out").exists()

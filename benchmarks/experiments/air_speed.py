@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.common import interleaved, report
 from benchmarks.experiments.common import figure, parse, parser, save_figure
-from benchmarks.generate import NO_EOS, colm_model, prefill
+from benchmarks.generate import colm_model, prefill
 from colm_core.checkpoint import parse_dtype
 from colm_core.generation import Sampling, stream_batch
 
@@ -57,46 +57,85 @@ def main() -> None:
     points = []
     for length in lengths:
         prompt = torch.randint(0, 256, (length,)).tolist()
-        runs = interleaved({
-            "air prefill chain 1": lambda: prefill(air, prompt, n, 1),
-            f"air prefill {n} chains": lambda: prefill(air, prompt, n, n),
-            "air switch": lambda: step_seconds(air, prompt, schedule, args.new_tokens),
-            "colm switch": lambda: step_seconds(colm, prompt, schedule, args.new_tokens),
-        }, args.repeats)
+        runs = interleaved(
+            {
+                "air prefill chain 1": lambda: prefill(air, prompt, n, 1),
+                f"air prefill {n} chains": lambda: prefill(air, prompt, n, n),
+                "air switch": lambda: step_seconds(air, prompt, schedule, args.new_tokens),
+                "colm switch": lambda: step_seconds(colm, prompt, schedule, args.new_tokens),
+            },
+            args.repeats,
+        )
         point = {"prompt_tokens": length}
         for name in ("air prefill chain 1", f"air prefill {n} chains"):
             point[name] = statistics.median(seconds for seconds, _ in runs[name])
         point["same_first_token"] = runs["air prefill chain 1"][-1][1] == runs[f"air prefill {n} chains"][-1][1]
         for name in ("air switch", "colm switch"):
             point[f"{name} step"] = statistics.median(steps[switch_at] for steps, _ in runs[name])
-            point[f"{name} steady"] = statistics.median(statistics.median(steps[switch_at + 1:]) for steps, _ in runs[name])
+            point[f"{name} steady"] = statistics.median(
+                statistics.median(steps[switch_at + 1 :]) for steps, _ in runs[name]
+            )
             point[f"{name} recomputed"] = any(s["recomputed"] for s in runs[name][-1][1])
         points.append(point)
 
-    rows = [[pt["prompt_tokens"], pt["air prefill chain 1"], pt[f"air prefill {n} chains"],
-             pt[f"air prefill {n} chains"] / pt["air prefill chain 1"], pt["same_first_token"],
-             pt["air switch step"] * 1e3, pt["air switch steady"] * 1e3, pt["colm switch step"] * 1e3,
-             pt["colm switch steady"] * 1e3] for pt in points]
+    rows = [
+        [
+            pt["prompt_tokens"],
+            pt["air prefill chain 1"],
+            pt[f"air prefill {n} chains"],
+            pt[f"air prefill {n} chains"] / pt["air prefill chain 1"],
+            pt["same_first_token"],
+            pt["air switch step"] * 1e3,
+            pt["air switch steady"] * 1e3,
+            pt["colm switch step"] * 1e3,
+            pt["colm switch steady"] * 1e3,
+        ]
+        for pt in points
+    ]
     plot(points, n, args)
-    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
-        f"CPU, {torch.get_num_threads()} thread(s)"
-    report(f"CoLM-Air prefill and chain switching ({where}, {args.dtype}, median of {args.repeats})",
-           ["prompt tokens", "TTFT chain 1 s", f"TTFT {n} chains s", "speed-up", "same token",
-            "air switch step ms", "air steady ms", "colm switch step ms", "colm steady ms"], rows,
-           {"args": {k: str(v) for k, v in vars(args).items()}, "device": where, "points": points}, args.out)
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"CPU, {torch.get_num_threads()} thread(s)"
+    )
+    report(
+        f"CoLM-Air prefill and chain switching ({where}, {args.dtype}, median of {args.repeats})",
+        [
+            "prompt tokens",
+            "TTFT chain 1 s",
+            f"TTFT {n} chains s",
+            "speed-up",
+            "same token",
+            "air switch step ms",
+            "air steady ms",
+            "colm switch step ms",
+            "colm steady ms",
+        ],
+        rows,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "device": where, "points": points},
+        args.out,
+    )
 
 
 def plot(points: list[dict], n: int, args) -> None:
     fig, (prefill_ax, switch_ax) = figure(2, "Q5: CoLM-Air prefill with chain 1, and switching 1 -> all chains")
     xs = [pt["prompt_tokens"] for pt in points]
     prefill_ax.plot(xs, [pt["air prefill chain 1"] for pt in points], marker="o", label="Air, prefill with chain 1")
-    prefill_ax.plot(xs, [pt[f"air prefill {n} chains"] for pt in points], marker="o", label=f"Air, prefill with {n} chains")
+    prefill_ax.plot(
+        xs, [pt[f"air prefill {n} chains"] for pt in points], marker="o", label=f"Air, prefill with {n} chains"
+    )
     prefill_ax.set_ylabel("time to first token, s")
     switch_ax.plot(xs, [pt["air switch step"] * 1e3 for pt in points], marker="o", label="Air: switch step")
-    switch_ax.plot(xs, [pt["colm switch step"] * 1e3 for pt in points], marker="o",
-                   label="CoLM (own KV per chain): switch step")
-    switch_ax.plot(xs, [pt["air switch steady"] * 1e3 for pt in points], marker="o", linestyle="--",
-                   label=f"Air: a steady {n}-chain step")
+    switch_ax.plot(
+        xs, [pt["colm switch step"] * 1e3 for pt in points], marker="o", label="CoLM (own KV per chain): switch step"
+    )
+    switch_ax.plot(
+        xs,
+        [pt["air switch steady"] * 1e3 for pt in points],
+        marker="o",
+        linestyle="--",
+        label=f"Air: a steady {n}-chain step",
+    )
     switch_ax.set_ylabel("decode step, ms")
     switch_ax.set_yscale("log")
     for ax in (prefill_ax, switch_ax):

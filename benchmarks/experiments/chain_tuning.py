@@ -38,8 +38,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from benchmarks.common import RESULTS, set_threads
-from benchmarks.common import BOOKS
+from benchmarks.common import BOOKS, RESULTS, set_threads
 from benchmarks.experiments.common import AUSTEN
 from colm_core.cache import cache_root
 from colm_core.optimizer_state import load_optimizer_state, save_optimizer_state
@@ -66,15 +65,39 @@ class Setting:
 
 
 SETTINGS = {
-    "default": Setting(target="bierce-devils-dictionary.txt", other="persuasion.txt", steps=300, batch_size=16,
-                       seq_len=256, lr={"chain": 3e-3, "full": 1e-3, "lora": 3e-3}, eval_tokens=65536,
-                       new_chain={"heads": 1, "kv_heads": 1, "ffn": 96}, base_steps=1200),
-    "quick": Setting(target="bierce-devils-dictionary.txt", other="persuasion.txt", steps=4, batch_size=4,
-                     seq_len=64, lr={"chain": 3e-3, "full": 1e-3, "lora": 3e-3}, eval_tokens=1024,
-                     new_chain={"heads": 1, "kv_heads": 1, "ffn": 32}, base_steps=4, base_heads=2),
-    "pretrained": Setting(target="emma.txt", other="bierce-devils-dictionary.txt", steps=40, batch_size=8,
-                          seq_len=128, lr={"chain": 1e-3, "full": 5e-5, "lora": 5e-4}, eval_tokens=8192,
-                          new_chain={"heads": 1, "kv_heads": 1, "ffn": 256}),
+    "default": Setting(
+        target="bierce-devils-dictionary.txt",
+        other="persuasion.txt",
+        steps=300,
+        batch_size=16,
+        seq_len=256,
+        lr={"chain": 3e-3, "full": 1e-3, "lora": 3e-3},
+        eval_tokens=65536,
+        new_chain={"heads": 1, "kv_heads": 1, "ffn": 96},
+        base_steps=1200,
+    ),
+    "quick": Setting(
+        target="bierce-devils-dictionary.txt",
+        other="persuasion.txt",
+        steps=4,
+        batch_size=4,
+        seq_len=64,
+        lr={"chain": 3e-3, "full": 1e-3, "lora": 3e-3},
+        eval_tokens=1024,
+        new_chain={"heads": 1, "kv_heads": 1, "ffn": 32},
+        base_steps=4,
+        base_heads=2,
+    ),
+    "pretrained": Setting(
+        target="emma.txt",
+        other="bierce-devils-dictionary.txt",
+        steps=40,
+        batch_size=8,
+        seq_len=128,
+        lr={"chain": 1e-3, "full": 5e-5, "lora": 5e-4},
+        eval_tokens=8192,
+        new_chain={"heads": 1, "kv_heads": 1, "ffn": 256},
+    ),
 }
 
 
@@ -107,10 +130,21 @@ class Experiment:
 
     def options(self, arm: str, **overrides) -> TrainOptions:
         s = self.s
-        return TrainOptions(data=[str(self.split_target()[0])], steps=s.steps, batch_size=s.batch_size, seed=s.seed,
-                            seq_len=s.seq_len, lr=s.lr[arm], warmup_steps=max(1, s.steps // 10), eval_every=0,
-                            eval_windows=4, save_every=max(1, s.steps // 5), device=self.device,
-                            dtype="float32", **overrides)  # as LoRA trains, also on a GPU
+        return TrainOptions(
+            data=[str(self.split_target()[0])],
+            steps=s.steps,
+            batch_size=s.batch_size,
+            seed=s.seed,
+            seq_len=s.seq_len,
+            lr=s.lr[arm],
+            warmup_steps=max(1, s.steps // 10),
+            eval_every=0,
+            eval_windows=4,
+            save_every=max(1, s.steps // 5),
+            device=self.device,
+            dtype="float32",
+            **overrides,
+        )  # as LoRA trains, also on a GPU
 
     # --- stages ------------------------------------------------------------------------------
 
@@ -127,8 +161,9 @@ class Experiment:
         source = resolve_input(self.base_source)
         start = time.perf_counter()
         report = (import_gguf if is_gguf_file(source) else import_hf)(source, out)
-        self.remember("import", lambda: {"source": str(source), "verification": report,
-                                         "seconds": time.perf_counter() - start})
+        self.remember(
+            "import", lambda: {"source": str(source), "verification": report, "seconds": time.perf_counter() - start}
+        )
         return out
 
     def train_small_base(self, out: Path) -> Path:
@@ -141,9 +176,15 @@ class Experiment:
         fresh = self.work / "base-init"
         if not fresh.is_dir():
             save(init_model(init), fresh, history=[history_entry("init", init.as_record())])
-        opts = replace(self.options("chain"), data=[str(Path(self.s.data) / f) for f in AUSTEN],
-                       steps=self.s.base_steps, seed=0,
-                       lr=2e-3, warmup_steps=max(1, self.s.base_steps // 20), save_every=max(1, self.s.base_steps // 5))
+        opts = replace(
+            self.options("chain"),
+            data=[str(Path(self.s.data) / f) for f in AUSTEN],
+            steps=self.s.base_steps,
+            seed=0,
+            lr=2e-3,
+            warmup_steps=max(1, self.s.base_steps // 20),
+            save_every=max(1, self.s.base_steps // 5),
+        )
         train(fresh, out, opts, resume="auto")
         return out
 
@@ -153,11 +194,18 @@ class Experiment:
         out = self.work / arm
         if not out.is_dir():
             summary = {}
-            train(start, out, self.options(arm, **overrides), resume="auto",
-                  on_event=lambda kind, record: summary.update(record) if kind == "end" else None)
+            train(
+                start,
+                out,
+                self.options(arm, **overrides),
+                resume="auto",
+                on_event=lambda kind, record: summary.update(record) if kind == "end" else None,
+            )
             self.state.pop(f"train-{arm}", None)
-            self.remember(f"train-{arm}", lambda: {"seconds": summary["seconds"], "steps": summary["steps"],
-                                                   "tokens": summary["tokens"]})
+            self.remember(
+                f"train-{arm}",
+                lambda: {"seconds": summary["seconds"], "steps": summary["steps"], "tokens": summary["tokens"]},
+            )
         return out
 
     def grown(self) -> Path:
@@ -197,8 +245,9 @@ class Experiment:
         model = LlamaForCausalLM.from_pretrained(base_hf, dtype=torch.float32).to(self.device)
         rank = self.lora_rank(model)
         torch.manual_seed(self.s.seed)  # LoRA's A matrices are drawn from torch's global generator
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                                                 target_modules=LORA_TARGETS))
+        model = get_peft_model(
+            model, LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=LORA_TARGETS)
+        )
         tokens = token_cache([Path(opts.data[0])], open_checkpoint(self.base()).tokenizer())
         train_tokens, _ = split_tokens(tokens, opts.seq_len, opts.val_fraction)  # as colm train splits
         params = [p for p in model.parameters() if p.requires_grad]
@@ -208,7 +257,7 @@ class Experiment:
         if resume.is_file():
             groups = optimizer.state_dict()["param_groups"]
             state, lora = load_optimizer_state(resume, groups)
-            model.load_state_dict({k[len("model::"):]: v for k, v in lora.items()}, strict=False)
+            model.load_state_dict({k[len("model::") :]: v for k, v in lora.items()}, strict=False)
             optimizer.load_state_dict(state)
             with safe_open(resume, framework="pt") as saved:
                 step, seconds = int(saved.metadata()["step"]), float(saved.metadata()["seconds"])
@@ -227,13 +276,24 @@ class Experiment:
             step += 1
             if step % opts.save_every == 0 or step == opts.steps:
                 lora = {f"model::{k}": v for k, v in model.state_dict().items() if "lora_" in k}
-                save_optimizer_state(resume.with_suffix(".tmp"), optimizer.state_dict(), extra=lora,
-                                     metadata={"step": str(step), "seconds": str(time.perf_counter() - start)})
+                save_optimizer_state(
+                    resume.with_suffix(".tmp"),
+                    optimizer.state_dict(),
+                    extra=lora,
+                    metadata={"step": str(step), "seconds": str(time.perf_counter() - start)},
+                )
                 resume.with_suffix(".tmp").replace(resume)
         self.state.pop("train-lora", None)
-        self.remember("train-lora", lambda: {"seconds": time.perf_counter() - start, "steps": step, "rank": rank,
-                                             "parameters": sum(p.numel() for p in params),
-                                             "tokens": step * opts.batch_size * opts.seq_len})
+        self.remember(
+            "train-lora",
+            lambda: {
+                "seconds": time.perf_counter() - start,
+                "steps": step,
+                "rank": rank,
+                "parameters": sum(p.numel() for p in params),
+                "tokens": step * opts.batch_size * opts.seq_len,
+            },
+        )
         tmp = merged.with_name(merged.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.merge_and_unload().save_pretrained(tmp)
@@ -244,8 +304,11 @@ class Experiment:
 
     def lora_rank(self, model) -> int:
         """The rank whose trainable parameters come closest to the new chain's."""
-        per_rank = sum(m.in_features + m.out_features for name, m in model.named_modules()
-                       if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS)
+        per_rank = sum(
+            m.in_features + m.out_features
+            for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in LORA_TARGETS
+        )
         return max(1, round(self.chain_parameters() / per_rank))
 
     def chain_parameters(self) -> int:
@@ -258,13 +321,16 @@ class Experiment:
 
     def evaluate(self, name: str, path: Path, chains: list[int]) -> dict:
         """bits/byte of each chain count on the held-out target text and on the other text."""
+
         def compute():
             import colm_core
             from colm_core.evaluate import evaluate
 
             model = colm_core.load(path, device=self.device, dtype=torch.float32)
-            texts = {"target": self.split_target()[1].read_text(),
-                     "other": (Path(self.s.data) / self.s.other).read_text()}
+            texts = {
+                "target": self.split_target()[1].read_text(),
+                "other": (Path(self.s.data) / self.s.other).read_text(),
+            }
             out = {}
             for text_name, text in texts.items():
                 report = evaluate(model, [text], chains, seq_len=self.s.seq_len, max_tokens=self.s.eval_tokens)
@@ -275,6 +341,7 @@ class Experiment:
 
     def slice_equals_base(self, grown: Path) -> dict:
         """The trained grown model's chain-1 tensors are the base's, bit for bit."""
+
         def compute():
             from colm_core.checkpoint import open_checkpoint
 
@@ -287,6 +354,7 @@ class Experiment:
 
     def exports(self, grown: Path) -> dict:
         """The grown model as `--format hf`, and its frozen chain as a plain Llama (`--format hf-llama`)."""
+
         def compute():
             from colm_core.export import export
             from colm_core.surgery import slice_
@@ -310,12 +378,20 @@ class Experiment:
         results["chain"] = self.evaluate("chain", grown, [1, 2])
         results["full"] = self.evaluate("full", self.train_arm("full", base), [1])
         results["lora"] = self.evaluate("lora", self.lora(), [1])
-        return {"setting": self.s.__dict__, "base_source": self.base_source, "results": results,
-                "trainable_parameters": {"chain": self.chain_parameters(), "full": sum(parameters(base)),
-                                         "lora": self.state["train-lora"]["parameters"]},
-                "training": {arm: self.state.get(f"train-{arm}") for arm in ("chain", "full", "lora")},
-                "import": self.state.get("import"), "slice_check": self.slice_equals_base(grown),
-                "exports": self.exports(grown)}
+        return {
+            "setting": self.s.__dict__,
+            "base_source": self.base_source,
+            "results": results,
+            "trainable_parameters": {
+                "chain": self.chain_parameters(),
+                "full": sum(parameters(base)),
+                "lora": self.state["train-lora"]["parameters"],
+            },
+            "training": {arm: self.state.get(f"train-{arm}") for arm in ("chain", "full", "lora")},
+            "import": self.state.get("import"),
+            "slice_check": self.slice_equals_base(grown),
+            "exports": self.exports(grown),
+        }
 
 
 def parameters(path: Path) -> list[int]:
@@ -327,16 +403,24 @@ def parameters(path: Path) -> list[int]:
 
 def rows_of(payload: dict) -> list[list]:
     r, t, n = payload["results"], payload["training"], payload["trainable_parameters"]
+
     def row(label, res, k, arm):
         train = t.get(arm) if arm else None
-        return [label, res["target"][k], res["other"][k], n.get(arm, 0) if arm else 0,
-                round(train["seconds"]) if train else "-"]
+        return [
+            label,
+            res["target"][k],
+            res["other"][k],
+            n.get(arm, 0) if arm else 0,
+            round(train["seconds"]) if train else "-",
+        ]
 
-    return [row("base (no tuning)", r["base"], "1", None),
-            row("chain tuning: grown model (2 chains)", r["chain"], "2", "chain"),
-            row("chain tuning: 1-chain slice", r["chain"], "1", None),
-            row("full fine-tuning", r["full"], "1", "full"),
-            row(f"LoRA (rank {t['lora']['rank']})", r["lora"], "1", "lora")]
+    return [
+        row("base (no tuning)", r["base"], "1", None),
+        row("chain tuning: grown model (2 chains)", r["chain"], "2", "chain"),
+        row("chain tuning: 1-chain slice", r["chain"], "1", None),
+        row("full fine-tuning", r["full"], "1", "full"),
+        row(f"LoRA (rank {t['lora']['rank']})", r["lora"], "1", "lora"),
+    ]
 
 
 def plot(payload: dict, rows: list[list], path: Path) -> None:
@@ -348,8 +432,10 @@ def plot(payload: dict, rows: list[list], path: Path) -> None:
     s = payload["setting"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     labels = [r[0].replace(": ", ":\n") for r in rows]
-    for ax, column, title in ((axes[0], 1, f"target: held-out {s['target']}"),
-                              (axes[1], 2, f"forgetting: {s['other']}")):
+    for ax, column, title in (
+        (axes[0], 1, f"target: held-out {s['target']}"),
+        (axes[1], 2, f"forgetting: {s['other']}"),
+    ):
         values = [r[column] for r in rows]
         bars = ax.bar(range(len(rows)), values, color=["grey", "tab:blue", "lightsteelblue", "tab:orange", "tab:green"])
         ax.bar_label(bars, fmt="%.3f", fontsize=8)
@@ -358,16 +444,21 @@ def plot(payload: dict, rows: list[list], path: Path) -> None:
         ax.set_ylabel("bits/byte (lower is better)")
         ax.set_title(title, fontsize=10)
     base = payload["base_source"] or "small colm model trained on Austen"
-    fig.suptitle(f"Chain tuning vs full fine-tuning vs LoRA: {Path(base).name}, {s['steps']} steps x "
-                 f"{s['batch_size']} x {s['seq_len']} tokens", fontsize=10)
+    fig.suptitle(
+        f"Chain tuning vs full fine-tuning vs LoRA: {Path(base).name}, {s['steps']} steps x "
+        f"{s['batch_size']} x {s['seq_len']} tokens",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", help="A pretrained Llama (GGUF file or Hugging Face directory); default: train a "
-                                  "small colm model on Austen")
+    p.add_argument(
+        "--base",
+        help="A pretrained Llama (GGUF file or Hugging Face directory); default: train a small colm model on Austen",
+    )
     p.add_argument("--quick", action="store_true", help="A tiny run of a minute or less (the test suite's)")
     p.add_argument("--steps", type=int, help="Optimizer steps of each arm")
     p.add_argument("--batch-size", type=int)
@@ -380,7 +471,9 @@ def main() -> None:
     p.add_argument("--lr-full", type=float)
     p.add_argument("--lr-lora", type=float)
     p.add_argument("--seed", type=int, default=0, help="Seed of the adaptation: batches and new weights (default: 0)")
-    p.add_argument("--data", type=Path, default=BOOKS, help="Directory of the books (default: data/books/ or $COLM_BOOKS)")
+    p.add_argument(
+        "--data", type=Path, default=BOOKS, help="Directory of the books (default: data/books/ or $COLM_BOOKS)"
+    )
     p.add_argument("--work", type=Path, help="Where checkpoints go (default: colm's cache)")
     p.add_argument("--results", type=Path, default=RESULTS, help="Directory of the JSON and PNG")
     p.add_argument("--threads", type=int, default=2)
@@ -388,15 +481,24 @@ def main() -> None:
     args = p.parse_args()
     set_threads(args.threads)
     setting = SETTINGS["quick" if args.quick else "pretrained" if args.base else "default"]
-    overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "eval_tokens")
-                 if getattr(args, k) is not None}
-    new_chain = {**setting.new_chain, **{k: getattr(args, k) for k in ("heads", "kv_heads", "ffn")
-                                         if getattr(args, k) is not None}}
-    lr = {**setting.lr, **{arm: getattr(args, f"lr_{arm}") for arm in setting.lr
-                           if getattr(args, f"lr_{arm}") is not None}}
+    overrides = {
+        k: getattr(args, k) for k in ("steps", "batch_size", "seq_len", "eval_tokens") if getattr(args, k) is not None
+    }
+    new_chain = {
+        **setting.new_chain,
+        **{k: getattr(args, k) for k in ("heads", "kv_heads", "ffn") if getattr(args, k) is not None},
+    }
+    lr = {
+        **setting.lr,
+        **{arm: getattr(args, f"lr_{arm}") for arm in setting.lr if getattr(args, f"lr_{arm}") is not None},
+    }
     setting = replace(setting, new_chain=new_chain, lr=lr, data=str(args.data.resolve()), seed=args.seed, **overrides)
-    name = "chain_tuning" + (f"-{Path(args.base).stem.split('.')[0]}" if args.base else "") + \
-        ("-quick" if args.quick else "") + (f"-seed{args.seed}" if args.seed else "")
+    name = (
+        "chain_tuning"
+        + (f"-{Path(args.base).stem.split('.')[0]}" if args.base else "")
+        + ("-quick" if args.quick else "")
+        + (f"-seed{args.seed}" if args.seed else "")
+    )
     work = args.work or cache_root() / "experiments" / name
 
     start = time.perf_counter()
@@ -407,14 +509,20 @@ def main() -> None:
     plot(payload, rows, args.results / f"{name}.png")
     from benchmarks.common import report
 
-    report(f"{name}: bits/byte after {setting.steps} steps of {setting.batch_size} x {setting.seq_len} tokens "
-           f"(this invocation: {time.perf_counter() - start:.0f} s)",
-           ["model", "target bits/byte", "other bits/byte", "trainable parameters", "train seconds"], rows,
-           payload, args.results / f"{name}.json",
-           notes=[f"1-chain slice of the grown model equals the base: "
-                  f"{payload['slice_check']['chain1_tensors_equal_base']} "
-                  f"(bits/byte {payload['results']['chain']['target']['1']:.6f} vs "
-                  f"{payload['results']['base']['target']['1']:.6f})"])
+    report(
+        f"{name}: bits/byte after {setting.steps} steps of {setting.batch_size} x {setting.seq_len} tokens "
+        f"(this invocation: {time.perf_counter() - start:.0f} s)",
+        ["model", "target bits/byte", "other bits/byte", "trainable parameters", "train seconds"],
+        rows,
+        payload,
+        args.results / f"{name}.json",
+        notes=[
+            f"1-chain slice of the grown model equals the base: "
+            f"{payload['slice_check']['chain1_tensors_equal_base']} "
+            f"(bits/byte {payload['results']['chain']['target']['1']:.6f} vs "
+            f"{payload['results']['base']['target']['1']:.6f})"
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -49,12 +49,22 @@ def parser(doc: str, name: str, trains: bool = True) -> argparse.ArgumentParser:
 
 
 def add_training_flags(p: argparse.ArgumentParser, name: str) -> None:
-    p.add_argument("--train", nargs="+", type=Path, default=[BOOKS / f for f in AUSTEN],
-                   help="training text files (default: five Austen novels in data/books/ or $COLM_BOOKS)")
-    p.add_argument("--val", type=Path, default=BOOKS / HELD_OUT,
-                   help="held-out text file for bits/byte (default: %(default)s)")
-    p.add_argument("--workdir", type=Path, default=REPO / "runs" / "experiments" / name,
-                   help="checkpoints and per-arm results; rerun with the same one to continue (default: %(default)s)")
+    p.add_argument(
+        "--train",
+        nargs="+",
+        type=Path,
+        default=[BOOKS / f for f in AUSTEN],
+        help="training text files (default: five Austen novels in data/books/ or $COLM_BOOKS)",
+    )
+    p.add_argument(
+        "--val", type=Path, default=BOOKS / HELD_OUT, help="held-out text file for bits/byte (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=REPO / "runs" / "experiments" / name,
+        help="checkpoints and per-arm results; rerun with the same one to continue (default: %(default)s)",
+    )
     # The sizes every experiment's byte-level models share; each script adds its own widths and steps.
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=16)
@@ -62,10 +72,16 @@ def add_training_flags(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-tokens", type=int, default=32768, help="held-out tokens (bytes) per evaluation")
-    p.add_argument("--seeds", type=seed_list, default=[0],
-                   help="comma-separated seeds (model init and batches), each a run of every arm; arms are kept per "
-                        "seed, so runs of other seeds can share a --workdir, also at the same time (default: 0)")
-    p.add_argument("--device", default="cpu", help="where models train and are evaluated: cpu, cuda (default: %(default)s)")
+    p.add_argument(
+        "--seeds",
+        type=seed_list,
+        default=[0],
+        help="comma-separated seeds (model init and batches), each a run of every arm; arms are kept per "
+        "seed, so runs of other seeds can share a --workdir, also at the same time (default: 0)",
+    )
+    p.add_argument(
+        "--device", default="cpu", help="where models train and are evaluated: cpu, cuda (default: %(default)s)"
+    )
 
 
 def seed_list(text: str) -> list[int]:
@@ -95,8 +111,10 @@ def parse(p: argparse.ArgumentParser, quick: dict) -> argparse.Namespace:
     if hasattr(args, "workdir"):
         for f in [*args.train, args.val]:
             if not f.is_file():
-                p.error(f"{f}: no such file; put the novels in data/books/ (or name their directory in COLM_BOOKS), "
-                        "or give --train FILES and --val FILE (plain text)")
+                p.error(
+                    f"{f}: no such file; put the novels in data/books/ (or name their directory in COLM_BOOKS), "
+                    "or give --train FILES and --val FILE (plain text)"
+                )
         check_workdir(p, args)
     set_threads(args.threads)
     return args
@@ -116,8 +134,10 @@ def check_workdir(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         before = json.loads(path.read_text())
         changed = [f"--{k.replace('_', '-')} {before.get(k)} -> {v}" for k, v in settings.items() if before.get(k) != v]
         if changed:
-            p.error(f"--workdir {args.workdir} holds a run with other settings ({'; '.join(changed)}); "
-                    "give another --workdir, or delete it to start over")
+            p.error(
+                f"--workdir {args.workdir} holds a run with other settings ({'; '.join(changed)}); "
+                "give another --workdir, or delete it to start over"
+            )
     else:
         args.workdir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=2) + "\n")
@@ -166,11 +186,21 @@ def train_options(args: argparse.Namespace, **overrides) -> TrainOptions:
     """The experiments' training options: --device, no validation inside the run (the held-out book is used
     instead), a step checkpoint at every curve point, all of them kept."""
     save_every = max(1, overrides.get("steps", args.steps) // args.curve_points)
-    base = dict(data=[str(f) for f in args.train], steps=args.steps, batch_size=args.batch_size,
-                seq_len=args.seq_len, lr=args.lr, warmup_steps=max(1, args.steps // 10), device=args.device,
-                dtype="float32",  # as on CPU, also on a GPU (colm's default there is bfloat16 autocast)
-                eval_every=0, eval_windows=1, save_every=save_every, keep_checkpoints=args.curve_points + 2,
-                log_every=max(1, args.steps // 10))
+    base = dict(
+        data=[str(f) for f in args.train],
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        warmup_steps=max(1, args.steps // 10),
+        device=args.device,
+        dtype="float32",  # as on CPU, also on a GPU (colm's default there is bfloat16 autocast)
+        eval_every=0,
+        eval_windows=1,
+        save_every=save_every,
+        keep_checkpoints=args.curve_points + 2,
+        log_every=max(1, args.steps // 10),
+    )
     return TrainOptions(**(base | overrides))
 
 
@@ -181,8 +211,9 @@ def held_out_ids(args: argparse.Namespace, tokenizer) -> list[int]:
     return token_stream(tokenizer, [args.val.read_text(encoding="utf-8", errors="replace")])[: args.eval_tokens + 1]
 
 
-def bits_per_byte(checkpoint: Path, ids: list[int], seq_len: int, chains: list[int] | None = None,
-                  device: str = "cpu") -> dict[int, float]:
+def bits_per_byte(
+    checkpoint: Path, ids: list[int], seq_len: int, chains: list[int] | None = None, device: str = "cpu"
+) -> dict[int, float]:
     """Held-out bits/byte of each chain count (default: all of them) of a checkpoint, in windows of the
     training sequence length (positions a model never trained on would measure length generalisation)."""
     model = load(checkpoint, device=device)
@@ -191,12 +222,15 @@ def bits_per_byte(checkpoint: Path, ids: list[int], seq_len: int, chains: list[i
     return {r["chains"]: r["bits_per_byte"] for r in result["results"]}
 
 
-def curve(run_dir: Path, ids: list[int], seq_len: int, chains: list[int] | None = None,
-          device: str = "cpu") -> list[dict]:
+def curve(
+    run_dir: Path, ids: list[int], seq_len: int, chains: list[int] | None = None, device: str = "cpu"
+) -> list[dict]:
     """Held-out bits/byte at every step checkpoint of a finished run and at its end, with the tokens and
     seconds of training up to each (seconds include the run's own checkpoint saves)."""
-    states = [(step_dir / "model", json.loads((step_dir / "trainer_state.json").read_text()))
-              for step_dir in complete_steps(run_dir)]
+    states = [
+        (step_dir / "model", json.loads((step_dir / "trainer_state.json").read_text()))
+        for step_dir in complete_steps(run_dir)
+    ]
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in logged if "seconds" in r][-1]  # the last step is always logged
     if not states or states[-1][1]["step"] < final["step"]:  # --save-every does not divide --steps
@@ -204,16 +238,25 @@ def curve(run_dir: Path, ids: list[int], seq_len: int, chains: list[int] | None 
     points = []
     for checkpoint, state in states:
         bpb = bits_per_byte(checkpoint, ids, seq_len, chains, device)
-        points.append({"step": state["step"], "tokens": state["tokens"], "seconds": state["seconds"],
-                       "bits_per_byte": {str(k): v for k, v in bpb.items()}})
+        points.append(
+            {
+                "step": state["step"],
+                "tokens": state["tokens"],
+                "seconds": state["seconds"],
+                "bits_per_byte": {str(k): v for k, v in bpb.items()},
+            }
+        )
     return points
 
 
 def non_embedding_parameters(cfg, chains: int | None = None) -> int:
     """Parameters of the first `chains` chains (default: all) outside the embedding and LM head."""
     k = chains or cfg.n_chains
-    return sum(torch.Size(shape).numel() for name, shape in expected_shapes(cfg).items()
-               if chain_of(name) <= k and not name.startswith(("embed.", "lm_head.")))
+    return sum(
+        torch.Size(shape).numel()
+        for name, shape in expected_shapes(cfg).items()
+        if chain_of(name) <= k and not name.startswith(("embed.", "lm_head."))
+    )
 
 
 def train_step_flops(checkpoint: Path, opts: TrainOptions) -> int:
@@ -263,7 +306,7 @@ def plot_seeds(axes: list, name: str, per_seed: list[list[tuple[list, list]]]) -
     color = None
     for i, lines in enumerate(per_seed):
         for ax, (xs, ys) in zip(axes, lines):
-            line, = ax.plot(xs, ys, marker="o", color=color, label=None if i else name, alpha=0.4 if i else 1)
+            (line,) = ax.plot(xs, ys, marker="o", color=color, label=None if i else name, alpha=0.4 if i else 1)
             color = line.get_color()
 
 

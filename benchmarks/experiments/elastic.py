@@ -16,17 +16,35 @@ import statistics
 import torch
 
 from benchmarks.common import interleaved_medians, report
-from benchmarks.experiments.common import (arm, bits_per_byte, figure, forward_flops, held_out_ids, new_model,
-                                           non_embedding_parameters, parse, parser, save_figure, train_options,
-                                           train_run)
+from benchmarks.experiments.common import (
+    arm,
+    bits_per_byte,
+    figure,
+    forward_flops,
+    held_out_ids,
+    new_model,
+    non_embedding_parameters,
+    parse,
+    parser,
+    save_figure,
+    train_options,
+    train_run,
+)
 from colm_core.api import load
 from colm_core.init import InitOptions
 from colm_core.tokenizer import ByteTokenizer
 
 
 def init_options(args, chains: int, seed: int) -> InitOptions:
-    return InitOptions(heads=[args.heads] * chains, kv_heads=[args.kv_heads], ffn=[args.ffn], n_layers=args.layers,
-                       head_dim=args.head_dim, max_seq_len=max(256, args.seq_len), seed=seed)
+    return InitOptions(
+        heads=[args.heads] * chains,
+        kv_heads=[args.kv_heads],
+        ffn=[args.ffn],
+        n_layers=args.layers,
+        head_dim=args.head_dim,
+        max_seq_len=max(256, args.seq_len),
+        seed=seed,
+    )
 
 
 def main() -> None:
@@ -48,12 +66,21 @@ def main() -> None:
     results = {}
     for name, (chains, chain_loss) in arms.items():
         for seed in args.seeds:
+
             def run(chains=chains, chain_loss=chain_loss, seed=seed, key=f"{name}-seed{seed}"):
                 start = new_model(args.workdir / "init" / key, init_options(args, chains, seed))
-                run_dir = train_run(start, args.workdir / "runs" / key,
-                                    train_options(args, chain_loss=chain_loss, seed=seed))
-                return {"arm": name, "seed": seed, "chains": chains, "chain_loss": chain_loss,
-                        "bits_per_byte": {str(k): v for k, v in bits_per_byte(run_dir, ids, args.seq_len, device=args.device).items()}}
+                run_dir = train_run(
+                    start, args.workdir / "runs" / key, train_options(args, chain_loss=chain_loss, seed=seed)
+                )
+                return {
+                    "arm": name,
+                    "seed": seed,
+                    "chains": chains,
+                    "chain_loss": chain_loss,
+                    "bits_per_byte": {
+                        str(k): v for k, v in bits_per_byte(run_dir, ids, args.seq_len, device=args.device).items()
+                    },
+                }
 
             results.setdefault(name, []).append(arm(args.workdir, f"{name}-seed{seed}", run))
 
@@ -72,28 +99,57 @@ def main() -> None:
     rows, scales = [], []
     for k in range(1, n + 1):
         separate = "full" if k == n else f"separate-{k}"
-        scale = {"chains": k, "non_embedding_parameters": non_embedding_parameters(cfg, k),
-                 "forward_flops_per_token": forward_flops(model, args.time_tokens, k) / args.time_tokens,
-                 "forward_seconds": seconds[k], "full": mean_bpb("full", k), "all": mean_bpb("all", k),
-                 "separate": mean_bpb(separate, k),
-                 "spread": max(spread("full", k), spread("all", k), spread(separate, k))}
+        scale = {
+            "chains": k,
+            "non_embedding_parameters": non_embedding_parameters(cfg, k),
+            "forward_flops_per_token": forward_flops(model, args.time_tokens, k) / args.time_tokens,
+            "forward_seconds": seconds[k],
+            "full": mean_bpb("full", k),
+            "all": mean_bpb("all", k),
+            "separate": mean_bpb(separate, k),
+            "spread": max(spread("full", k), spread("all", k), spread(separate, k)),
+        }
         scales.append(scale)
-        rows.append([k, scale["non_embedding_parameters"], f"{scale['forward_flops_per_token'] / 1e6:.2f}M",
-                     scale["forward_seconds"] * 1e3, scale["full"], scale["all"], scale["separate"],
-                     scale["spread"]])
+        rows.append(
+            [
+                k,
+                scale["non_embedding_parameters"],
+                f"{scale['forward_flops_per_token'] / 1e6:.2f}M",
+                scale["forward_seconds"] * 1e3,
+                scale["full"],
+                scale["all"],
+                scale["separate"],
+                scale["spread"],
+            ]
+        )
     plot(scales, args)
-    report(f"held-out bits/byte of each k-chain sub-model, {args.steps} steps, {len(args.seeds)} seed(s), {args.val.name}; "
-           f"forward of 8 x {args.time_tokens} tokens",
-           ["chains", "non-embedding params", "fwd FLOPs/token", "fwd ms", "full loss", "all scales",
-            "separate", "seed spread"], rows,
-           {"args": {k: str(v) for k, v in vars(args).items()}, "scales": scales, "runs": results}, args.out)
+    report(
+        f"held-out bits/byte of each k-chain sub-model, {args.steps} steps, {len(args.seeds)} seed(s), {args.val.name}; "
+        f"forward of 8 x {args.time_tokens} tokens",
+        [
+            "chains",
+            "non-embedding params",
+            "fwd FLOPs/token",
+            "fwd ms",
+            "full loss",
+            "all scales",
+            "separate",
+            "seed spread",
+        ],
+        rows,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "scales": scales, "runs": results},
+        args.out,
+    )
 
 
 def plot(scales: list[dict], args) -> None:
     fig, (quality, cost) = figure(2, "Q2: elastic inference, one 4-chain CoLM vs each size trained alone")
     ks = [s["chains"] for s in scales]
-    for key, label in (("full", "one model, --chain-loss full"), ("all", "one model, --chain-loss all"),
-                       ("separate", "each size trained separately")):
+    for key, label in (
+        ("full", "one model, --chain-loss full"),
+        ("all", "one model, --chain-loss all"),
+        ("separate", "each size trained separately"),
+    ):
         quality.plot(ks, [s[key] for s in scales], marker="o", label=label)
     quality.set_xlabel("chains used (sub-model)")
     quality.set_ylabel(f"held-out bits/byte ({args.val.name})")

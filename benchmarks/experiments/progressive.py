@@ -24,9 +24,21 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import report
-from benchmarks.experiments.common import (arm, curve, figure, held_out_ids, new_model, non_embedding_parameters,
-                                           parse, parser, plot_seeds, save_figure, train_options, train_run,
-                                           train_step_flops)
+from benchmarks.experiments.common import (
+    arm,
+    curve,
+    figure,
+    held_out_ids,
+    new_model,
+    non_embedding_parameters,
+    parse,
+    parser,
+    plot_seeds,
+    save_figure,
+    train_options,
+    train_run,
+    train_step_flops,
+)
 from colm_core.api import load, save
 from colm_core.init import InitOptions
 from colm_core.model import CoLM, chain_of, lateral_blocks
@@ -43,8 +55,11 @@ def net2net_widen(model: CoLM, noise: float, seed: int) -> CoLM:
     both copies of its input. Embeddings write both copies; the LM head reads both, halved."""
     cfg = model.config
     assert cfg.n_chains == 1, "Net2Net widening here is for a dense (1-chain) model"
-    wide = CoLM(cfg.replace(heads=[2 * cfg.heads[0]], kv_heads=[2 * cfg.kv_heads[0]], ffn=[2 * cfg.ffn[0]]),
-                model.tokenizer, model.history)
+    wide = CoLM(
+        cfg.replace(heads=[2 * cfg.heads[0]], kv_heads=[2 * cfg.kv_heads[0]], ffn=[2 * cfg.ffn[0]]),
+        model.tokenizer,
+        model.history,
+    )
     g = torch.Generator().manual_seed(seed)
     state = {}
     for name, w in model.state_dict().items():
@@ -62,8 +77,12 @@ def net2net_widen(model: CoLM, noise: float, seed: int) -> CoLM:
 
 
 # arm -> (starts from the grown model, --freeze-chains, --block-diagonal)
-GROWN_ARMS = {"grown-frozen": (1, 0), "grown-unfrozen": (0, 0),
-              "block-diagonal-frozen": (1, 1), "block-diagonal-unfrozen": (0, 1)}
+GROWN_ARMS = {
+    "grown-frozen": (1, 0),
+    "grown-unfrozen": (0, 0),
+    "block-diagonal-frozen": (1, 1),
+    "block-diagonal-unfrozen": (0, 1),
+}
 
 
 def main() -> None:
@@ -89,34 +108,69 @@ def main() -> None:
         bpb = [point["top_bits_per_byte"] for point in last]
         reach = [scratch_to_reach(scratch["curve"], b) for scratch, b in zip(runs["scratch"], bpb)]
         reached = [r for r in reach if r]
-        summary[name] = {"bits_per_byte": statistics.mean(bpb), "spread": max(bpb) - min(bpb),
-                         "chain_1_bits_per_byte": statistics.mean(point["bits_per_byte"]["1"] for point in last),
-                         "flops": statistics.mean(point["flops"] for point in last),
-                         "seconds": statistics.mean(point["total_seconds"] for point in last),
-                         "scratch_to_reach": {key: statistics.mean(r[key] for r in reached) for key in ("flops", "seconds")}
-                         if len(reached) == len(reach) else None}
+        summary[name] = {
+            "bits_per_byte": statistics.mean(bpb),
+            "spread": max(bpb) - min(bpb),
+            "chain_1_bits_per_byte": statistics.mean(point["bits_per_byte"]["1"] for point in last),
+            "flops": statistics.mean(point["flops"] for point in last),
+            "seconds": statistics.mean(point["total_seconds"] for point in last),
+            "scratch_to_reach": {key: statistics.mean(r[key] for r in reached) for key in ("flops", "seconds")}
+            if len(reached) == len(reach)
+            else None,
+        }
         first, s = per_seed[0], summary[name]
-        rows.append([name, first["non_embedding_parameters"], first["trainable_parameters"], s["bits_per_byte"],
-                     s["spread"], s["chain_1_bits_per_byte"] if first["chains"] > 1 else "-",
-                     f"{s['flops'] / 1e12:.3f}", s["seconds"],
-                     f"{s['scratch_to_reach']['flops'] / 1e12:.3f}" if s["scratch_to_reach"]
-                     else f"not reached ({len(reach) - len(reached)} of {len(reach)} seeds)",
-                     s["scratch_to_reach"]["seconds"] if s["scratch_to_reach"] else "-"])
+        rows.append(
+            [
+                name,
+                first["non_embedding_parameters"],
+                first["trainable_parameters"],
+                s["bits_per_byte"],
+                s["spread"],
+                s["chain_1_bits_per_byte"] if first["chains"] > 1 else "-",
+                f"{s['flops'] / 1e12:.3f}",
+                s["seconds"],
+                f"{s['scratch_to_reach']['flops'] / 1e12:.3f}"
+                if s["scratch_to_reach"]
+                else f"not reached ({len(reach) - len(reached)} of {len(reach)} seeds)",
+                s["scratch_to_reach"]["seconds"] if s["scratch_to_reach"] else "-",
+            ]
+        )
     plot(runs, args)
     errors = [r["widening_max_logit_error"] for r in runs["net2net"]]
-    report(f"held-out bits/byte ({args.val.name}) and compute, mean of {len(args.seeds)} seed(s) (spread: max - min); "
-           f"grown arms count the base model's {args.base_steps} steps",
-           ["arm", "non-embedding params", "trained params", "bits/byte", "spread", "chain 1 bits/byte", "TFLOPs",
-            "seconds", "scratch TFLOPs to reach", "scratch s to reach"], rows,
-           {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "arms": runs}, args.out,
-           notes=[f"Net2Net widening, largest logit change without noise: {max(errors):.2e}"])
+    report(
+        f"held-out bits/byte ({args.val.name}) and compute, mean of {len(args.seeds)} seed(s) (spread: max - min); "
+        f"grown arms count the base model's {args.base_steps} steps",
+        [
+            "arm",
+            "non-embedding params",
+            "trained params",
+            "bits/byte",
+            "spread",
+            "chain 1 bits/byte",
+            "TFLOPs",
+            "seconds",
+            "scratch TFLOPs to reach",
+            "scratch s to reach",
+        ],
+        rows,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "arms": runs},
+        args.out,
+        notes=[f"Net2Net widening, largest logit change without noise: {max(errors):.2e}"],
+    )
 
 
 def seed_arms(args, ids: list[int], seed: int) -> dict[str, dict]:
     """Every arm trained from one seed's base model; compute at each curve point counts the base model's."""
     work, tag = args.workdir, f"seed{seed}"
-    init = InitOptions(heads=[args.heads], kv_heads=[args.kv_heads], ffn=[args.ffn], n_layers=args.layers,
-                       head_dim=args.head_dim, max_seq_len=max(256, args.seq_len), seed=seed)
+    init = InitOptions(
+        heads=[args.heads],
+        kv_heads=[args.kv_heads],
+        ffn=[args.ffn],
+        n_layers=args.layers,
+        head_dim=args.head_dim,
+        max_seq_len=max(256, args.seq_len),
+        seed=seed,
+    )
 
     def trained(key: str, start, steps: int, **options) -> dict:
         """Train START for `steps` steps into runs/KEY; its curve, FLOPs per step and parameters."""
@@ -126,13 +180,22 @@ def seed_arms(args, ids: list[int], seed: int) -> dict[str, dict]:
         trainable = sum(p.numel() for name, p in model.named_parameters() if chain_of(name) > opts.freeze_chains)
         if opts.block_diagonal:  # the zero blocks by which the new chain would read the old one
             trainable -= sum(w.shape[0] * columns for w, columns in lateral_blocks(model, opts.block_diagonal))
-        return {"seed": seed, "curve": curve(run_dir, ids, args.seq_len, device=args.device),
-                "step_flops": train_step_flops(start, opts), "steps": steps, "chains": model.config.n_chains,
-                "non_embedding_parameters": non_embedding_parameters(model.config), "trainable_parameters": trainable}
+        return {
+            "seed": seed,
+            "curve": curve(run_dir, ids, args.seq_len, device=args.device),
+            "step_flops": train_step_flops(start, opts),
+            "steps": steps,
+            "chains": model.config.n_chains,
+            "non_embedding_parameters": non_embedding_parameters(model.config),
+            "trainable_parameters": trainable,
+        }
 
     base_run = work / "runs" / f"base-{tag}"
-    base = arm(work, f"base-{tag}", lambda: trained(f"base-{tag}", new_model(work / "init" / f"base-{tag}", init),
-                                                     args.base_steps))
+    base = arm(
+        work,
+        f"base-{tag}",
+        lambda: trained(f"base-{tag}", new_model(work / "init" / f"base-{tag}", init), args.base_steps),
+    )
 
     def grown_start() -> Path:
         start = work / "init" / f"grown-{tag}"
@@ -152,12 +215,24 @@ def seed_arms(args, ids: list[int], seed: int) -> dict[str, dict]:
 
     arms = {"base": base}
     for name, (freeze, block_diagonal) in GROWN_ARMS.items():
-        arms[name] = arm(work, f"{name}-{tag}", lambda name=name, freeze=freeze, block_diagonal=block_diagonal: trained(
-            f"{name}-{tag}", grown_start(), args.grow_steps, freeze_chains=freeze, block_diagonal=block_diagonal))
+        arms[name] = arm(
+            work,
+            f"{name}-{tag}",
+            lambda name=name, freeze=freeze, block_diagonal=block_diagonal: trained(
+                f"{name}-{tag}", grown_start(), args.grow_steps, freeze_chains=freeze, block_diagonal=block_diagonal
+            ),
+        )
     arms["net2net"] = arm(work, f"net2net-{tag}", widened)
     scratch_init = InitOptions(**{**vars(init), "heads": [args.heads] * 2})
-    arms["scratch"] = arm(work, f"scratch-{tag}", lambda: trained(
-        f"scratch-{tag}", new_model(work / "init" / f"scratch-{tag}", scratch_init), args.base_steps + args.grow_steps))
+    arms["scratch"] = arm(
+        work,
+        f"scratch-{tag}",
+        lambda: trained(
+            f"scratch-{tag}",
+            new_model(work / "init" / f"scratch-{tag}", scratch_init),
+            args.base_steps + args.grow_steps,
+        ),
+    )
 
     base_flops = base["step_flops"] * base["steps"]
     base_seconds = base["curve"][-1]["seconds"]
@@ -179,8 +254,10 @@ def scratch_to_reach(points: list[dict], target: float) -> dict | None:
             if previous is None:
                 return {"flops": point["flops"], "seconds": point["total_seconds"]}
             f = (previous["top_bits_per_byte"] - target) / (previous["top_bits_per_byte"] - point["top_bits_per_byte"])
-            return {key: previous[src] + f * (point[src] - previous[src])
-                    for key, src in (("flops", "flops"), ("seconds", "total_seconds"))}
+            return {
+                key: previous[src] + f * (point[src] - previous[src])
+                for key, src in (("flops", "flops"), ("seconds", "total_seconds"))
+            }
         previous = point
     return None
 

@@ -15,23 +15,38 @@ from __future__ import annotations
 import statistics
 
 from benchmarks.common import report
-from benchmarks.experiments.common import (arm, curve, figure, held_out_ids, new_model, non_embedding_parameters,
-                                           parse, parser, plot_seeds, save_figure, train_options,
-                                           train_run)
+from benchmarks.experiments.common import (
+    arm,
+    curve,
+    figure,
+    held_out_ids,
+    new_model,
+    non_embedding_parameters,
+    parse,
+    parser,
+    plot_seeds,
+    save_figure,
+    train_options,
+    train_run,
+)
 from colm_core.init import InitOptions, build_config
 from colm_core.tokenizer import ByteTokenizer
 
+
 # name -> (query heads per chain, KV heads per chain, CoLM-Air), for a hidden width of --heads heads.
 def arms(heads: int) -> dict[str, tuple[list[int], list[int], bool]]:
-    return {"dense": ([heads], [heads // 2], False),
-            "colm-2": ([heads // 2] * 2, [heads // 4] * 2, False),
-            "colm-4": ([heads // 4] * 4, [heads // 8] * 4, False),
-            "air-4": ([heads // 4] * 4, [heads // 4, 0, 0, 0], True)}
+    return {
+        "dense": ([heads], [heads // 2], False),
+        "colm-2": ([heads // 2] * 2, [heads // 4] * 2, False),
+        "colm-4": ([heads // 4] * 4, [heads // 8] * 4, False),
+        "air-4": ([heads // 4] * 4, [heads // 4, 0, 0, 0], True),
+    }
 
 
 def matched_ffn(args, heads: list[int], kv_heads: list[int], air: bool, target: int) -> int:
     """The FFN units per chain that bring the non-embedding parameters closest to `target`
     (they grow linearly with it)."""
+
     def params(ffn: int) -> int:
         return non_embedding_parameters(build_config(init_options(args, heads, kv_heads, air, ffn, 0))[0])
 
@@ -40,8 +55,16 @@ def matched_ffn(args, heads: list[int], kv_heads: list[int], air: bool, target: 
 
 
 def init_options(args, heads, kv_heads, air, ffn, seed) -> InitOptions:
-    return InitOptions(heads=heads, kv_heads=kv_heads, air=air, ffn=[ffn], n_layers=args.layers,
-                       head_dim=args.head_dim, max_seq_len=max(256, args.seq_len), seed=seed)
+    return InitOptions(
+        heads=heads,
+        kv_heads=kv_heads,
+        air=air,
+        ffn=[ffn],
+        n_layers=args.layers,
+        head_dim=args.head_dim,
+        max_seq_len=max(256, args.seq_len),
+        seed=seed,
+    )
 
 
 def main() -> None:
@@ -59,34 +82,60 @@ def main() -> None:
     for name, (heads, kv_heads, air) in arms(args.heads).items():
         ffn = args.ffn if name == "dense" else matched_ffn(args, heads, kv_heads, air, target)
         for seed in args.seeds:
+
             def run(heads=heads, kv_heads=kv_heads, air=air, ffn=ffn, seed=seed, key=f"{name}-seed{seed}"):
                 opts = init_options(args, heads, kv_heads, air, ffn, seed)
                 start = new_model(args.workdir / "init" / key, opts)
-                run_dir = train_run(start, args.workdir / "runs" / key,
-                                    train_options(args, chain_loss="full", seed=seed))
+                run_dir = train_run(
+                    start, args.workdir / "runs" / key, train_options(args, chain_loss="full", seed=seed)
+                )
                 cfg = build_config(opts)[0]
                 points = curve(run_dir, ids, args.seq_len, [cfg.n_chains], args.device)
-                return {"arm": name, "seed": seed, "heads": heads, "kv_heads": kv_heads, "air": air,
-                        "ffn_per_chain": ffn, "non_embedding_parameters": non_embedding_parameters(cfg),
-                        "curve": points, "bits_per_byte": list(points[-1]["bits_per_byte"].values())[0],
-                        "tokens": points[-1]["tokens"], "seconds": points[-1]["seconds"]}
+                return {
+                    "arm": name,
+                    "seed": seed,
+                    "heads": heads,
+                    "kv_heads": kv_heads,
+                    "air": air,
+                    "ffn_per_chain": ffn,
+                    "non_embedding_parameters": non_embedding_parameters(cfg),
+                    "curve": points,
+                    "bits_per_byte": list(points[-1]["bits_per_byte"].values())[0],
+                    "tokens": points[-1]["tokens"],
+                    "seconds": points[-1]["seconds"],
+                }
 
             results.setdefault(name, []).append(arm(args.workdir, f"{name}-seed{seed}", run))
 
     rows, summary = [], {}
     for name, runs in results.items():
         bpb = [r["bits_per_byte"] for r in runs]
-        summary[name] = {"bits_per_byte_mean": statistics.mean(bpb), "bits_per_byte_min": min(bpb),
-                         "bits_per_byte_max": max(bpb), "seconds_mean": statistics.mean(r["seconds"] for r in runs)}
-        rows.append([name, runs[0]["non_embedding_parameters"], f"{runs[0]['heads']}", runs[0]["ffn_per_chain"],
-                     runs[0]["tokens"], summary[name]["bits_per_byte_mean"],
-                     summary[name]["bits_per_byte_max"] - summary[name]["bits_per_byte_min"],
-                     summary[name]["seconds_mean"]])
+        summary[name] = {
+            "bits_per_byte_mean": statistics.mean(bpb),
+            "bits_per_byte_min": min(bpb),
+            "bits_per_byte_max": max(bpb),
+            "seconds_mean": statistics.mean(r["seconds"] for r in runs),
+        }
+        rows.append(
+            [
+                name,
+                runs[0]["non_embedding_parameters"],
+                f"{runs[0]['heads']}",
+                runs[0]["ffn_per_chain"],
+                runs[0]["tokens"],
+                summary[name]["bits_per_byte_mean"],
+                summary[name]["bits_per_byte_max"] - summary[name]["bits_per_byte_min"],
+                summary[name]["seconds_mean"],
+            ]
+        )
     plot(results, args)
-    report(f"held-out bits/byte after {args.steps} steps, {len(args.seeds)} seed(s), {args.val.name}",
-           ["arm", "non-embedding params", "heads per chain", "FFN per chain", "tokens", "bits/byte",
-            "spread", "train s"], rows,
-           {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "runs": results}, args.out)
+    report(
+        f"held-out bits/byte after {args.steps} steps, {len(args.seeds)} seed(s), {args.val.name}",
+        ["arm", "non-embedding params", "heads per chain", "FFN per chain", "tokens", "bits/byte", "spread", "train s"],
+        rows,
+        {"args": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "runs": results},
+        args.out,
+    )
 
 
 def plot(results: dict, args) -> None:

@@ -27,8 +27,9 @@ class ColmHFConfig(PretrainedConfig):
     model_type = "colm"
 
     def __init__(self, colm: dict | None = None, chains: int | None = None, **kwargs):
-        self.colm = dict(colm or {"vocab_size": 258, "n_layers": 1, "head_dim": 8, "heads": [1], "kv_heads": [1],
-                                  "ffn": [8]})
+        self.colm = dict(
+            colm or {"vocab_size": 258, "n_layers": 1, "head_dim": 8, "heads": [1], "kv_heads": [1], "ffn": [8]}
+        )
         c = self.colm
         self.chains = chains or len(c["heads"])
         self.vocab_size = c["vocab_size"]
@@ -83,7 +84,8 @@ def rope_inv_freq(c: dict) -> torch.Tensor:
     wavelen = 2 * math.pi / inv_freq
     scaled = torch.where(wavelen > low_wavelen, inv_freq / s["factor"], inv_freq)
     smooth = (s["original_max_position_embeddings"] / wavelen - s["low_freq_factor"]) / (
-        s["high_freq_factor"] - s["low_freq_factor"])
+        s["high_freq_factor"] - s["low_freq_factor"]
+    )
     smoothed = (1 - smooth) * scaled / s["factor"] + smooth * scaled
     is_medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
     return torch.where(is_medium, smoothed, scaled)

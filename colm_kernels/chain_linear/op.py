@@ -52,8 +52,9 @@ def _(dy, weights, width, backend):
 
 
 @torch.library.custom_op("colm::chain_linear_grad_weights", mutates_args=())
-def grad_weights(dy: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor], needed: list[bool],
-                 backend: str) -> torch.Tensor:
+def grad_weights(
+    dy: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor], needed: list[bool], backend: str
+) -> torch.Tensor:
     """The gradients of the weights in `needed`, flattened one after another (one tensor: outputs may not alias)."""
     return implementation(backend).grad_weights(rows(dy), rows(x), weights, needed)
 
@@ -70,8 +71,10 @@ def setup_context(ctx, inputs, output):
 
 
 def split_weight_gradients(flat: torch.Tensor, weights: list[torch.Tensor], needed: list[bool]) -> list:
-    return [g.view(w.shape) if need else None
-            for g, w, need in zip(flat.split([w.numel() for w in weights]), weights, needed)]
+    return [
+        g.view(w.shape) if need else None
+        for g, w, need in zip(flat.split([w.numel() for w in weights]), weights, needed)
+    ]
 
 
 def backward(ctx, dy):

@@ -29,7 +29,8 @@ def grad_input(dy2: torch.Tensor, weights: list[torch.Tensor], width: int) -> to
     dys = dy2.split([w.shape[0] for w in weights], dim=1)
     # The last chain reads the longest prefix: it initialises dx, the others add into it.
     dx = (torch.zeros if width > weights[-1].shape[1] else torch.empty)(
-        dy2.shape[0], width, dtype=dy2.dtype, device=dy2.device)
+        dy2.shape[0], width, dtype=dy2.dtype, device=dy2.device
+    )
     torch.mm(dys[-1], weights[-1], out=dx[:, : weights[-1].shape[1]])
     for dyi, w in zip(dys[:-1], weights[:-1]):
         # addmm with out= rather than addmm_: torch's FLOP counter counts the one, not the other

@@ -47,9 +47,21 @@ def _row_layout(rn, out_bounds, in_bounds, w_offsets, NUM_CHAINS: tl.constexpr):
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, w_ptr, y_ptr, out_bounds, in_bounds, w_offsets,
-    M, N, stride_xm, stride_ym,
-    NUM_CHAINS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    out_bounds,
+    in_bounds,
+    w_offsets,
+    M,
+    N,
+    stride_xm,
+    stride_ym,
+    NUM_CHAINS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # y[m, n] = sum_{k < k_row(n)} x[m, k] * W[n, k]
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -62,24 +74,40 @@ def _forward_kernel(
         rk = k0 + tl.arange(0, BLOCK_K)
         a = tl.load(
             x_ptr + rm[:, None].to(tl.int64) * stride_xm + rk[None, :],
-            mask=(rm[:, None] < M) & (rk[None, :] < k_end), other=0.0,
+            mask=(rm[:, None] < M) & (rk[None, :] < k_end),
+            other=0.0,
         )
         b = tl.load(
             w_ptr + w_row[None, :] + rk[:, None],
-            mask=(rn[None, :] < N) & (rk[:, None] < k_row[None, :]), other=0.0,
+            mask=(rn[None, :] < N) & (rk[:, None] < k_row[None, :]),
+            other=0.0,
         )
         acc = tl.dot(a, b, acc, input_precision="ieee")
     tl.store(
         y_ptr + rm[:, None].to(tl.int64) * stride_ym + rn[None, :],
-        acc.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N),
+        acc.to(y_ptr.dtype.element_ty),
+        mask=(rm[:, None] < M) & (rn[None, :] < N),
     )
 
 
 @triton.jit
 def _grad_input_kernel(
-    dy_ptr, w_ptr, dx_ptr, out_bounds, in_bounds, w_offsets,
-    M, N, K, stride_dym, stride_dxm,
-    NUM_CHAINS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    dy_ptr,
+    w_ptr,
+    dx_ptr,
+    out_bounds,
+    in_bounds,
+    w_offsets,
+    M,
+    N,
+    K,
+    stride_dym,
+    stride_dxm,
+    NUM_CHAINS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # dx[m, k] = sum_{n : k < k_row(n)} dy[m, n] * W[n, k]
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -93,24 +121,39 @@ def _grad_input_kernel(
         k_row, w_row = _row_layout(rn, out_bounds, in_bounds, w_offsets, NUM_CHAINS)
         a = tl.load(
             dy_ptr + rm[:, None].to(tl.int64) * stride_dym + rn[None, :],
-            mask=(rm[:, None] < M) & (rn[None, :] < N), other=0.0,
+            mask=(rm[:, None] < M) & (rn[None, :] < N),
+            other=0.0,
         )
         b = tl.load(
             w_ptr + w_row[:, None] + rk[None, :],
-            mask=(rn[:, None] < N) & (rk[None, :] < k_row[:, None]), other=0.0,
+            mask=(rn[:, None] < N) & (rk[None, :] < k_row[:, None]),
+            other=0.0,
         )
         acc = tl.dot(a, b, acc, input_precision="ieee")
     tl.store(
         dx_ptr + rm[:, None].to(tl.int64) * stride_dxm + rk[None, :],
-        acc.to(dx_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rk[None, :] < K),
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=(rm[:, None] < M) & (rk[None, :] < K),
     )
 
 
 @triton.jit
 def _grad_weight_kernel(
-    dy_ptr, x_ptr, dw_ptr, out_bounds, in_bounds, w_offsets,
-    M, N, stride_dym, stride_xm,
-    NUM_CHAINS: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    dw_ptr,
+    out_bounds,
+    in_bounds,
+    w_offsets,
+    M,
+    N,
+    stride_dym,
+    stride_xm,
+    NUM_CHAINS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     # dW[n, k] = sum_m dy[m, n] * x[m, k], only for k < k_row(n)
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -125,16 +168,19 @@ def _grad_weight_kernel(
         rm = m0 + tl.arange(0, BLOCK_M)
         a = tl.load(
             dy_ptr + rm[None, :].to(tl.int64) * stride_dym + rn[:, None],
-            mask=(rm[None, :] < M) & (rn[:, None] < N), other=0.0,
+            mask=(rm[None, :] < M) & (rn[:, None] < N),
+            other=0.0,
         )
         b = tl.load(
             x_ptr + rm[:, None].to(tl.int64) * stride_xm + rk[None, :],
-            mask=(rm[:, None] < M) & (rk[None, :] < k_end), other=0.0,
+            mask=(rm[:, None] < M) & (rk[None, :] < k_end),
+            other=0.0,
         )
         acc = tl.dot(a, b, acc, input_precision="ieee")
     tl.store(
         dw_ptr + w_row[:, None] + rk[None, :],
-        acc.to(dw_ptr.dtype.element_ty), mask=(rn[:, None] < N) & (rk[None, :] < k_row[:, None]),
+        acc.to(dw_ptr.dtype.element_ty),
+        mask=(rn[:, None] < N) & (rk[None, :] < k_row[:, None]),
     )
 
 
@@ -179,7 +225,9 @@ def forward(x2: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
     M, n_total = x2.shape[0], sum(w.shape[0] for w in weights)
     y = torch.empty(M, n_total, device=x2.device, dtype=x2.dtype)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(n_total, BLOCK_N))
-    _forward_kernel[grid](x2, w_flat, y, *layout, M, n_total, x2.stride(0), y.stride(0), **_meta(len(weights), x2.dtype))
+    _forward_kernel[grid](
+        x2, w_flat, y, *layout, M, n_total, x2.stride(0), y.stride(0), **_meta(len(weights), x2.dtype)
+    )
     return y
 
 

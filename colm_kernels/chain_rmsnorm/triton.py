@@ -35,8 +35,19 @@ def _chain_slice(bounds_ptr, BLOCK: tl.constexpr):
 
 @triton.jit
 def _forward_kernel(
-    x_ptr, w_ptr, y_ptr, rstd_ptr, bounds_ptr, M, stride_xm, stride_ym, eps,
-    NUM_CHAINS: tl.constexpr, COMPUTE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    rstd_ptr,
+    bounds_ptr,
+    M,
+    stride_xm,
+    stride_ym,
+    eps,
+    NUM_CHAINS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     chain, cols, mask, width = _chain_slice(bounds_ptr, BLOCK)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0)
@@ -51,9 +62,22 @@ def _forward_kernel(
 
 @triton.jit
 def _backward_kernel(
-    dy_ptr, x_ptr, w_ptr, rstd_ptr, dx_ptr, dw_partial_ptr, bounds_ptr, M,
-    stride_dym, stride_xm, stride_dxm, stride_dwm,
-    NUM_CHAINS: tl.constexpr, COMPUTE: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    w_ptr,
+    rstd_ptr,
+    dx_ptr,
+    dw_partial_ptr,
+    bounds_ptr,
+    M,
+    stride_dym,
+    stride_xm,
+    stride_dxm,
+    stride_dwm,
+    NUM_CHAINS: tl.constexpr,
+    COMPUTE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     chain, cols, mask, width = _chain_slice(bounds_ptr, BLOCK)
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(COMPUTE)
@@ -117,13 +141,15 @@ def chain_rms_norm_op(x: torch.Tensor, weights: list[torch.Tensor], eps: float) 
 def _(x, weights, eps):
     y_dtype, compute = _output_dtypes(x, weights)
     rows = x.numel() // x.shape[-1]
-    return x.new_empty(*x.shape[:-1], sum(w.shape[0] for w in weights), dtype=y_dtype), \
-        x.new_empty(rows, len(weights), dtype=compute)
+    return x.new_empty(*x.shape[:-1], sum(w.shape[0] for w in weights), dtype=y_dtype), x.new_empty(
+        rows, len(weights), dtype=compute
+    )
 
 
 @torch.library.custom_op("colm::chain_rms_norm_backward", mutates_args=())
-def chain_rms_norm_backward(dy: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor],
-                            rstd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def chain_rms_norm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weights: list[torch.Tensor], rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The gradients of x (its shape) and of the gains (flattened one after another)."""
     widths = [w.shape[0] for w in weights]
     x2 = x.reshape(-1, x.shape[-1])
@@ -138,8 +164,19 @@ def chain_rms_norm_backward(dy: torch.Tensor, x: torch.Tensor, weights: list[tor
     dx = (torch.zeros if width > dy2.shape[1] else torch.empty)(M, width, device=x.device, dtype=x.dtype)
     dw_partial = torch.zeros(grid[0], dy2.shape[1], device=x.device, dtype=rstd.dtype)
     _backward_kernel[grid](
-        dy2, x2, torch.cat(weights), rstd, dx, dw_partial, _bounds(tuple(widths), x.device), M,
-        dy2.stride(0), x2.stride(0), dx.stride(0), dw_partial.stride(0), **meta,
+        dy2,
+        x2,
+        torch.cat(weights),
+        rstd,
+        dx,
+        dw_partial,
+        _bounds(tuple(widths), x.device),
+        M,
+        dy2.stride(0),
+        x2.stride(0),
+        dx.stride(0),
+        dw_partial.stride(0),
+        **meta,
     )
     return dx.view(x.shape), dw_partial.sum(0).to(weights[0].dtype)
 

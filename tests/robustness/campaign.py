@@ -33,8 +33,15 @@ KILL_WINDOW_S = {"train": 4.0, "expand": 0.5, "slice": 0.5, "import": 0.5, "expo
 
 
 def kills(n: int, seed: int, root: Path) -> dict:
-    from tests.robustness.harness import (COMMANDS, check_after_kill, command_args, inputs, kill_during,
-                                          make_workspace, tree_digest)
+    from tests.robustness.harness import (
+        COMMANDS,
+        check_after_kill,
+        command_args,
+        inputs,
+        kill_during,
+        make_workspace,
+        tree_digest,
+    )
 
     env = make_workspace(root)
     before = {str(p): tree_digest(p) for p in inputs(root)}

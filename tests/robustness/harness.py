@@ -26,8 +26,20 @@ from tests.conftest import child_environment, tiny_model
 from tests.robustness.cli_fuzz import run_main
 
 COMMANDS = ("train", "expand", "slice", "import", "export", "pull")
-TRAIN = ["--steps", "6", "--batch-size", "2", "--seq-len", "16", "--save-every", "1", "--log-every", "1",
-         "--eval-windows", "1"]
+TRAIN = [
+    "--steps",
+    "6",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "16",
+    "--save-every",
+    "1",
+    "--log-every",
+    "1",
+    "--eval-windows",
+    "1",
+]
 HUB_REPO = "colm-test/tiny"
 
 
@@ -48,8 +60,12 @@ def make_workspace(root: Path) -> dict:
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     (root / "data.txt").write_text("It is a truth universally acknowledged, that a single man. " * 200)
-    return {"HF_HUB_CACHE": str(root / "hub"),
-            "HF_HUB_OFFLINE": "1", "COLM_CACHE_DIR": str(root / "cache"), "HOME": str(root)}
+    return {
+        "HF_HUB_CACHE": str(root / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "COLM_CACHE_DIR": str(root / "cache"),
+        "HOME": str(root),
+    }
 
 
 def inputs(root: Path) -> list[Path]:
@@ -81,15 +97,22 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 def start(args: list, env: dict, cwd: Path, preexec_fn=None, wrapper: list[str] = ()) -> subprocess.Popen:
     """`colm ARGS` in a subprocess (under `wrapper`, e.g. setpriv), stdout and stderr piped."""
-    return subprocess.Popen([*wrapper, sys.executable, "-m", "colm_cli", *map(str, args)], cwd=cwd,
-                            env=child_environment(env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+    return subprocess.Popen(
+        [*wrapper, sys.executable, "-m", "colm_cli", *map(str, args)],
+        cwd=cwd,
+        env=child_environment(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=preexec_fn,
+    )
 
 
 def writing(out: Path) -> bool:
     """Whether a command writing `out` has begun to: its temporary directory, OUT.partial, or OUT exists."""
-    return out.exists() or any(p.name.startswith(f".{out.name}.") or p.name == f"{out.name}.partial"
-                               for p in out.parent.iterdir())
+    return out.exists() or any(
+        p.name.startswith(f".{out.name}.") or p.name == f"{out.name}.partial" for p in out.parent.iterdir()
+    )
 
 
 def saved_a_step(out: Path) -> bool:
@@ -97,8 +120,7 @@ def saved_a_step(out: Path) -> bool:
     return out.exists() or steps.is_dir() and any((p / "COMPLETE").is_file() for p in steps.iterdir())
 
 
-def kill_during(args: list, out: Path, delay: float, env: dict, cwd: Path, timeout: float = 300,
-                ready=writing) -> str:
+def kill_during(args: list, out: Path, delay: float, env: dict, cwd: Path, timeout: float = 300, ready=writing) -> str:
     """Run the command and SIGKILL it `delay` seconds after ready(out) (default: its first write appeared).
     Returns "killed", or "finished" when it ended first (then it must have succeeded)."""
     proc = start(args, env, cwd)

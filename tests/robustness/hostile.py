@@ -101,8 +101,28 @@ def mismatched_index(d: Path, rng: random.Random) -> str:
     return f"index: {what}"
 
 
-CONFIG_VALUES = [None, True, -1, 0, 2**63, 10**400, 1e308, float("nan"), "x", "", [], [1], [-3], ["a"], {}, {"a": 1},
-                 [2**40], 1.5, [0], [1.5]]
+CONFIG_VALUES = [
+    None,
+    True,
+    -1,
+    0,
+    2**63,
+    10**400,
+    1e308,
+    float("nan"),
+    "x",
+    "",
+    [],
+    [1],
+    [-3],
+    ["a"],
+    {},
+    {"a": 1},
+    [2**40],
+    1.5,
+    [0],
+    [1.5],
+]
 
 
 def config_wrong_type(d: Path, rng: random.Random) -> str:
@@ -120,7 +140,6 @@ def config_not_an_object(d: Path, rng: random.Random) -> str:
 
 
 def nan_weights(d: Path, rng: random.Random) -> str:
-    import torch
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(d / WEIGHTS)
@@ -132,8 +151,7 @@ def nan_weights(d: Path, rng: random.Random) -> str:
 
 
 def symlink_out(d: Path, rng: random.Random) -> str:
-    target = rng.choice(["/etc/passwd", "/dev/zero", "/dev/null", "/proc/self/mem", "/nonexistent", "/", "..",
-                         str(d)])
+    target = rng.choice(["/etc/passwd", "/dev/zero", "/dev/null", "/proc/self/mem", "/nonexistent", "/", "..", str(d)])
     name = rng.choice([WEIGHTS, CONFIG, "colm_history.json", "digests.json"])
     (d / name).unlink()
     os.symlink(target, d / name)
@@ -158,8 +176,19 @@ def bad_tokenizer(d: Path, rng: random.Random) -> str:
 
 def bad_side_file(d: Path, rng: random.Random) -> str:
     name = rng.choice(["colm_history.json", "digests.json"])
-    text = rng.choice(["not json", "[1", "{}", "[]", "null", '{"sha256": [1]}', '{"sha256": {"a": 1}}',
-                       "[" * 100_000, '[{"command": NaN}]'])
+    text = rng.choice(
+        [
+            "not json",
+            "[1",
+            "{}",
+            "[]",
+            "null",
+            '{"sha256": [1]}',
+            '{"sha256": {"a": 1}}',
+            "[" * 100_000,
+            '[{"command": NaN}]',
+        ]
+    )
     (d / name).write_text(text)
     return f"{name} is {text[:20]!r}"
 
@@ -171,8 +200,19 @@ def pickle_weights(d: Path, rng: random.Random) -> str:
 
 
 MUTATIONS: list[Callable[[Path, random.Random], str]] = [
-    truncate, bit_flip, huge_header_size, huge_tensor, mismatched_index, config_wrong_type, config_not_an_object,
-    nan_weights, symlink_out, fifo, bad_tokenizer, bad_side_file, pickle_weights,
+    truncate,
+    bit_flip,
+    huge_header_size,
+    huge_tensor,
+    mismatched_index,
+    config_wrong_type,
+    config_not_an_object,
+    nan_weights,
+    symlink_out,
+    fifo,
+    bad_tokenizer,
+    bad_side_file,
+    pickle_weights,
 ]
 
 

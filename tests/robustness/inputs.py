@@ -11,7 +11,6 @@ file under the workspace as it was."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import shutil
@@ -45,8 +44,14 @@ def make_workspace(root: Path) -> dict:
     (root / "data.txt").write_text("Emma Woodhouse, handsome, clever, and rich. " * 40)
     (root / "tasks").mkdir()
     shutil.copy(TASKS_DIR / "colm_tiny_choice.jsonl", root / "tasks")  # data_files are read from the cwd
-    return {"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLM_DEBUG": "0",
-            "COLM_CACHE_DIR": str(root / "cache"), "HF_DATASETS_CACHE": str(root / "datasets")}
+    return {
+        "CUDA_VISIBLE_DEVICES": "",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "COLM_DEBUG": "0",
+        "COLM_CACHE_DIR": str(root / "cache"),
+        "HF_DATASETS_CACHE": str(root / "datasets"),
+    }
 
 
 # --- GGUF files --------------------------------------------------------------------------------------
@@ -55,12 +60,20 @@ def make_workspace(root: Path) -> dict:
 def gguf_tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
     """A one-layer Llama's weights under llama.cpp's names, in numpy (row-major) shapes."""
     vocab, kv = 257, KV_HEADS * HIDDEN // HEADS
-    shapes = {"token_embd.weight": (vocab, HIDDEN), "output_norm.weight": (HIDDEN,), "output.weight": (vocab, HIDDEN),
-              "blk.0.attn_q.weight": (HIDDEN, HIDDEN), "blk.0.attn_k.weight": (kv, HIDDEN),
-              "blk.0.attn_v.weight": (kv, HIDDEN), "blk.0.attn_output.weight": (HIDDEN, HIDDEN),
-              "blk.0.ffn_gate.weight": (FFN, HIDDEN), "blk.0.ffn_up.weight": (FFN, HIDDEN),
-              "blk.0.ffn_down.weight": (HIDDEN, FFN), "blk.0.attn_norm.weight": (HIDDEN,),
-              "blk.0.ffn_norm.weight": (HIDDEN,)}
+    shapes = {
+        "token_embd.weight": (vocab, HIDDEN),
+        "output_norm.weight": (HIDDEN,),
+        "output.weight": (vocab, HIDDEN),
+        "blk.0.attn_q.weight": (HIDDEN, HIDDEN),
+        "blk.0.attn_k.weight": (kv, HIDDEN),
+        "blk.0.attn_v.weight": (kv, HIDDEN),
+        "blk.0.attn_output.weight": (HIDDEN, HIDDEN),
+        "blk.0.ffn_gate.weight": (FFN, HIDDEN),
+        "blk.0.ffn_up.weight": (FFN, HIDDEN),
+        "blk.0.ffn_down.weight": (HIDDEN, FFN),
+        "blk.0.attn_norm.weight": (HIDDEN,),
+        "blk.0.ffn_norm.weight": (HIDDEN,),
+    }
     return {name: rng.normal(0, 0.05, shape).astype(np.float32) for name, shape in shapes.items()}
 
 
@@ -69,14 +82,23 @@ def gguf_metadata() -> dict:
     from tokenizers import pre_tokenizers
 
     tokens = pre_tokenizers.ByteLevel.alphabet() + ["<|endoftext|>"]
-    return {"llama.block_count": (1, "UINT32"), "llama.context_length": (64, "UINT32"),
-            "llama.embedding_length": (HIDDEN, "UINT32"), "llama.feed_forward_length": (FFN, "UINT32"),
-            "llama.attention.head_count": (HEADS, "UINT32"), "llama.attention.head_count_kv": (KV_HEADS, "UINT32"),
-            "llama.rope.dimension_count": (HIDDEN // HEADS, "UINT32"), "llama.rope.freq_base": (10000.0, "FLOAT32"),
-            "llama.attention.layer_norm_rms_epsilon": (1e-5, "FLOAT32"), "llama.vocab_size": (257, "UINT32"),
-            "tokenizer.ggml.model": ("gpt2", "STRING"), "tokenizer.ggml.tokens": (tokens, "ARRAY"),
-            "tokenizer.ggml.token_type": ([1] * 256 + [3], "ARRAY"),
-            "tokenizer.ggml.bos_token_id": (256, "UINT32"), "tokenizer.ggml.eos_token_id": (256, "UINT32")}
+    return {
+        "llama.block_count": (1, "UINT32"),
+        "llama.context_length": (64, "UINT32"),
+        "llama.embedding_length": (HIDDEN, "UINT32"),
+        "llama.feed_forward_length": (FFN, "UINT32"),
+        "llama.attention.head_count": (HEADS, "UINT32"),
+        "llama.attention.head_count_kv": (KV_HEADS, "UINT32"),
+        "llama.rope.dimension_count": (HIDDEN // HEADS, "UINT32"),
+        "llama.rope.freq_base": (10000.0, "FLOAT32"),
+        "llama.attention.layer_norm_rms_epsilon": (1e-5, "FLOAT32"),
+        "llama.vocab_size": (257, "UINT32"),
+        "tokenizer.ggml.model": ("gpt2", "STRING"),
+        "tokenizer.ggml.tokens": (tokens, "ARRAY"),
+        "tokenizer.ggml.token_type": ([1] * 256 + [3], "ARRAY"),
+        "tokenizer.ggml.bos_token_id": (256, "UINT32"),
+        "tokenizer.ggml.eos_token_id": (256, "UINT32"),
+    }
 
 
 def write_gguf(path: Path, tensors: dict, metadata: dict, types: dict, architecture: str = "llama") -> None:
@@ -106,12 +128,23 @@ def write_gguf(path: Path, tensors: dict, metadata: dict, types: dict, architect
     writer.close()
 
 
-SIZE_KEYS = ["llama.embedding_length", "llama.feed_forward_length", "llama.attention.head_count",
-             "llama.attention.head_count_kv", "llama.block_count", "llama.rope.dimension_count", "llama.vocab_size"]
+SIZE_KEYS = [
+    "llama.embedding_length",
+    "llama.feed_forward_length",
+    "llama.attention.head_count",
+    "llama.attention.head_count_kv",
+    "llama.block_count",
+    "llama.rope.dimension_count",
+    "llama.vocab_size",
+]
 OTHER_KEYS = {  # key -> hostile values (value, type name)
     "llama.context_length": [(0, "UINT32"), (1, "UINT32"), (2**31, "UINT32"), ("x", "STRING")],
-    "llama.attention.layer_norm_rms_epsilon": [(-1.0, "FLOAT32"), (0.0, "FLOAT32"), (float("nan"), "FLOAT32"),
-                                               ("x", "STRING")],
+    "llama.attention.layer_norm_rms_epsilon": [
+        (-1.0, "FLOAT32"),
+        (0.0, "FLOAT32"),
+        (float("nan"), "FLOAT32"),
+        ("x", "STRING"),
+    ],
     "llama.rope.freq_base": [(0.0, "FLOAT32"), (-1.0, "FLOAT32"), (float("inf"), "FLOAT32"), ("x", "STRING")],
     "tokenizer.ggml.bos_token_id": [(257, "UINT32"), (2**31, "UINT32"), (-1, "INT32"), ("x", "STRING")],
     "tokenizer.ggml.eos_token_id": [(1000, "UINT32"), (-5, "INT32")],
@@ -141,9 +174,18 @@ def gguf_case(root: Path, rng: random.Random) -> Case:
         key = rng.choice(SIZE_KEYS)
         true = metadata[key][0]
         value = rng.choice([0, -1, true + 1, true - 1, 2 * true, 2**31, "x", 1.5, [1, 2]])
-        metadata[key] = (value, "INT32" if isinstance(value, int) and value < 0 else
-                         "UINT32" if isinstance(value, int) else "FLOAT32" if isinstance(value, float) else
-                         "STRING" if isinstance(value, str) else "ARRAY")
+        metadata[key] = (
+            value,
+            "INT32"
+            if isinstance(value, int) and value < 0
+            else "UINT32"
+            if isinstance(value, int)
+            else "FLOAT32"
+            if isinstance(value, float)
+            else "STRING"
+            if isinstance(value, str)
+            else "ARRAY",
+        )
         what = f"metadata {key} = {value!r} (the tensors say {true})"
     elif kind == "other":
         key = rng.choice(sorted(OTHER_KEYS))
@@ -181,8 +223,13 @@ def gguf_case(root: Path, rng: random.Random) -> Case:
                 data[rng.randrange(min(len(data), 4096))] ^= 1 << rng.randrange(8)
             path.write_bytes(bytes(data))
             what = "bits flipped in the header"
-    command = rng.choice([["inspect"], ["generate", "--prompt", "Hi", "--max-new-tokens", "2"],
-                          ["import", "--no-verify", "-o", str(root / "out"), "--force"]])
+    command = rng.choice(
+        [
+            ["inspect"],
+            ["generate", "--prompt", "Hi", "--max-new-tokens", "2"],
+            ["import", "--no-verify", "-o", str(root / "out"), "--force"],
+        ]
+    )
     args = [command[0], str(path), *command[1:]]
     return Case(args, what, must_fail, f"{path}" if must_fail else "")
 
@@ -201,8 +248,9 @@ def task_case(root: Path, rng: random.Random) -> Case:
         "a list": lambda c: "- task: t\n",
         "no output_type": lambda c: c.replace("output_type: multiple_choice\n", ""),
         "bad output_type": lambda c: c.replace("multiple_choice", rng.choice(["choose", "", "123", "[1]"])),
-        "bad template": lambda c: c.replace("{{question}}", rng.choice(["{{ question", "{% if %}", "{{ nope.x.y }}",
-                                                                        "{{ question | nofilter }}"])),
+        "bad template": lambda c: c.replace(
+            "{{question}}", rng.choice(["{{ question", "{% if %}", "{{ nope.x.y }}", "{{ question | nofilter }}"])
+        ),
         "bad choices": lambda c: c.replace("{{choices}}", rng.choice(["{{question}}", "[]", "{{ label }}"])),
         "bad target": lambda c: c.replace("{{label}}", rng.choice(["{{ 99 }}", "{{ question }}", "-1"])),
         "missing data": lambda c: c.replace("colm_tiny_choice.jsonl", "nope.jsonl"),
@@ -228,10 +276,28 @@ def task_case(root: Path, rng: random.Random) -> Case:
 # --- prompt files -------------------------------------------------------------------------------------
 
 
-PROMPT_LINES = ['{"prompt": "Hello"}', '{"prompt": ""}', '{"prompt": 5}', '{"prompt": null}', '{"prompt": ["a"]}',
-                '{"prompt": "\\ud800"}', '{"prompt": "\\udfff x"}', '{"prompt": "hi", "stop": "x"}', '{}', '[]', '"hi"',
-                'null', '{"prompt": "' + "x" * 200 + '"}', '{"prompt": "caf\\u00e9 \\u65e5"}', '{"prompt": "a\\u0000b"}',
-                '{"prompt": "hi"', "", "   ", "not json", '{"prompt": "hi"} {"prompt": "again"}']
+PROMPT_LINES = [
+    '{"prompt": "Hello"}',
+    '{"prompt": ""}',
+    '{"prompt": 5}',
+    '{"prompt": null}',
+    '{"prompt": ["a"]}',
+    '{"prompt": "\\ud800"}',
+    '{"prompt": "\\udfff x"}',
+    '{"prompt": "hi", "stop": "x"}',
+    "{}",
+    "[]",
+    '"hi"',
+    "null",
+    '{"prompt": "' + "x" * 200 + '"}',
+    '{"prompt": "caf\\u00e9 \\u65e5"}',
+    '{"prompt": "a\\u0000b"}',
+    '{"prompt": "hi"',
+    "",
+    "   ",
+    "not json",
+    '{"prompt": "hi"} {"prompt": "again"}',
+]
 PROMPT_BYTES = [b"\xef\xbb\xbf", b"\xff\xfe", b"\xe9", b"\xc3", b"\x00", b"\xed\xa0\x80", b"\r\n", b"\n", b"\r"]
 
 
@@ -270,9 +336,13 @@ def overlap_case(root: Path, rng: random.Random) -> Case:
         inputs = [source]
     else:
         inputs = [inner]
-    args = {"slice": ["slice", str(inner), "--chains", "1"], "expand": ["expand", str(inner)],
-            "export": ["export", str(inner), "--format", "hf"], "import": ["import", str(inputs[0])],
-            "train": ["train", str(inner), "--steps", "1", "--seq-len", "8", "--batch-size", "1"]}[command]
+    args = {
+        "slice": ["slice", str(inner), "--chains", "1"],
+        "expand": ["expand", str(inner)],
+        "export": ["export", str(inner), "--format", "hf"],
+        "import": ["import", str(inputs[0])],
+        "train": ["train", str(inner), "--steps", "1", "--seq-len", "8", "--batch-size", "1"],
+    }[command]
     if command == "train":
         which = rng.choice(["checkpoint", "data", "config"])
         if which == "data":
@@ -281,8 +351,9 @@ def overlap_case(root: Path, rng: random.Random) -> Case:
         elif which == "config":
             args[1] = str(root / "ckpt")
             args += ["--config", str(run / "options.json")]
-    where = Path(args[1]) if args[1] != str(root / "ckpt") else run / ("options.json" if "--config" in args
-                                                                        else "data.txt")
+    where = (
+        Path(args[1]) if args[1] != str(root / "ckpt") else run / ("options.json" if "--config" in args else "data.txt")
+    )
     relation = rng.choice(["parent", "grandparent", "itself"] + ["inside"] * where.is_dir())
     output = {"parent": where.parent, "grandparent": run, "itself": where, "inside": where / "out"}[relation]
     force = rng.random() < 0.8
@@ -292,8 +363,13 @@ def overlap_case(root: Path, rng: random.Random) -> Case:
         shutil.copytree(inner, args[1])
         force = True  # what would start the run over, deleting OUT.partial (without it, OUT exists: refused)
     args += ["-o", str(output)] + (["--force"] if force else [])
-    return Case(args, f"{command} with -o {output.relative_to(root)}", must_fail=True, message="the input",
-                unchanged=[run, root / "run.partial", root / "ckpt"])
+    return Case(
+        args,
+        f"{command} with -o {output.relative_to(root)}",
+        must_fail=True,
+        message="the input",
+        unchanged=[run, root / "run.partial", root / "ckpt"],
+    )
 
 
 MAKERS = {"gguf": gguf_case, "tasks": task_case, "prompts": prompt_case, "overlap": overlap_case}
@@ -316,7 +392,9 @@ def check_case(case: Case) -> str:
         assert not case.must_fail, f"{shown}: exit 0, but the input contradicts itself"
     else:
         assert code == 2 and stdout == "", f"{shown}: exit {code}: {stderr[-600:]}"
-        assert lines and lines[-1].startswith("colm: error: ") and "Traceback" not in stderr, f"{shown}: {stderr[-600:]}"
+        assert lines and lines[-1].startswith("colm: error: ") and "Traceback" not in stderr, (
+            f"{shown}: {stderr[-600:]}"
+        )
         assert case.message in lines[-1], f"{shown}: {lines[-1]} does not name {case.message!r}"
     for p, digest in before.items():
         assert tree_digest(p) == digest, f"{shown}: {p} changed"

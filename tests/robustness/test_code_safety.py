@@ -9,7 +9,9 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-SOURCES = sorted(p for d in ("colm_core", "colm_cli", "colm_kernels", "benchmarks", "scripts") for p in (REPO / d).rglob("*.py"))
+SOURCES = sorted(
+    p for d in ("colm_core", "colm_cli", "colm_kernels", "benchmarks", "scripts") for p in (REPO / d).rglob("*.py")
+)
 SOURCES += sorted(REPO.glob("experiments/**/*.py"))
 
 

@@ -41,8 +41,12 @@ def test_a_new_run_directory_appears_already_locked(tmp_path):
     assert os.listdir(partial) == ["steps"]
 
 
-LOSING = ("appeared while this command was writing it", "already exists",  # whichever moment the loser noticed
-          "being written by another `colm train`", "appeared during the run")
+LOSING = (
+    "appeared while this command was writing it",
+    "already exists",  # whichever moment the loser noticed
+    "being written by another `colm train`",
+    "appeared during the run",
+)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,16 @@ from colm_core.checkpoint import open_checkpoint
 from colm_core.data import token_cache
 from colm_core.tokenizer import ByteTokenizer
 from tests.conftest import child_environment, tiny_model
-from tests.robustness.harness import (COMMANDS, check_after_kill, command_args, inputs, kill_during, make_workspace,
-                                      saved_a_step, tree_digest)
+from tests.robustness.harness import (
+    COMMANDS,
+    check_after_kill,
+    command_args,
+    inputs,
+    kill_during,
+    make_workspace,
+    saved_a_step,
+    tree_digest,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +40,7 @@ def test_a_kill_leaves_inputs_intact_and_no_half_written_checkpoint(workspace, c
     out = root / f"out-{command}"
     # training: killed once a step checkpoint is complete, so --resume auto has one to continue from
     ready = saved_a_step if command == "train" else None
-    outcome = kill_during(command_args(command, root, out), out, 0.0, env, root,
-                          **({"ready": ready} if ready else {}))
+    outcome = kill_during(command_args(command, root, out), out, 0.0, env, root, **({"ready": ready} if ready else {}))
     check_after_kill(command, root, out, env, before)
     assert outcome in ("killed", "finished")
     assert open_checkpoint(out) if command != "export" else (out / "config.json").is_file()
@@ -76,8 +83,12 @@ def test_a_training_run_killed_while_replacing_out_leaves_it_to_be_put_back(tmp_
     out = tmp_path / "out"
     out.mkdir()
     (out / CONFIG_FILE).write_text("{}")
-    killed = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_TWO_RENAMES, str(out)],
-                            env=child_environment(None), capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_BETWEEN_TWO_RENAMES, str(out)],
+        env=child_environment(None),
+        capture_output=True,
+        text=True,
+    )
     assert killed.returncode == 9, killed.stderr
     assert not out.exists() and (tmp_path / "out.partial").is_dir()
     sweep_stale_siblings(out)

@@ -46,11 +46,14 @@ def test_each_mutation_alone_ends_cleanly(good, tmp_path):
         assert check_directory(case) in ("ok", "clean"), what
 
 
-@pytest.mark.parametrize("mutation, expected", [
-    ("fifo_config", "has no config.json"),  # a FIFO is not read: it would block
-    ("index_escapes", "outside the directory"),
-    ("deep_history", "colm_history.json: not valid JSON (RecursionError"),
-])
+@pytest.mark.parametrize(
+    "mutation, expected",
+    [
+        ("fifo_config", "has no config.json"),  # a FIFO is not read: it would block
+        ("index_escapes", "outside the directory"),
+        ("deep_history", "colm_history.json: not valid JSON (RecursionError"),
+    ],
+)
 def test_the_cli_prints_one_line_for_hostile_directories(good, tmp_path, mutation, expected):
     case = tmp_path / "case"
     shutil.copytree(good, case)
@@ -69,7 +72,21 @@ def test_the_cli_prints_one_line_for_hostile_directories(good, tmp_path, mutatio
 def test_training_a_model_whose_vocabulary_its_tokenizer_exceeds_is_refused(good, tmp_path, monkeypatch):
     monkeypatch.setenv("COLM_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "a.txt").write_text("text " * 500)  # ids up to 257 (EOS), beyond the 97-token vocabulary
-    code, stdout, stderr = run_main(["train", str(good), "--data", str(tmp_path / "a.txt"), "--steps", "1",
-                                     "--batch-size", "1", "--seq-len", "8", "-o", str(tmp_path / "out")])
+    code, stdout, stderr = run_main(
+        [
+            "train",
+            str(good),
+            "--data",
+            str(tmp_path / "a.txt"),
+            "--steps",
+            "1",
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "8",
+            "-o",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
     assert "the tokenizer gives token id 257, but the model's vocabulary has 97" in stderr, stderr
