@@ -119,8 +119,10 @@ def saved_a_step(out: Path) -> bool:
     """Whether a run can resume: OUT.partial/steps holds a step-N directory marked COMPLETE. A step still in
     its temporary directory (.step-N.tmp-*) does not count, whatever it holds: it was never renamed into place."""
     steps = out.with_name(out.name + ".partial") / "steps"
-    return out.exists() or steps.is_dir() and any(
-        p.name.startswith("step-") and (p / "COMPLETE").is_file() for p in steps.iterdir()
+    return (
+        out.exists()
+        or steps.is_dir()
+        and any(p.name.startswith("step-") and (p / "COMPLETE").is_file() for p in steps.iterdir())
     )
 
 
