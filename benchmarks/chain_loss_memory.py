@@ -26,27 +26,12 @@ REPO = Path(__file__).resolve().parent.parent  # where `-m benchmarks.chain_loss
 
 def measure(mode: str, vocab: int, tokens: int, chains: int) -> float:
     """MiB of peak-RSS growth over one loss forward + backward."""
-    import torch
     import torch.nn.functional as F
 
-    from colm_core.config import ColmConfig
+    from benchmarks.loss import model_and_batch
     from colm_core.losses import MultiScaleLoss
-    from colm_core.model import CoLM
 
-    cfg = ColmConfig(
-        vocab_size=vocab,
-        n_layers=1,
-        head_dim=32,
-        heads=[2] * chains,
-        kv_heads=[1] * chains,
-        ffn=[64] * chains,
-        max_seq_len=tokens,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
-    model = CoLM(cfg).init_weights(seed=0)
-    ids = torch.randint(0, vocab, (1, tokens + 1))
-    x, y = ids[:, :-1], ids[:, 1:]
+    model, x, y = model_and_batch(vocab, tokens, chains)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if mode == "all-naive":
         h = model.hidden_states(x)
