@@ -11,7 +11,6 @@ names the field (top_p), which the CLI shows as the flag (--top-p). Nothing here
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import tomllib
 import types
@@ -19,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from colm_core.config import INIT_STD
+from colm_core.config import INIT_STD, read_json
 from colm_core.errors import ColmError, OptionError
 
 
@@ -203,11 +202,14 @@ def from_sources(cls, config_file: Path | None, flags: dict):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
     if config_file is not None:
-        try:
-            text = Path(config_file).read_text()
-            read = tomllib.loads(text) if str(config_file).endswith(".toml") else json.loads(text)
-        except (OSError, ValueError) as e:
-            raise ColmError(f"--config {config_file}: cannot read it ({e}); give a JSON or TOML file") from None
+        fix = "give a JSON or TOML file"
+        if str(config_file).endswith(".toml"):
+            try:
+                read = tomllib.loads(Path(config_file).read_text())
+            except (OSError, ValueError) as e:
+                raise ColmError(f"--config {config_file}: cannot read it ({e}); {fix}") from None
+        else:
+            read = read_json(config_file, fix)
         if not isinstance(read, dict):
             raise ColmError(f'--config {config_file}: expected a table of options, e.g. {{"steps": 100}}')
         for key, value in read.items():

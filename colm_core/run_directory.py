@@ -29,6 +29,7 @@ from colm_core.checkpoint import (
     sweep_stale_siblings,
     temporary_sibling,
 )
+from colm_core.config import read_json
 from colm_core.errors import ColmError
 from colm_core.options import TrainOptions
 from colm_core.strict_json import finite_json
@@ -74,7 +75,7 @@ def find_resume(resume: str, partial: Path) -> Path | None:
 
 
 def read_trainer_state(step_dir: Path) -> dict:
-    return json.loads((step_dir / STATE_FILE).read_text())
+    return read_json(step_dir / STATE_FILE, "resume from another step checkpoint, or start a new run without --resume")
 
 
 # Options a resumed run may change: how it runs and reports, not what it computes. --steps may grow.

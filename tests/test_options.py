@@ -172,6 +172,7 @@ def test_cli_refuses_bad_numbers_and_old_style_init_chains(tmp_path):
         colm_in_process("init", "-o", tmp_path / "m", "--init-std", "nan"), 2, "--init-std nan: must be > 0"
     )
     (tmp_path / "run.toml").write_text("steps = 2.7\n")
+    (tmp_path / "run.json").write_bytes(b'{"steps": 2,')
     for args, message in [
         (["--min-lr-ratio", "-1", "--warmup-steps", "0"], "--min-lr-ratio -1: must be in [0, 1]"),
         (["--weight-decay", "-1"], "--weight-decay -1: must be >= 0"),
@@ -179,6 +180,7 @@ def test_cli_refuses_bad_numbers_and_old_style_init_chains(tmp_path):
         (["--beta1", "2"], "--beta1 2: must be in [0, 1)"),
         (["--lr", "nan"], "--lr nan: must be > 0"),
         (["--config", tmp_path / "run.toml"], "steps = 2.7 is not an integer"),
+        (["--config", tmp_path / "run.json"], f"{tmp_path / 'run.json'}: not valid JSON"),
     ]:
         assert_one_line_error(colm_in_process("train", tmp_path / "m", *args, "-o", tmp_path / "t"), 2, message)
     for args, message in [
@@ -188,4 +190,4 @@ def test_cli_refuses_bad_numbers_and_old_style_init_chains(tmp_path):
         (["expand", tmp_path / "m", "--init-std", "inf"], "--init-std inf: must be > 0"),
     ]:
         assert_one_line_error(colm_in_process(*args), 2, message)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.toml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json", "run.toml"]
