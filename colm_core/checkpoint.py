@@ -43,15 +43,12 @@ from safetensors import SafetensorError, safe_open
 
 from colm_core.cache import process_alive
 from colm_core.card import model_card
-from colm_core.config import ColmConfig, read_json
+from colm_core.config import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ColmConfig, read_json
 from colm_core.errors import ColmError, ColmRuntimeError
 from colm_core.model import expected_shapes
 from colm_core.strict_json import finite_json
 from colm_core.tokenizer import TOKENIZER_FILES, load_tokenizer
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 HISTORY_FILE = "colm_history.json"
 CARD_FILE = "README.md"
 DIGESTS_FILE = "digests.json"

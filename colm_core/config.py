@@ -14,6 +14,10 @@ from pathlib import Path
 from colm_core.errors import ColmError
 
 FORMAT_VERSION = 1
+# File names a colm checkpoint shares with a Hugging Face model directory (safetensors layout).
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 INIT_STD = 0.02  # standard deviation of initial weights: Llama's initializer_range (the paper gives none)
 LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 

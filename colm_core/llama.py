@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from colm_core.config import LLAMA3_ROPE_KEYS, ColmConfig, read_json
+from colm_core.config import CONFIG_FILE, INDEX_FILE, LLAMA3_ROPE_KEYS, WEIGHTS_FILE, ColmConfig, read_json
 from colm_core.errors import ColmError
 
 if TYPE_CHECKING:  # imported where used: commands that never read a GGUF or Llama file skip them
@@ -138,9 +138,6 @@ def config_to_hf(cfg: ColmConfig) -> dict:
 # Two kinds are read: a transformers LlamaForCausalLM (a 1-chain CoLM), and colm's own `export --format
 # hf` (colm's config nested under "colm", the tensors under colm's names), which imports back exactly.
 
-HF_CONFIG = "config.json"
-HF_WEIGHTS = "model.safetensors"
-HF_INDEX = "model.safetensors.index.json"
 COLM_EXPORT_TYPE = "colm"  # model_type of `colm export --format hf`
 IGNORED_HF_TENSORS = (".rotary_emb.inv_freq",)  # a buffer some old checkpoints saved; recomputed from the config
 
@@ -187,7 +184,7 @@ def is_colm_export(hf: dict) -> bool:
 def is_hf_model_dir(path: Path) -> bool:
     """A directory with a transformers config.json (not a colm one)."""
     try:
-        data = read_json(Path(path) / HF_CONFIG, "")
+        data = read_json(Path(path) / CONFIG_FILE, "")
     except ColmError:
         return False
     return isinstance(data, dict) and "colm_format" not in data and "model_type" in data
@@ -211,38 +208,38 @@ def llama_tokenizer_kind(path: Path, vocab_size: int) -> str:
 
 def open_hf_dir(path: str | Path) -> HFModelDir:
     path = Path(path)
-    if not (path / HF_CONFIG).is_file():
-        raise ColmError(f"{path} has no {HF_CONFIG}: not a Hugging Face checkpoint directory")
-    hf = read_json(path / HF_CONFIG, "download the model again")
+    if not (path / CONFIG_FILE).is_file():
+        raise ColmError(f"{path} has no {CONFIG_FILE}: not a Hugging Face checkpoint directory")
+    hf = read_json(path / CONFIG_FILE, "download the model again")
     if not isinstance(hf, dict):
-        raise ColmError(f"{path / HF_CONFIG}: expected a JSON object; download the model again")
+        raise ColmError(f"{path / CONFIG_FILE}: expected a JSON object; download the model again")
     if "colm_format" in hf:
         raise ColmError(f"{path} is already a colm checkpoint; use it directly")
     if is_colm_export(hf):
         from colm_core.model import expected_shapes
 
-        cfg = ColmConfig.from_dict(hf["colm"], source=f"{path / HF_CONFIG} (colm export)")
+        cfg = ColmConfig.from_dict(hf["colm"], source=f"{path / CONFIG_FILE} (colm export)")
         to_colm = {name: name for name in expected_shapes(cfg)}
     else:
         cfg = config_from_hf(hf)  # the architecture check, before anything else is read
         cfg = cfg.replace(tokenizer=llama_tokenizer_kind(path, cfg.vocab_size))
         to_colm = hf_to_colm_names(cfg.n_layers)
-    if (path / HF_INDEX).is_file():
+    if (path / INDEX_FILE).is_file():
         from colm_core.checkpoint import read_index
 
-        weight_map = read_index(path / HF_INDEX, "download the model again")
-    elif (path / HF_WEIGHTS).is_file():
+        weight_map = read_index(path / INDEX_FILE, "download the model again")
+    elif (path / WEIGHTS_FILE).is_file():
         from colm_core.checkpoint import safetensors_header
 
-        weight_map = {name: HF_WEIGHTS for name in safetensors_header(path / HF_WEIGHTS)}
+        weight_map = {name: WEIGHTS_FILE for name in safetensors_header(path / WEIGHTS_FILE)}
     else:
         raise ColmError(
-            f"{path} has no {HF_WEIGHTS} or {HF_INDEX}; colm imports safetensors weights only "
+            f"{path} has no {WEIGHTS_FILE} or {INDEX_FILE}; colm imports safetensors weights only "
             "(convert pickled .bin weights to safetensors first)"
         )
     for file in sorted(set(weight_map.values())):
         if not (path / file).is_file():
-            raise ColmError(f"{path / file} is missing (listed in {HF_INDEX}); download the shard again")
+            raise ColmError(f"{path / file} is missing (listed in {INDEX_FILE}); download the shard again")
     return HFModelDir(path, hf, cfg, weight_map, to_colm)
 
 

@@ -62,11 +62,12 @@ def imported_hf_dir(path: Path) -> Path:
     re-downloaded model, or a changed or removed tokenizer, is imported again.
     Cache root: colm_core.cache.cache_root()."""
     from colm_core.checkpoint import HISTORY_FILE
-    from colm_core.llama import HF_CONFIG, import_hf, open_hf_dir
+    from colm_core.config import CONFIG_FILE
+    from colm_core.llama import import_hf, open_hf_dir
     from colm_core.tokenizer import TOKENIZER_FILES
 
     src = open_hf_dir(path)
-    key = hashlib.sha256((src.path / HF_CONFIG).read_bytes())
+    key = hashlib.sha256((src.path / CONFIG_FILE).read_bytes())
     for file in src.files:
         stat = file.stat()
         key.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
@@ -74,7 +75,7 @@ def imported_hf_dir(path: Path) -> Path:
         file = src.path / name
         key.update(f"{name}:".encode() + (hashlib.sha256(file.read_bytes()).digest() if file.is_file() else b"-"))
     cache = cache_root() / "imports" / f"{src.path.resolve().name}-{key.hexdigest()[:12]}"
-    if not (cache / HF_CONFIG).is_file():
+    if not (cache / CONFIG_FILE).is_file():
         import_hf(src.path, cache, verify=False, force=True)  # `colm import` verifies; this is its cached twin
     return cache
 
