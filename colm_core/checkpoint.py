@@ -696,12 +696,19 @@ class BackgroundDigest:
         return self._digest
 
 
+def run_as_colm() -> bool:
+    """Whether this process is the `colm` command (the console script, or `python -m colm_cli`), whose
+    command line the history records; not any other program's `__main__.py` that calls colm_core."""
+    program = Path(sys.argv[0])
+    return program.name == "colm" or program.name == "__main__.py" and program.parent.name == "colm_cli"
+
+
 def history_entry(command: str, args: dict, inputs: Iterable[Checkpoint] = ()) -> dict:
     from colm_core import __version__
 
     return {
         "command": command,
-        "argv": ["colm", *sys.argv[1:]] if Path(sys.argv[0]).name in ("colm", "__main__.py") else None,
+        "argv": ["colm", *sys.argv[1:]] if run_as_colm() else None,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in args.items()},
         "colm_version": __version__,
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -298,3 +298,21 @@ def test_config_checks_follow_the_field_types():
     assert admits == "a finite number or null"
     with pytest.raises(TypeError, match="value_check"):
         value_check(set)
+
+
+@pytest.mark.parametrize(
+    "program, recorded",
+    [
+        ("/usr/bin/colm", True),
+        ("/src/colm_cli/__main__.py", True),
+        ("/env/lib/pytest/__main__.py", False),
+        ("train.py", False),
+    ],
+)
+def test_history_records_the_command_line_of_colm_only(monkeypatch, tmp_path, program, recorded):
+    """Another program's `python -m pkg` calling colm_core is no `colm` command line to record."""
+    from colm_core.checkpoint import history_entry
+
+    monkeypatch.setattr("sys.argv", [program, "slice", "--chains", "1"])
+    argv = history_entry("slice", {})["argv"]
+    assert argv == (["colm", "slice", "--chains", "1"] if recorded else None)
