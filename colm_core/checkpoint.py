@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from colm_core.cache import process_alive
 from colm_core.card import model_card
 from colm_core.config import CONFIG_FILE, INDEX_FILE, WEIGHTS_FILE, ColmConfig, read_json
-from colm_core.errors import ColmError, ColmRuntimeError
+from colm_core.errors import ColmError, ColmRuntimeError, OptionError
 from colm_core.model import expected_shapes
 from colm_core.strict_json import finite_json
 from colm_core.tokenizer import TOKENIZER_FILES, load_tokenizer
@@ -74,7 +74,7 @@ def parse_dtype(name: str, choices: str = "float32, bfloat16, float16") -> torch
     """A --dtype value (float32, bfloat16, float16, or fp32/bf16/fp16) as a torch dtype."""
     dtypes = {v: k for k, v in DTYPE_NAMES.items()} | DTYPE_ALIASES
     if name not in dtypes:
-        raise ColmError(f"--dtype {name}: choose one of {choices}")
+        raise OptionError("{dtype} {value}: choose one of {choices}", value=name, choices=choices)
     return dtypes[name]
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from colm_core.cache import cache_root, process_alive
-from colm_core.errors import ColmError
+from colm_core.errors import ColmError, OptionError
 
 DEFAULT_CORPUS_BYTES = 4 * 2**20
 
@@ -36,7 +36,7 @@ def resolve_text_files(specs: list[str | Path]) -> list[Path]:
         elif m.is_file():
             files.append(m)
         else:
-            raise ColmError(f"--data {m}: no such file or directory; check the path")
+            raise OptionError("{data} {value}: no such file or directory; check the path", value=m)
     text, binary = [], []
     for p in files:
         (text if is_text_file(p) else binary).append(p)
@@ -58,7 +58,7 @@ def matched_paths(specs: list[str | Path]) -> list[Path]:
     for spec in map(str, specs):
         matches = sorted(glob.glob(spec, recursive=True)) if glob.has_magic(spec) else [spec]
         if not matches:
-            raise ColmError(f"--data {spec}: the pattern matches no file; check the path")
+            raise OptionError("{data} {value}: the pattern matches no file; check the path", value=spec)
         paths += map(Path, matches)
     return paths
 
@@ -78,7 +78,9 @@ def read_texts(specs: list[str | Path]) -> list[str]:
     """The documents of a --data list, decoded as UTF-8 (bad bytes replaced). Empty data is an error."""
     texts = [p.read_bytes().decode("utf-8", errors="replace") for p in resolve_text_files(specs)]
     if not any(texts):
-        raise ColmError(f"--data {' '.join(map(str, specs))}: the files are empty; give text with some content")
+        raise OptionError(
+            "{data} {value}: the files are empty; give text with some content", value=" ".join(map(str, specs))
+        )
     return texts
 
 

@@ -33,7 +33,7 @@ from colm_core.checkpoint import (
     write_weights,
 )
 from colm_core.config import ColmConfig
-from colm_core.errors import ColmError
+from colm_core.errors import OptionError
 from colm_core.llama import COLM_EXPORT_TYPE, colm_to_hf_names, config_to_hf
 from colm_core.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, tokenizer_config
 
@@ -145,7 +145,9 @@ def export(
     from colm_core.verify import verify_export
 
     if fmt not in FORMATS:
-        raise ColmError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        raise OptionError(
+            "{fmt} {value}: choose one of {choices}", {"fmt": "--format"}, value=fmt, choices=", ".join(FORMATS)
+        )
     ckpt = open_checkpoint(path)
     cfg, dtype = ckpt.config, dtype or ckpt.dtype
     if fmt == "hf-llama":

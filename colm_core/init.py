@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from colm_core.config import INIT_STD, PRESETS, ColmConfig
-from colm_core.errors import ColmError
+from colm_core.errors import ColmError, OptionError
 from colm_core.options import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check, option
 from colm_core.tokenizer import TOKENIZER_FILE, ByteTokenizer, HFTokenizer
 
@@ -76,7 +76,11 @@ def _per_chain(values: list[int] | None, n: int, default: list[int], name: str) 
     if len(values) == 1:
         return values * n
     if len(values) != n:
-        raise ColmError(f"--{name} has {len(values)} entries for {n} chains; give one per chain or a single number")
+        raise OptionError(
+            "{" + name + "} has {count} entries for {n} chains; give one per chain or a single number",
+            count=len(values),
+            n=n,
+        )
     return values
 
 
@@ -85,7 +89,7 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
     base = PRESETS[o.preset]
     heads = o.heads or base.heads
     if o.chains is not None and o.chains > MAX_CHAINS:  # before lists of that length are made
-        raise ColmError(f"--chains {o.chains}: at most {MAX_CHAINS} chains")
+        raise OptionError("{chains} {value}: at most {most} chains", value=o.chains, most=MAX_CHAINS)
     if o.chains is not None:  # N chains of the given heads (one number) or of the preset's per-chain heads
         if o.heads is not None and len(o.heads) not in (1, o.chains):
             raise ColmError(
@@ -100,14 +104,16 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
         kv = max(1, base.kv_heads[0] * h // base.heads[0])
         return kv if h % kv == 0 else h
 
-    kv_heads = _per_chain(o.kv_heads, n, [default_kv(h) for h in heads], "kv-heads")
+    kv_heads = _per_chain(o.kv_heads, n, [default_kv(h) for h in heads], "kv_heads")
     if o.air and (o.kv_heads is None or len(o.kv_heads) == 1):  # Air: only chain 1 has KV heads
         kv_heads = [kv_heads[0]] + [0] * (n - 1)
     ffn_default = [base.ffn[0] * h // base.heads[0] for h in heads]
 
     if o.tokenizer is not None:
         if not Path(o.tokenizer).is_file():
-            raise ColmError(f"--tokenizer {o.tokenizer}: no such file; pass a Hugging Face tokenizer.json")
+            raise OptionError(
+                "{tokenizer} {value}: no such file; pass a Hugging Face tokenizer.json", value=o.tokenizer
+            )
         tokenizer = HFTokenizer(Path(o.tokenizer))
         tok_kind, vocab = TOKENIZER_FILE, tokenizer.vocab_size
         bos, eos = o.bos_token_id, o.eos_token_id
@@ -151,7 +157,11 @@ def build_config(o: InitOptions) -> tuple[ColmConfig, object]:
         tokenizer=tok_kind,
     ).validate()
     if cfg.vocab_size < tokenizer.vocab_size:
-        raise ColmError(f"--vocab-size {cfg.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} tokens")
+        raise OptionError(
+            "{vocab_size} {value} is smaller than the tokenizer's {tokens} tokens",
+            value=cfg.vocab_size,
+            tokens=tokenizer.vocab_size,
+        )
     return cfg, tokenizer
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from colm_core.api import load
 from colm_core.checkpoint import parse_dtype
-from colm_core.errors import ColmError, missing_extra
+from colm_core.errors import ColmError, OptionError, missing_extra
 from colm_core.generation import generate_batch
 from colm_core.options import GenerateOptions
 
@@ -229,7 +229,7 @@ def task_names(text: str) -> list[str]:
     """ "hellaswag, arc_easy" -> ["hellaswag", "arc_easy"]."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
-        raise ColmError(f"--tasks {text!r}: give lm-eval task names, e.g. --tasks hellaswag,arc_easy")
+        raise OptionError("{tasks} {value!r}: give lm-eval task names, e.g. {tasks} hellaswag,arc_easy", value=text)
     return names
 
 

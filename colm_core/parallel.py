@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from colm_core.errors import WORKER_ERRORS_ENV, ColmError
+from colm_core.errors import WORKER_ERRORS_ENV, ColmError, OptionError
 from colm_core.options import STRATEGIES
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -122,7 +122,11 @@ class DistributedRuntime(Runtime):
 
 def setup(strategy: str, device: str | None = None) -> Runtime:
     if strategy not in STRATEGIES:
-        raise ColmError(f"--strategy {strategy}: unknown strategy; choose one of {', '.join(STRATEGIES)}")
+        raise OptionError(
+            "{strategy} {value}: unknown strategy; choose one of {choices}",
+            value=strategy,
+            choices=", ".join(STRATEGIES),
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return DistributedRuntime(strategy)
     return Runtime(parse_device(device))
@@ -135,14 +139,14 @@ def parse_device(name: str | None) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ColmError(f"--device {name!r}: not a device; give cpu, cuda or cuda:N") from None
+        raise OptionError("{device} {value!r}: not a device; give cpu, cuda or cuda:N", value=name) from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ColmError(
             f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
             "give another one, or --device cpu"
         )
     if device.type not in ("cpu", "cuda"):
-        raise ColmError(f"--device {name}: colm runs on cpu or cuda")
+        raise OptionError("{device} {value}: colm runs on cpu or cuda", value=name)
     return device
 
 
@@ -157,7 +161,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     if nproc < 1:
-        raise ColmError(f"--nproc {nproc}: give a positive number of processes")
+        raise OptionError("{nproc} {value}: give a positive number of processes", value=nproc)
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "colm_cli", *argv])
     logging.disable(logging.CRITICAL)  # torchrun's notices and failure reports: this process only launches
     with tempfile.TemporaryDirectory(prefix="colm-workers-") as errors:

@@ -30,7 +30,7 @@ from colm_core.checkpoint import (
     write_checkpoint,
 )
 from colm_core.config import INIT_STD, ColmConfig
-from colm_core.errors import ColmError
+from colm_core.errors import ColmError, OptionError
 from colm_core.model import chain_of, initial_value
 
 # --- configs -------------------------------------------------------------------------------
@@ -46,7 +46,7 @@ def expand_config(
 ) -> ColmConfig:
     """The config with `add_chains` chains appended; sizes default to the last chain's."""
     if add_chains < 1:
-        raise ColmError(f"--add-chains {add_chains}: add at least 1 chain")
+        raise OptionError("{add_chains} {value}: add at least 1 chain", value=add_chains)
     kv_share = cfg.kv_share or air
     if air and not cfg.kv_share and cfg.n_chains > 1:
         raise ColmError(
@@ -74,7 +74,7 @@ def expand_config(
             )
     ffn = cfg.ffn[-1] if ffn is None else ffn
     if heads < 1 or ffn < 1:
-        raise ColmError(f"--heads {heads} --ffn {ffn}: new chains need at least 1 query head and 1 FFN unit")
+        raise OptionError("{heads} {h} {ffn} {f}: new chains need at least 1 query head and 1 FFN unit", h=heads, f=ffn)
     return cfg.replace(
         heads=cfg.heads + [heads] * add_chains,
         kv_heads=cfg.kv_heads + [kv_heads] * add_chains,
@@ -87,7 +87,7 @@ def slice_config(cfg: ColmConfig, chains: int) -> ColmConfig:
     """The config of the first `chains` chains."""
     n = cfg.n_chains
     if not 1 <= chains <= n:
-        raise ColmError(f"--chains {chains} is outside 1..{n}: this model has {n} chains")
+        raise OptionError("{chains} {value} is outside 1..{n}: this model has {n} chains", value=chains, n=n)
     return cfg.replace(heads=cfg.heads[:chains], kv_heads=cfg.kv_heads[:chains], ffn=cfg.ffn[:chains])
 
 
@@ -140,7 +140,7 @@ def expand(
     from colm_core.verify import verify_expand
 
     if not init_std > 0:
-        raise ColmError(f"--init-std must be positive, got {init_std}")
+        raise OptionError("{init_std} must be positive, got {value}", value=init_std)
     ckpt = open_checkpoint(path)
     cfg = expand_config(ckpt.config, add_chains, heads, kv_heads, ffn, air)
     args = dict(add_chains=add_chains, heads=heads, kv_heads=kv_heads, ffn=ffn, air=air, init_std=init_std, seed=seed)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from colm_core.checkpoint import parse_dtype
-from colm_core.errors import ColmError, ColmRuntimeError, Interrupted
+from colm_core.errors import ColmError, ColmRuntimeError, Interrupted, OptionError
 from colm_core.optimizer_state import load_optimizer_state, save_optimizer_state
 from colm_core.options import TrainOptions
 from colm_core.run_directory import (
@@ -47,7 +47,9 @@ def check_for_model(opts: TrainOptions, cfg) -> None:
     """The limits that depend on the model (the options' own ranges are checked when they are made)."""
     n = cfg.n_chains
     if opts.seq_len > cfg.max_seq_len:
-        raise ColmError(f"--seq-len {opts.seq_len} is above the model's maximum of {cfg.max_seq_len} tokens")
+        raise OptionError(
+            "{seq_len} {value} is above the model's maximum of {most} tokens", value=opts.seq_len, most=cfg.max_seq_len
+        )
     if opts.freeze_chains >= n:
         raise ColmError(
             f"--freeze-chains {opts.freeze_chains}: this model has {n} chains, so at most "
@@ -70,7 +72,7 @@ def check_for_model(opts: TrainOptions, cfg) -> None:
             f"{len(scales)} trained scales {scales}; give one per scale"
         )
     if opts.chain_weights is not None and not any(opts.chain_weights):
-        raise ColmError("--chain-weights are all 0: nothing would be trained; give at least one positive weight")
+        raise OptionError("{chain_weights} are all 0: nothing would be trained; give at least one positive weight")
 
 
 def cut_lateral_input(model, k: int) -> None:
@@ -121,7 +123,9 @@ def torch_dtype_for(opts: TrainOptions, device: torch.device) -> torch.dtype:
     else:
         dtype = parse_dtype(opts.dtype, choices="auto, float32, bfloat16 or float16")
     if device.type == "cpu" and dtype != torch.float32:
-        raise ColmError(f"--dtype {opts.dtype}: training on CPU runs in float32; mixed precision needs a GPU")
+        raise OptionError(
+            "{dtype} {value}: training on CPU runs in float32; mixed precision needs a GPU", value=opts.dtype
+        )
     return dtype
 
 

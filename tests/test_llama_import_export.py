@@ -190,7 +190,7 @@ def test_import_refuses_what_it_cannot_convert(tmp_path):
     src = hf_llama_dir(tmp_path / "hf", "tied")
     with pytest.raises(ColmError, match="inside the input"):
         import_hf(src, src / "colm")
-    with pytest.raises(ColmError, match="--format gguf: choose one of hf-llama, hf"):
+    with pytest.raises(ColmError, match="^fmt gguf: choose one of hf-llama, hf"):
         export(src, tmp_path / "out", fmt="gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "hf", "notes"]
 

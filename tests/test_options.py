@@ -124,6 +124,23 @@ def test_option_errors_name_the_parameter_in_python_and_the_flag_on_the_command_
     assert error.in_flags() == "--layers '{heads}': expected an integer; see --heads"
 
 
+def test_core_errors_name_parameters_and_the_cli_names_flags(tmp_path):
+    """The library answers a Python caller in its own terms; the same mistake on the command line is worded
+    with the flag."""
+    from colm_core.data import read_texts
+    from colm_core.parallel import parse_device
+
+    with pytest.raises(OptionError, match=r"^device 'tpu': not a device"):
+        parse_device("tpu")
+    with pytest.raises(OptionError, match=r"^data .*nope.txt: no such file"):
+        read_texts([tmp_path / "nope.txt"])
+    colm_in_process("init", "-o", tmp_path / "m", "--layers", "1", check=True)
+    proc = colm_in_process("eval", tmp_path / "m", "--device", "tpu")
+    assert_one_line_error(proc, 2, "--device 'tpu': not a device")
+    proc = colm_in_process("eval", tmp_path / "m", "--data", tmp_path / "nope.txt")
+    assert_one_line_error(proc, 2, f"--data {tmp_path / 'nope.txt'}: no such file")
+
+
 def test_config_values_are_type_checked(tmp_path):
     config = tmp_path / "run.toml"
 
