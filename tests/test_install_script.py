@@ -27,7 +27,7 @@ def run_install(tmp_path: Path, in_venv: bool, **env) -> list[str]:
     (bin_dir / "python3").write_text(FAKE_PYTHON)
     (bin_dir / "python3").chmod(0o755)
     calls = tmp_path / "calls"
-    base = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX")}
+    base = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "CONDA_PREFIX", "COLM_NEWEST")}
     proc = subprocess.run(
         ["bash", str(repo / "scripts" / "install.sh")],
         capture_output=True,
