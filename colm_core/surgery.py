@@ -29,9 +29,10 @@ from colm_core.checkpoint import (
     open_checkpoint,
     write_checkpoint,
 )
-from colm_core.config import INIT_STD, ColmConfig
+from colm_core.config import ColmConfig
 from colm_core.errors import ColmError, OptionError
 from colm_core.model import chain_of, initial_value
+from colm_core.options import ExpandOptions
 
 # --- configs -------------------------------------------------------------------------------
 
@@ -126,13 +127,13 @@ def expand(
     path: Path,
     out: Path,
     *,
-    add_chains: int,
-    heads: int | None = None,
-    kv_heads: int | None = None,
-    ffn: int | None = None,
-    air: bool = False,
-    init_std: float = INIT_STD,
-    seed: int = 0,
+    add_chains: int = ExpandOptions.add_chains,
+    heads: int | None = ExpandOptions.heads,
+    kv_heads: int | None = ExpandOptions.kv_heads,
+    ffn: int | None = ExpandOptions.ffn,
+    air: bool = ExpandOptions.air,
+    init_std: float = ExpandOptions.init_std,
+    seed: int = ExpandOptions.seed,
     verify: bool = True,
     force: bool = False,
 ) -> dict:
