@@ -93,13 +93,14 @@ def kernel_row(width: int, n: int, tokens: int, repeats: int, device: str, dtype
     return row
 
 
-def colm_loss(shape: dict, chains: int, device: str):
+def chained_config(shape: dict, chains: int):
+    """A Llama shape (width, heads, kv_heads, ffn, ...) cut into `chains` equal chains, with a tied head."""
     from colm_core.config import ColmConfig
-    from colm_core.losses import MultiScaleLoss
-    from colm_core.model import CoLM
 
-    per_chain = lambda total: [total // chains] * chains  # noqa: E731
-    cfg = ColmConfig(
+    def per_chain(total: int) -> list[int]:
+        return [total // chains] * chains
+
+    return ColmConfig(
         vocab_size=shape["vocab"],
         n_layers=shape["layers"],
         head_dim=shape["width"] // shape["heads"],
@@ -109,7 +110,13 @@ def colm_loss(shape: dict, chains: int, device: str):
         max_seq_len=shape["seq"],
         tie_embeddings=True,
     ).validate()
-    model = CoLM(cfg).init_weights().to(device).train()
+
+
+def colm_loss(shape: dict, chains: int, device: str):
+    from colm_core.losses import MultiScaleLoss
+    from colm_core.model import CoLM
+
+    model = CoLM(chained_config(shape, chains)).init_weights().to(device).train()
     module = MultiScaleLoss(model, [chains])  # the full model's loss only, as Llama's
     return lambda ids, targets: module(ids, targets).total
 

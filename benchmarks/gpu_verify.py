@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved, parser, report, set_threads
+from benchmarks.gpu_train import chained_config
 
 FULL = dict(
     t1=dict(widths=[2048, 4096], chains=[1, 4], tokens=8192),
@@ -249,7 +250,6 @@ def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from benchmarks.loss import checkpointed_loss
-    from colm_core.config import ColmConfig
     from colm_core.losses import MultiScaleLoss
     from colm_core.model import CoLM
 
@@ -276,17 +276,7 @@ def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
         return model, {"transformers Llama": loss}
 
     def colm(n):
-        per_chain = lambda total: [total // n] * n  # noqa: E731
-        cfg = ColmConfig(
-            vocab_size=s["vocab"],
-            n_layers=s["layers"],
-            head_dim=s["width"] // s["heads"],
-            heads=per_chain(s["heads"]),
-            kv_heads=per_chain(s["kv_heads"]),
-            ffn=per_chain(s["ffn"]),
-            max_seq_len=s["seq"],
-            tie_embeddings=True,
-        ).validate()
+        cfg = chained_config(s, n)
         with torch.device(run.device):
             model = CoLM(cfg)
         model.init_weights().train()  # drawn on the CPU (its generator), copied tensor by tensor
