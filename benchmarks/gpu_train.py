@@ -121,8 +121,9 @@ def colm_loss(shape: dict, chains: int, device: str):
     return lambda ids, targets: module(ids, targets).total
 
 
-def llama_loss(shape: dict, device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def llama_config(shape: dict):
+    """transformers' LlamaConfig of the same shape as chained_config's, tied head, SDPA attention."""
+    from transformers import LlamaConfig
 
     cfg = LlamaConfig(
         hidden_size=shape["width"],
@@ -135,7 +136,13 @@ def llama_loss(shape: dict, device: str):
         tie_word_embeddings=True,
     )
     cfg._attn_implementation = "sdpa"
-    model = LlamaForCausalLM(cfg).to(device).train()
+    return cfg
+
+
+def llama_loss(shape: dict, device: str):
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM(llama_config(shape)).to(device).train()
 
     def loss(ids, targets):
         logits = model(ids).logits

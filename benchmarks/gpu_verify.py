@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import interleaved, parser, report, set_threads
-from benchmarks.gpu_train import chained_config
+from benchmarks.gpu_train import chained_config, llama_config
 
 FULL = dict(
     t1=dict(widths=[2048, 4096], chains=[1, 4], tokens=8192),
@@ -247,7 +247,7 @@ def loss(run: Run, setup: dict) -> tuple[str, list[dict]]:
 
 
 def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from benchmarks.loss import checkpointed_loss
     from colm_core.losses import MultiScaleLoss
@@ -259,19 +259,8 @@ def step(run: Run, setup: dict) -> tuple[str, list[dict]]:
     tokens = x.numel()
 
     def llama():
-        cfg = LlamaConfig(
-            hidden_size=s["width"],
-            intermediate_size=s["ffn"],
-            num_hidden_layers=s["layers"],
-            num_attention_heads=s["heads"],
-            num_key_value_heads=s["kv_heads"],
-            vocab_size=s["vocab"],
-            max_position_embeddings=s["seq"],
-            tie_word_embeddings=True,
-        )
-        cfg._attn_implementation = "sdpa"
         with torch.device(run.device):  # initialised where it trains
-            model = LlamaForCausalLM(cfg).train()
+            model = LlamaForCausalLM(llama_config(s)).train()
         loss = lambda: F.cross_entropy(model(x).logits.float().flatten(0, 1), targets.flatten(), reduction="sum")  # noqa: E731
         return model, {"transformers Llama": loss}
 

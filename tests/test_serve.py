@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import pytest
 
 from colm_core.checkpoint import save
-from colm_core.generation import generate
+from colm_core.generation import Sampling, generate
 from colm_core.options import GenerateOptions
 from colm_core.serving import Job, ServeLimits, Service, chat_template
 from tests.conftest import (
@@ -159,8 +159,6 @@ def test_openai_client_completions_chat_and_streams_equal_colm_generate(tmp_path
 
 
 def run_job(service: Service, prompt, chains, max_tokens, echo=False, logprobs=None) -> Job:
-    from colm_core.generation import Sampling
-
     done = threading.Event()
     job = Job(
         prompt,
@@ -174,6 +172,15 @@ def run_job(service: Service, prompt, chains, max_tokens, echo=False, logprobs=N
     )
     service.engine.submit([job])
     assert done.wait(60)
+    return job
+
+
+def start_long_job(service: Service, prompt, chains, max_tokens) -> Job:
+    """A greedy job submitted to the engine, returned once it has produced its first piece (it is running)."""
+    first = threading.Event()
+    job = Job(prompt, chains, max_tokens, Sampling(), [], None, False, on_event=lambda job, piece: first.set())
+    service.engine.submit([job])
+    assert first.wait(30)
     return job
 
 
@@ -211,21 +218,7 @@ def test_a_larger_chain_count_joining_recomputes_the_running_rows():
     they are prefilled again at 3 chains, and every answer still equals `colm generate`'s."""
     model = model_of(air=False)
     with served(model) as (_, service):
-        from colm_core.generation import Sampling
-
-        first = threading.Event()
-        long = Job(
-            model.tokenizer.encode(PROMPTS[1], True),
-            1,
-            120,
-            Sampling(),
-            [],
-            None,
-            False,
-            on_event=lambda job, piece: first.set(),
-        )
-        service.engine.submit([long])
-        assert first.wait(30)
+        long = start_long_job(service, model.tokenizer.encode(PROMPTS[1], True), 1, 120)
         joined = run_job(service, model.tokenizer.encode(PROMPTS[0], True), 3, 20)
         while not long.finished_at:
             time.sleep(0.01)
@@ -361,21 +354,7 @@ def test_elastic_auto_takes_the_largest_chain_count_the_wait_bound_allows():
     with served(model, max_wait_s=1e-9) as (url, service):
         status, body = post(f"{url}/completions", {"model": "tiny@auto", "prompt": "Hi", "max_tokens": 3})
         assert status == 200 and body["model"] == "tiny@3"
-        from colm_core.generation import Sampling
-
-        first = threading.Event()
-        long = Job(
-            model.tokenizer.encode(PROMPTS[1], True),
-            3,
-            200,
-            Sampling(),
-            [],
-            None,
-            False,
-            on_event=lambda job, piece: first.set(),
-        )
-        service.engine.submit([long])
-        assert first.wait(30)
+        start_long_job(service, model.tokenizer.encode(PROMPTS[1], True), 3, 200)
         status, body = post(f"{url}/completions", {"model": "tiny@auto", "prompt": "Hi", "max_tokens": 3})
         assert status == 200 and body["model"] == "tiny@1"
         assert "tiny@auto" in [m["id"] for m in post(f"{url}/models", None, method="GET")[1]["data"]]
