@@ -156,7 +156,7 @@ class Trainer:
     over train_step with validate and save_step, and finish() publishes OUT."""
 
     def __init__(self, runtime, ckpt_path, out, opts, force, resume, on_event):
-        from colm_core.checkpoint import history_entry, load, open_checkpoint
+        from colm_core.checkpoint import check_output, history_entry, load, open_checkpoint, refuse_overlap
         from colm_core.data import data_digest, default_corpus_files, resolve_text_files, split_tokens, token_cache
         from colm_core.losses import MultiScaleLoss
         from colm_core.model import chain_of
@@ -190,11 +190,13 @@ class Trainer:
             raise ColmError(
                 f"{partial} holds an unfinished run; continue it with --resume auto, or pass --force to start over"
             )
-        if self.out.exists() and not force:
-            raise ColmError(f"{self.out} already exists; pass --force to replace it or choose another -o/--output")
+        files = resolve_text_files(opts.data) if opts.data else default_corpus_files()
+        # As every command's output: not over an existing one without --force, and neither OUT nor OUT.partial
+        # (which --force empties) may hold what the run reads.
+        check_output(self.out, force, [ckpt.path, *files])
+        refuse_overlap(partial, [ckpt.path, *files])
         runtime.barrier()  # every rank has checked the directories before rank 0 creates OUT.partial
 
-        files = resolve_text_files(opts.data) if opts.data else default_corpus_files()
         tokenizer = ckpt.tokenizer()
         self.data_sha256 = data_digest(files, tokenizer)
         if self.resume_from is not None:

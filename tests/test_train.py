@@ -614,6 +614,25 @@ def test_a_non_finite_loss_skips_the_update_with_either_optimizer(monkeypatch, t
     assert not (tmp_path / "out").exists()
 
 
+def test_the_python_api_refuses_an_output_that_holds_the_training_data(tmp_path, base, env, monkeypatch):
+    """The check lives in the core, not only in the CLI: train() with force=True would empty OUT.partial and
+    replace OUT, so neither may hold the data it reads."""
+    from colm_core.errors import ColmError
+    from colm_core.options import TrainOptions
+    from colm_core.train import train
+
+    monkeypatch.setenv("COLM_CACHE_DIR", env["COLM_CACHE_DIR"])
+    for out in (tmp_path / "run", tmp_path / "run.partial"):
+        data = out / "text.txt"
+        data.parent.mkdir()
+        data.write_text("some text " * 500)
+        opts = TrainOptions(data=[str(data)], steps=1, batch_size=2, seq_len=16)
+        with pytest.raises(ColmError, match="contains the input"):
+            train(base, tmp_path / "run", opts, force=True)
+        assert data.read_text() == "some text " * 500
+        shutil.rmtree(data.parent)
+
+
 def test_config_file_then_flags(tmp_path):
     from colm_core.errors import ColmError
     from colm_core.train import TrainOptions
